@@ -1,0 +1,29 @@
+//! trainwatch watches neural-network training on edge GPUs in real time.
+//!
+//! The modules follow the data: a trainer publishes into shared memory
+//! (`shm`), the agent turns frames into JPEGs (`frame`) and streams them with
+//! the run's events (`agent`) over the seed's gRPC protocol (`proto`) to the
+//! central MetricsService (`server`), which keeps bounded per-session state
+//! and serves it over HTTP.
+//!
+//! - [`tensor`] — how a batch of sample images is described (dtype, layout,
+//!   channels, size, normalization): the contract between the trainer-side
+//!   writer and the agent's converter.
+//! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
+//!   (the seed's `metrics` package plus compatible extensions) and the few
+//!   helpers every peer needs (timestamps, JPEG header parsing for
+//!   validation). Generated once here so agent, server and tests share types.
+//! - [`server`] — `trainwatch server`: the tonic MetricsService. Registration
+//!   and stream handling validate every message; valid ones go through a
+//!   bounded per-session queue into a session's bounded state, which the
+//!   JSON HTTP API reads. A bad message is answered with an ErrorResponse and
+//!   never ends the stream or touches another session.
+//! - [`config`] — layered configuration (defaults → TOML file →
+//!   `TRAINWATCH_*` environment → flags), validated once into typed structs;
+//!   a bad value is a [`config::ConfigError`] naming the key and the value.
+//! - [`tls`] — loading certificates and keys into tonic's TLS configuration,
+//!   with errors that name the file and what is wrong with it.
+#![deny(unsafe_code)]
+
+pub mod proto;
+pub mod tensor;
