@@ -10,20 +10,26 @@
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
-//!   (the seed's `metrics` package plus compatible extensions) and the few
-//!   helpers every peer needs (timestamps, JPEG header parsing for
-//!   validation). Generated once here so agent, server and tests share types.
+//!   (the seed's `metrics` package plus compatible extensions). Generated once
+//!   here so agent, server and tests share the types.
 //! - [`server`] — `trainwatch server`: the tonic MetricsService. Registration
 //!   and stream handling validate every message; valid ones go through a
-//!   bounded per-session queue into a session's bounded state, which the
-//!   JSON HTTP API reads. A bad message is answered with an ErrorResponse and
-//!   never ends the stream or touches another session.
+//!   bounded per-session queue into a session's bounded state, which the JSON
+//!   HTTP API reads. A bad message is answered with an ErrorResponse and never
+//!   ends the stream or touches another session.
 //! - [`config`] — layered configuration (defaults → TOML file →
-//!   `TRAINWATCH_*` environment → flags), validated once into typed structs;
-//!   a bad value is a [`config::ConfigError`] naming the key and the value.
-//! - [`tls`] — loading certificates and keys into tonic's TLS configuration,
+//!   `TRAINWATCH_<ROLE>_*` environment → flags), validated once into typed
+//!   settings; a bad value is a [`config::ConfigError`] naming the key and the
+//!   value.
+//! - [`tls`] — certificates and keys read and checked before tonic sees them,
 //!   with errors that name the file and what is wrong with it.
+//! - [`cli`] — the `trainwatch` command line: flags mapped onto config keys,
+//!   one function per subcommand returning an exit code.
 #![deny(unsafe_code)]
 
+pub mod cli;
+pub mod config;
 pub mod proto;
+pub mod server;
 pub mod tensor;
+pub mod tls;

@@ -1,20 +1,44 @@
-//! `trainwatch`: one binary, one subcommand per role.
+//! `trainwatch`: one binary, one subcommand per role. Parsing and dispatch
+//! only; each subcommand lives in `trainwatch::cli`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use trainwatch::cli;
 
 #[derive(Parser)]
-#[command(name = "trainwatch", version, about = "Real-time monitor for neural-network training on edge GPUs")]
+#[command(
+    name = "trainwatch",
+    version,
+    about = "Real-time monitor for neural-network training on edge GPUs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run the central MetricsService (gRPC) and its HTTP API.
+    Server(cli::ServerArgs),
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // --help and --version are not errors; a bad command line is a
+            // usage error like a bad config value.
+            return if usage {
+                ExitCode::from(cli::EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Server(args) => cli::server(args),
+    }
 }

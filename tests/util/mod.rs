@@ -29,3 +29,8 @@ pub fn python() -> PathBuf {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+pub mod grpc;
+pub mod http;
+pub mod proc;
+pub mod python;

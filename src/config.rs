@@ -1,0 +1,514 @@
+//! Configuration, layered and validated once.
+//!
+//! Each role reads defaults → a TOML file (`--config`) → `TRAINWATCH_<ROLE>_*`
+//! environment variables → command-line flags, later layers winning, with
+//! the `config` crate. The raw result is deserialized with unknown keys
+//! refused (a typo is an error, not a silent default) and then validated
+//! into typed settings: addresses parsed, bounds checked, TLS material
+//! required unless plaintext was asked for. Every failure is a
+//! [`ConfigError`] that names the key and the value seen; the binary exits
+//! with 64 (`EX_USAGE`) on it.
+//!
+//! Environment variables carry the role in their prefix
+//! (`TRAINWATCH_SERVER_LISTEN`, `TRAINWATCH_SERVER_LIMITS__BUFFER_SIZE`) so
+//! that variables meant for another role or for the Python publisher
+//! (`TRAINWATCH_SHM_DIR`) are never mistaken for this role's keys. Tests
+//! pass the environment in as a map instead of touching the process's.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used, naming the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config key `{key}` = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: ::config::ConfigError,
+    },
+    #[error("config: {0}")]
+    Layer(#[source] ::config::ConfigError),
+}
+
+impl ConfigError {
+    pub fn invalid(key: &'static str, value: impl Display, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Values set on the command line, as `(key, value)` pairs in the file's
+/// key syntax (`"tls.cert"`, `"limits.buffer_size"`). They override every
+/// other layer.
+pub type Overrides = Vec<(&'static str, ::config::Value)>;
+
+/// The environment as a map (`std::env::vars()` collected, or a test's map).
+pub type EnvMap = HashMap<String, String>;
+
+/// Builds the layered raw configuration for one role and deserializes it.
+fn layered<T: for<'de> Deserialize<'de>>(
+    defaults: &[(&str, ::config::Value)],
+    file: Option<&Path>,
+    env_prefix: &str,
+    env: &EnvMap,
+    overrides: Overrides,
+) -> Result<T, ConfigError> {
+    let mut b = ::config::Config::builder();
+    for (k, v) in defaults {
+        b = b.set_default(*k, v.clone()).map_err(ConfigError::Layer)?;
+    }
+    if let Some(path) = file {
+        // Read the file ourselves so that a missing file names its path.
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            source: ::config::ConfigError::Foreign(Box::new(e)),
+        })?;
+        b = b.add_source(::config::File::from_str(&text, ::config::FileFormat::Toml));
+    }
+    let prefixed: ::config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{env_prefix}_")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    b = b.add_source(
+        ::config::Environment::with_prefix(env_prefix)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(prefixed)),
+    );
+    for (k, v) in overrides {
+        b = b.set_override(k, v).map_err(ConfigError::Layer)?;
+    }
+    let built = b.build().map_err(|e| match file {
+        Some(path) => ConfigError::File {
+            path: path.to_path_buf(),
+            source: e,
+        },
+        None => ConfigError::Layer(e),
+    })?;
+    built.try_deserialize().map_err(ConfigError::Layer)
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e| {
+        ConfigError::invalid(
+            key,
+            format!("{value:?}"),
+            format!("not a socket address ({e}); expected e.g. 127.0.0.1:8080"),
+        )
+    })
+}
+
+fn in_range<T: PartialOrd + Display + Copy>(
+    key: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<T, ConfigError> {
+    if value < lo || value > hi {
+        return Err(ConfigError::invalid(
+            key,
+            value,
+            format!("must be between {lo} and {hi}"),
+        ));
+    }
+    Ok(value)
+}
+
+// ---------------------------------------------------------------- server --
+
+/// Environment prefix of the server's keys.
+pub const SERVER_ENV_PREFIX: &str = "TRAINWATCH_SERVER";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    http_listen: String,
+    insecure: bool,
+    http_token: Option<String>,
+    max_sessions: u32,
+    shutdown_grace_ms: u64,
+    #[serde(default)]
+    tls: RawServerTls,
+    limits: RawLimits,
+    history: RawHistory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_batch_size: u32,
+    max_image_dimension: u32,
+    heartbeat_interval_ms: u32,
+    buffer_size: u32,
+    max_message_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    loss_points: u32,
+    epochs: u32,
+    status_events: u32,
+}
+
+/// The server's TLS material; `None` in [`ServerSettings::tls`] means
+/// plaintext, which only an explicit `insecure = true` allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What the server negotiates with each agent (the seed's ServerConfig) and
+/// enforces on every message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub max_batch_size: u32,
+    pub max_image_dimension: u32,
+    pub heartbeat_interval_ms: u32,
+    /// Messages a session may have waiting to be applied before the server
+    /// answers BUFFER_FULL.
+    pub buffer_size: u32,
+    /// Largest gRPC message accepted (a 16-image batch of 512x512 JPEGs is
+    /// about 1–2 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // The seed's own server answers these values.
+        Limits {
+            max_batch_size: 16,
+            max_image_dimension: 512,
+            heartbeat_interval_ms: 2000,
+            buffer_size: 100,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// How much history a session keeps; memory per session is bounded by these,
+/// never by the length of a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct History {
+    /// Batch-loss points kept; beyond it the series is thinned evenly so the
+    /// whole run stays visible.
+    pub loss_points: usize,
+    /// Epoch summaries kept (oldest dropped first).
+    pub epochs: usize,
+    /// Status changes kept (oldest dropped first).
+    pub status_events: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            loss_points: 2000,
+            epochs: 10_000,
+            status_events: 200,
+        }
+    }
+}
+
+/// Validated settings of `trainwatch server`.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// `None`: plaintext gRPC (only with `insecure`).
+    pub tls: Option<ServerTlsFiles>,
+    pub http_token: Option<String>,
+    pub max_sessions: usize,
+    pub shutdown_grace: Duration,
+    pub limits: Limits,
+    pub history: History,
+}
+
+impl ServerSettings {
+    /// Settings for a plaintext server on loopback with ephemeral ports and
+    /// default limits: what tests and the demo start from.
+    pub fn local_insecure() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            http_token: None,
+            max_sessions: 1000,
+            shutdown_grace: Duration::from_secs(5),
+            limits: Limits::default(),
+            history: History::default(),
+        }
+    }
+
+    /// Layers defaults, `file`, the `TRAINWATCH_SERVER_*` entries of `env`
+    /// and `overrides`, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &EnvMap,
+        overrides: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let l = Limits::default();
+        let h = History::default();
+        let defaults: Vec<(&str, ::config::Value)> = vec![
+            ("listen", "0.0.0.0:50051".into()),
+            ("http_listen", "127.0.0.1:8080".into()),
+            ("insecure", false.into()),
+            ("max_sessions", 1000u64.into()),
+            ("shutdown_grace_ms", 5000u64.into()),
+            ("limits.max_batch_size", u64::from(l.max_batch_size).into()),
+            (
+                "limits.max_image_dimension",
+                u64::from(l.max_image_dimension).into(),
+            ),
+            (
+                "limits.heartbeat_interval_ms",
+                u64::from(l.heartbeat_interval_ms).into(),
+            ),
+            ("limits.buffer_size", u64::from(l.buffer_size).into()),
+            (
+                "limits.max_message_bytes",
+                (l.max_message_bytes as u64).into(),
+            ),
+            ("history.loss_points", (h.loss_points as u64).into()),
+            ("history.epochs", (h.epochs as u64).into()),
+            ("history.status_events", (h.status_events as u64).into()),
+        ];
+        let raw: RawServer = layered(&defaults, file, SERVER_ENV_PREFIX, env, overrides)?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawServer) -> Result<Self, ConfigError> {
+        let listen = parse_addr("listen", &raw.listen)?;
+        let http_listen = parse_addr("http_listen", &raw.http_listen)?;
+        let tls = match (raw.insecure, raw.tls.cert, raw.tls.key) {
+            (true, None, None) => {
+                if let Some(ca) = raw.tls.client_ca {
+                    return Err(ConfigError::invalid(
+                        "tls.client_ca",
+                        ca.display(),
+                        "mutual TLS needs TLS: remove `insecure` and set tls.cert and tls.key",
+                    ));
+                }
+                None
+            }
+            (true, Some(cert), _) => {
+                return Err(ConfigError::invalid(
+                    "insecure",
+                    true,
+                    format!(
+                        "plaintext was asked for but tls.cert is set ({}); choose one",
+                        cert.display()
+                    ),
+                ))
+            }
+            (true, None, Some(key)) => {
+                return Err(ConfigError::invalid(
+                    "insecure",
+                    true,
+                    format!(
+                        "plaintext was asked for but tls.key is set ({}); choose one",
+                        key.display()
+                    ),
+                ))
+            }
+            (false, Some(cert), Some(key)) => Some(ServerTlsFiles {
+                cert,
+                key,
+                client_ca: raw.tls.client_ca,
+            }),
+            (false, None, None) => return Err(ConfigError::invalid(
+                "tls.cert",
+                "(unset)",
+                "TLS is the default: give --tls-cert and --tls-key, or --insecure for plaintext",
+            )),
+            (false, Some(cert), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key",
+                    "(unset)",
+                    format!(
+                        "tls.cert is {} but its private key is missing",
+                        cert.display()
+                    ),
+                ))
+            }
+            (false, None, Some(key)) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert",
+                    "(unset)",
+                    format!(
+                        "tls.key is {} but the certificate is missing",
+                        key.display()
+                    ),
+                ))
+            }
+        };
+        if let Some(token) = &raw.http_token {
+            if token.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "http_token",
+                    format!("({} characters)", token.len()),
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        let limits = Limits {
+            max_batch_size: in_range("limits.max_batch_size", raw.limits.max_batch_size, 1, 1024)?,
+            max_image_dimension: in_range(
+                "limits.max_image_dimension",
+                raw.limits.max_image_dimension,
+                8,
+                16384,
+            )?,
+            heartbeat_interval_ms: in_range(
+                "limits.heartbeat_interval_ms",
+                raw.limits.heartbeat_interval_ms,
+                100,
+                600_000,
+            )?,
+            buffer_size: in_range("limits.buffer_size", raw.limits.buffer_size, 1, 100_000)?,
+            max_message_bytes: in_range(
+                "limits.max_message_bytes",
+                raw.limits.max_message_bytes,
+                64 << 10,
+                1 << 30,
+            )? as usize,
+        };
+        let history = History {
+            loss_points: in_range(
+                "history.loss_points",
+                raw.history.loss_points,
+                16,
+                1_000_000,
+            )? as usize,
+            epochs: in_range("history.epochs", raw.history.epochs, 1, 1_000_000)? as usize,
+            status_events: in_range(
+                "history.status_events",
+                raw.history.status_events,
+                1,
+                100_000,
+            )? as usize,
+        };
+        Ok(ServerSettings {
+            listen,
+            http_listen,
+            tls,
+            http_token: raw.http_token,
+            max_sessions: in_range("max_sessions", raw.max_sessions, 1, 1_000_000)? as usize,
+            shutdown_grace: Duration::from_millis(in_range(
+                "shutdown_grace_ms",
+                raw.shutdown_grace_ms,
+                0,
+                600_000,
+            )?),
+            limits,
+            history,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_tls_or_insecure() {
+        let err = ServerSettings::load(None, &EnvMap::new(), vec![]).unwrap_err();
+        assert!(err.to_string().contains("tls.cert"), "{err}");
+        let ok =
+            ServerSettings::load(None, &EnvMap::new(), vec![("insecure", true.into())]).unwrap();
+        assert_eq!(ok.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(ok.limits, Limits::default());
+        assert!(ok.tls.is_none());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "insecure = true\nlisten = \"127.0.0.1:1\"\n[limits]\nbuffer_size = 7\nmax_batch_size = 8\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("TRAINWATCH_SERVER_LISTEN", "127.0.0.1:2"),
+            ("TRAINWATCH_SERVER_LIMITS__BUFFER_SIZE", "9"),
+            ("TRAINWATCH_SHM_DIR", "/ignored/by/the/server"),
+        ]);
+        let s =
+            ServerSettings::load(Some(&file), &e, vec![("listen", "127.0.0.1:3".into())]).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:3".parse().unwrap(), "flag wins");
+        assert_eq!(s.limits.buffer_size, 9, "env beats file");
+        assert_eq!(s.limits.max_batch_size, 8, "file beats default");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let e = env(&[
+            ("TRAINWATCH_SERVER_INSECURE", "true"),
+            ("TRAINWATCH_SERVER_LIMITS__BUFFER_SIZE", "0"),
+        ]);
+        let err = ServerSettings::load(None, &e, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.buffer_size") && err.contains("= 0"),
+            "{err}"
+        );
+
+        let err = ServerSettings::load(
+            None,
+            &EnvMap::new(),
+            vec![("insecure", true.into()), ("listen", "nowhere".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`listen`") && err.contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "insecure = true\nlisen = \"x\"\n").unwrap();
+        let err = ServerSettings::load(Some(&file), &EnvMap::new(), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

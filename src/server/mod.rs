@@ -1,0 +1,206 @@
+//! `trainwatch server`: the central MetricsService and its HTTP API.
+//!
+//! [`Server::start`] binds both listeners (gRPC, with TLS unless configured
+//! otherwise, and HTTP), and returns a [`RunningServer`] with the bound
+//! addresses and the session [`Registry`]; [`RunningServer::shutdown`] stops
+//! accepting, ends every stream and waits for the tasks up to a grace period.
+
+pub mod http;
+pub mod service;
+pub mod session;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerSettings;
+use crate::proto::MetricsServiceServer;
+use crate::tls::{self, TlsError};
+
+pub use session::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("TLS configuration rejected: {0}")]
+    TlsConfig(#[source] tonic::transport::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+impl ServerError {
+    /// Errors a user fixes in configuration (exit 64), as opposed to
+    /// runtime failures.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Bind { .. } | ServerError::Tls(_) | ServerError::TlsConfig(_)
+        )
+    }
+}
+
+pub struct Server;
+
+/// A started server. Dropping it does not stop it; call [`shutdown`].
+///
+/// [`shutdown`]: RunningServer::shutdown
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub tls: bool,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    grpc: JoinHandle<Result<(), ServerError>>,
+    http: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    /// Binds and starts serving; returns once both listeners accept.
+    pub async fn start(settings: &ServerSettings) -> Result<RunningServer, ServerError> {
+        let shutdown = CancellationToken::new();
+        let registry = Arc::new(Registry::new(
+            settings.limits,
+            settings.history,
+            settings.max_sessions,
+            shutdown.clone(),
+        ));
+
+        let mut builder = tonic::transport::Server::builder()
+            // HTTP/2 keepalive lets both sides see a dead peer even when no
+            // message is due (a paused run sends only heartbeats).
+            .http2_keepalive_interval(Some(Duration::from_millis(u64::from(
+                settings.limits.heartbeat_interval_ms,
+            ))))
+            .http2_keepalive_timeout(Some(Duration::from_millis(
+                3 * u64::from(settings.limits.heartbeat_interval_ms),
+            )))
+            .tcp_nodelay(true);
+        if let Some(files) = &settings.tls {
+            builder = builder
+                .tls_config(tls::server_config(files)?)
+                .map_err(ServerError::TlsConfig)?;
+        }
+        let grpc_listener = bind("gRPC", settings.listen).await?;
+        let http_listener = bind("HTTP", settings.http_listen).await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                what: "gRPC",
+                addr: settings.listen,
+                source,
+            })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                what: "HTTP",
+                addr: settings.http_listen,
+                source,
+            })?;
+
+        let svc =
+            MetricsServiceServer::new(service::Service::new(registry.clone(), shutdown.clone()))
+                .max_decoding_message_size(settings.limits.max_message_bytes);
+        let stop = shutdown.clone();
+        let grpc = tokio::spawn(async move {
+            let r = builder
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener),
+                    stop.clone().cancelled_owned(),
+                )
+                .await
+                .map_err(ServerError::Serve);
+            // One listener failing stops the whole server.
+            stop.cancel();
+            r
+        });
+
+        let app = http::router(registry.clone());
+        let stop = shutdown.clone();
+        let http = tokio::spawn(async move {
+            let r = axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await
+                .map_err(ServerError::Http);
+            stop.cancel();
+            r
+        });
+
+        Ok(RunningServer {
+            grpc_addr,
+            http_addr,
+            tls: settings.tls.is_some(),
+            registry,
+            shutdown,
+            grpc,
+            http,
+        })
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+impl RunningServer {
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// A token that, when cancelled, starts the shutdown (for signals).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server stops by itself (a listener failed) or its
+    /// token is cancelled.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Stops accepting, ends every stream, and waits up to `grace` for the
+    /// listeners' tasks to finish.
+    pub async fn shutdown(self, grace: Duration) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        let both = async {
+            let g = self.grpc.await;
+            let h = self.http.await;
+            (g, h)
+        };
+        match tokio::time::timeout(grace, both).await {
+            Ok((g, h)) => {
+                for r in [g, h] {
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(join) => {
+                            return Err(ServerError::Http(std::io::Error::other(join.to_string())))
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(_) => Err(ServerError::ShutdownTimeout(grace)),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The gRPC MetricsService: registration and the metrics stream.
+//!
+//! Each StreamMetrics call gets a reader task that validates every message
+//! and routes it by its own `session_id` (one stream may carry many
+//! sessions). Faults are answered on the stream as ErrorResponse and the
+//! stream goes on; only a transport error or the client closing ends it.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::session::{Ingest, Registry, Reply};
+use super::validate;
+use crate::proto::{
+    self, acknowledgment::AckKind, error_response::ErrorCode, metrics_request::Payload,
+    metrics_response, Acknowledgment, ErrorResponse, MetricsRequest, MetricsResponse, ServerConfig,
+    SessionInfo, SessionResponse,
+};
+
+pub struct Service {
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        Service { registry, shutdown }
+    }
+
+    fn server_config(&self) -> ServerConfig {
+        let l = &self.registry.limits;
+        ServerConfig {
+            max_batch_size: l.max_batch_size,
+            max_image_dimension: l.max_image_dimension,
+            heartbeat_interval_ms: l.heartbeat_interval_ms,
+            buffer_size: l.buffer_size,
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<MetricsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::MetricsService for Service {
+    type StreamMetricsStream = ResponseStream;
+
+    async fn register_training_session(
+        &self,
+        request: Request<SessionInfo>,
+    ) -> Result<Response<SessionResponse>, Status> {
+        let info = request.into_inner();
+        let refuse = |message: String| {
+            tracing::warn!(session = %info.session_id, %message, "registration refused");
+            Ok(Response::new(SessionResponse {
+                success: false,
+                session_id: info.session_id.clone(),
+                message,
+                server_config: Some(self.server_config()),
+                ..Default::default()
+            }))
+        };
+        if let Err(e) = validate::session_info(&info) {
+            return refuse(e.0);
+        }
+        let reg = match self
+            .registry
+            .register(
+                &info.session_id,
+                &info.client_name,
+                &info.client_version,
+                info.config.clone(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return refuse(e.to_string()),
+        };
+        tracing::info!(
+            session = %info.session_id,
+            client = %info.client_name,
+            resumed = reg.resumed,
+            last_event_seq = reg.last_event_seq,
+            "session registered"
+        );
+        Ok(Response::new(SessionResponse {
+            success: true,
+            session_id: info.session_id,
+            message: if reg.resumed {
+                format!("session resumed after event {}", reg.last_event_seq)
+            } else {
+                "session registered".to_string()
+            },
+            server_config: Some(self.server_config()),
+            last_event_seq: reg.last_event_seq,
+            resumed: reg.resumed,
+        }))
+    }
+
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<MetricsRequest>>,
+    ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let inbound = request.into_inner();
+        // Room for one message's worth of answers per buffered message; the
+        // apply tasks wait (never drop an ack) when the client reads slowly.
+        let capacity = (self.registry.limits.buffer_size as usize).clamp(16, 4096);
+        let (tx, rx) = mpsc::channel(capacity);
+        tokio::spawn(read_stream(
+            self.registry.clone(),
+            inbound,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn response(session_id: &str, payload: metrics_response::Payload) -> MetricsResponse {
+    MetricsResponse {
+        session_id: session_id.to_string(),
+        timestamp_ms: proto::now_ms(),
+        payload: Some(payload),
+    }
+}
+
+fn error(session_id: &str, code: ErrorCode, message: String) -> MetricsResponse {
+    response(
+        session_id,
+        metrics_response::Payload::Error(ErrorResponse {
+            code: code as i32,
+            message,
+        }),
+    )
+}
+
+async fn read_stream(
+    registry: Arc<Registry>,
+    mut inbound: Streaming<MetricsRequest>,
+    tx: Reply,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            m = inbound.message() => m,
+        };
+        let req = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(status) => {
+                // A message that does not decode ends the stream in tonic;
+                // say why before it goes.
+                tracing::warn!(%status, "metrics stream ended by a transport or decode error");
+                let _ = tx.try_send(Ok(error(
+                    "",
+                    ErrorCode::InvalidData,
+                    format!("stream error: {}", status.message()),
+                )));
+                return;
+            }
+        };
+        if let Some(answer) = handle(&registry, req, &tx) {
+            if tx.send(Ok(answer)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Validates one request and routes it. Returns what to answer at once (an
+/// error, or a heartbeat's ack); applied messages are acknowledged later by
+/// the session's apply task.
+fn handle(registry: &Registry, req: MetricsRequest, tx: &Reply) -> Option<MetricsResponse> {
+    let sid = req.session_id.as_str();
+    let Some(session) = registry.get(sid) else {
+        return Some(error(
+            sid,
+            ErrorCode::InvalidSession,
+            format!("session {sid:?} is not registered; call RegisterTrainingSession first"),
+        ));
+    };
+    let now = proto::now_ms();
+    session.touch(now);
+    let counters = &session.counters;
+    let invalid = |message: String| {
+        counters.messages_invalid.fetch_add(1, Relaxed);
+        tracing::debug!(session = sid, %message, "invalid message");
+        Some(error(sid, ErrorCode::InvalidData, message))
+    };
+    let seq = req.event_seq;
+    let item = match req.payload {
+        None => return invalid("message has no payload".to_string()),
+        Some(Payload::Heartbeat(hb)) => {
+            counters.heartbeats.fetch_add(1, Relaxed);
+            return Some(response(
+                sid,
+                metrics_response::Payload::Ack(Acknowledgment {
+                    success: true,
+                    kind: AckKind::Heartbeat as i32,
+                    heartbeat_sequence: hb.sequence_number,
+                    ..Default::default()
+                }),
+            ));
+        }
+        Some(Payload::BatchData(batch)) => {
+            if let Err(e) = validate::batch(&batch, &registry.limits, session.class_count()) {
+                counters.batches_invalid.fetch_add(1, Relaxed);
+                return invalid(e.0);
+            }
+            Ingest::Batch {
+                batch,
+                sent_ms: req.timestamp_ms,
+                received_ms: now,
+                reply: tx.clone(),
+            }
+        }
+        Some(Payload::EpochData(epoch)) => {
+            if let Err(e) = validate::epoch(&epoch) {
+                return invalid(e.0);
+            }
+            Ingest::Epoch {
+                epoch,
+                seq,
+                reply: tx.clone(),
+            }
+        }
+        Some(Payload::StatusUpdate(s)) => match validate::status(&s) {
+            Err(e) => return invalid(e.0),
+            Ok(status) => Ingest::Status {
+                status,
+                message: s.message,
+                config: s.config,
+                timestamp_ms: s.timestamp_ms,
+                seq,
+                reply: tx.clone(),
+            },
+        },
+        Some(Payload::PerformanceData(p)) => {
+            if let Err(e) = validate::performance(&p) {
+                return invalid(e.0);
+            }
+            Ingest::Performance(p)
+        }
+    };
+    match session.enqueue(item) {
+        Ok(()) => None,
+        Err(item) => {
+            counters.buffer_full.fetch_add(1, Relaxed);
+            let what = match &item {
+                Ingest::Batch { batch, .. } => {
+                    format!("batch {} of epoch {}", batch.batch_idx, batch.epoch)
+                }
+                Ingest::Epoch { epoch, .. } => format!("epoch {} summary", epoch.epoch),
+                Ingest::Status { .. } => "status update".to_string(),
+                Ingest::Performance(_) => "performance data".to_string(),
+            };
+            Some(error(
+                sid,
+                ErrorCode::BufferFull,
+                format!(
+                    "session {sid:?}: its buffer of {} messages is full; {what} was dropped, send less often",
+                    registry.limits.buffer_size
+                ),
+            ))
+        }
+    }
+}

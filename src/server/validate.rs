@@ -1,0 +1,349 @@
+//! Checks every message against the negotiated limits before it touches a
+//! session. Each failure names the field, the value seen and the limit, and
+//! becomes an INVALID_DATA ErrorResponse; nothing here panics on any input.
+
+use std::fmt::Write as _;
+
+use crate::config::Limits;
+use crate::proto::{
+    BatchData, EpochData, PerformanceData, SessionInfo, StatusUpdate, TrainingConfig,
+    TrainingStatus,
+};
+
+/// Longest session id accepted.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+/// Longest free-text field (names, status messages) kept.
+pub const MAX_TEXT_LEN: usize = 1024;
+/// Most class names a TrainingConfig may list (ImageNet-21k has ~21,841).
+pub const MAX_CLASSES: usize = 100_000;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+macro_rules! invalid {
+    ($($t:tt)*) => { Err(Invalid(format!($($t)*))) };
+}
+
+/// A session id is 1–128 characters of `[A-Za-z0-9._:-]`: safe in URLs,
+/// file names and log lines.
+pub fn session_id(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() {
+        return invalid!("session_id is empty");
+    }
+    if id.len() > MAX_SESSION_ID_LEN {
+        return invalid!(
+            "session_id is {} bytes long, more than {MAX_SESSION_ID_LEN}",
+            id.len()
+        );
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return invalid!(
+            "session_id {:?} contains {c:?}; allowed are letters, digits, '.', '_', ':' and '-'",
+            truncate(id)
+        );
+    }
+    Ok(())
+}
+
+fn text(field: &str, s: &str) -> Result<(), Invalid> {
+    if s.len() > MAX_TEXT_LEN {
+        return invalid!(
+            "{field} is {} bytes long, more than {MAX_TEXT_LEN}",
+            s.len()
+        );
+    }
+    Ok(())
+}
+
+/// Bounds that no real run exceeds; they keep arithmetic (ETA, progress) and
+/// memory sane.
+pub fn training_config(c: &TrainingConfig) -> Result<(), Invalid> {
+    if c.total_epochs > 1_000_000 {
+        return invalid!(
+            "config.total_epochs is {}, more than 1000000",
+            c.total_epochs
+        );
+    }
+    if c.batches_per_epoch > 1_000_000_000 {
+        return invalid!(
+            "config.batches_per_epoch is {}, more than 1000000000",
+            c.batches_per_epoch
+        );
+    }
+    if c.batch_size > 10_000_000 {
+        return invalid!("config.batch_size is {}, more than 10000000", c.batch_size);
+    }
+    text("config.model_name", &c.model_name)?;
+    text("config.dataset_name", &c.dataset_name)?;
+    if c.class_names.len() > MAX_CLASSES {
+        return invalid!(
+            "config.class_names has {} entries, more than {MAX_CLASSES}",
+            c.class_names.len()
+        );
+    }
+    for (i, name) in c.class_names.iter().enumerate() {
+        if name.len() > 256 {
+            return invalid!(
+                "config.class_names[{i}] is {} bytes long, more than 256",
+                name.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn session_info(info: &SessionInfo) -> Result<(), Invalid> {
+    session_id(&info.session_id)?;
+    text("client_name", &info.client_name)?;
+    text("client_version", &info.client_version)?;
+    if let Some(c) = &info.config {
+        training_config(c)?;
+    }
+    Ok(())
+}
+
+/// Checks a batch: counts, labels, confidences, loss and every image's JPEG
+/// header. `classes` is the number of class names the session's config
+/// lists (0: unknown, class indices are then only checked to be >= 0).
+pub fn batch(b: &BatchData, limits: &Limits, classes: usize) -> Result<(), Invalid> {
+    let where_ = || format!("batch {} of epoch {}", b.batch_idx, b.epoch);
+    let n = b.images.len();
+    if n > limits.max_batch_size as usize {
+        return invalid!(
+            "{} has {n} images, more than max_batch_size {}",
+            where_(),
+            limits.max_batch_size
+        );
+    }
+    if b.predictions.len() != n {
+        return invalid!(
+            "{} has {} predictions for {n} images",
+            where_(),
+            b.predictions.len()
+        );
+    }
+    if b.ground_truth.len() != n {
+        return invalid!(
+            "{} has {} ground_truth labels for {n} images",
+            where_(),
+            b.ground_truth.len()
+        );
+    }
+    if !b.batch_loss.is_finite() {
+        return invalid!("{} has batch_loss {}", where_(), b.batch_loss);
+    }
+    for (i, p) in b.predictions.iter().enumerate() {
+        if !(0.0..=1.0).contains(&p.confidence) {
+            return invalid!(
+                "{}: predictions[{i}].confidence is {}, outside [0, 1]",
+                where_(),
+                p.confidence
+            );
+        }
+        class_index(&where_, "predictions", i, p.predicted_class, classes)?;
+    }
+    for (i, &g) in b.ground_truth.iter().enumerate() {
+        class_index(&where_, "ground_truth", i, g, classes)?;
+    }
+    for (i, img) in b.images.iter().enumerate() {
+        let (w, h) = jpeg_dimensions(&img.image_bytes)
+            .map_err(|e| Invalid(format!("{}: image {i} {e}", where_())))?;
+        let max = limits.max_image_dimension;
+        if w > max || h > max {
+            return invalid!(
+                "{}: image {i} is {w}x{h}, larger than max_image_dimension {max}",
+                where_()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn class_index(
+    where_: &dyn Fn() -> String,
+    field: &str,
+    i: usize,
+    class: i32,
+    classes: usize,
+) -> Result<(), Invalid> {
+    if class < 0 || (classes > 0 && class as usize >= classes) {
+        let bound = if classes > 0 {
+            format!("0..{}", classes - 1)
+        } else {
+            ">= 0".to_string()
+        };
+        return invalid!(
+            "{}: {field}[{i}] is class {class}, expected {bound}",
+            where_()
+        );
+    }
+    Ok(())
+}
+
+pub fn epoch(e: &EpochData) -> Result<(), Invalid> {
+    if !e.average_loss.is_finite() {
+        return invalid!("epoch {}: average_loss is {}", e.epoch, e.average_loss);
+    }
+    if !(0.0..=1.0).contains(&e.average_accuracy) {
+        return invalid!(
+            "epoch {}: average_accuracy is {}, outside [0, 1]",
+            e.epoch,
+            e.average_accuracy
+        );
+    }
+    Ok(())
+}
+
+pub fn status(s: &StatusUpdate) -> Result<TrainingStatus, Invalid> {
+    let status = TrainingStatus::try_from(s.status).map_err(|_| {
+        Invalid(format!(
+            "status_update.status is {}, not a TrainingStatus",
+            s.status
+        ))
+    })?;
+    text("status_update.message", &s.message)?;
+    if let Some(c) = &s.config {
+        training_config(c)?;
+    }
+    Ok(status)
+}
+
+pub fn performance(p: &PerformanceData) -> Result<(), Invalid> {
+    let mut fields = vec![
+        ("time_per_batch_ms", p.time_per_batch_ms),
+        ("total_time_for_epoch_sec", p.total_time_for_epoch_sec),
+        (
+            "estimated_time_remaining_sec",
+            p.estimated_time_remaining_sec,
+        ),
+        ("current_fps", p.current_fps),
+        ("average_fps", p.average_fps),
+    ];
+    if let Some(r) = &p.resource_usage {
+        fields.extend([
+            ("resource_usage.cpu_percent", r.cpu_percent),
+            ("resource_usage.memory_mb", r.memory_mb),
+            ("resource_usage.gpu_percent", r.gpu_percent),
+            ("resource_usage.gpu_memory_mb", r.gpu_memory_mb),
+        ]);
+    }
+    for (name, v) in fields {
+        if !v.is_finite() || v < 0.0 {
+            return invalid!("performance_data.{name} is {v}, expected a finite value >= 0");
+        }
+    }
+    Ok(())
+}
+
+/// Reads width and height from a JPEG's frame header (SOFn) without
+/// decoding it. The error says what the bytes were instead.
+pub fn jpeg_dimensions(data: &[u8]) -> Result<(u32, u32), String> {
+    if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
+        return Err(format!(
+            "is not a JPEG ({} bytes starting {})",
+            data.len(),
+            hex_prefix(data)
+        ));
+    }
+    let mut i = 2;
+    loop {
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while i < data.len() && data[i] == 0xFF {
+            i += 1;
+        }
+        if i >= data.len() {
+            return Err("is a truncated JPEG: no frame header (SOF) before the end".into());
+        }
+        if data[i - 1] != 0xFF {
+            return Err(format!(
+                "is a corrupt JPEG: expected a marker at byte {}",
+                i - 1
+            ));
+        }
+        let marker = data[i];
+        i += 1;
+        match marker {
+            // Markers without a length: TEM, RSTn, SOI.
+            0x01 | 0xD0..=0xD8 => continue,
+            0xD9 | 0xDA => {
+                return Err("is a JPEG without a frame header (SOF) before its scan".into())
+            }
+            _ => {}
+        }
+        if i + 2 > data.len() {
+            return Err("is a truncated JPEG: a segment length is cut off".into());
+        }
+        let len = u16::from_be_bytes([data[i], data[i + 1]]) as usize;
+        if len < 2 || i + len > data.len() {
+            return Err(format!(
+                "is a truncated JPEG: segment 0xFF{marker:02X} claims {len} bytes, {} remain",
+                data.len() - i
+            ));
+        }
+        // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            if len < 8 {
+                return Err(format!("is a corrupt JPEG: frame header of {len} bytes"));
+            }
+            let h = u16::from_be_bytes([data[i + 3], data[i + 4]]) as u32;
+            let w = u16::from_be_bytes([data[i + 5], data[i + 6]]) as u32;
+            if w == 0 || h == 0 {
+                return Err(format!("is a JPEG of {w}x{h} pixels"));
+            }
+            return Ok((w, h));
+        }
+        i += len;
+    }
+}
+
+fn hex_prefix(data: &[u8]) -> String {
+    let mut s = String::new();
+    for b in data.iter().take(4) {
+        let _ = write!(s, "{b:02x}");
+    }
+    if s.is_empty() {
+        s.push_str("(empty)");
+    }
+    format!("0x{s}")
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids() {
+        assert!(session_id("jetson-01:resnet18.run_3").is_ok());
+        assert_eq!(session_id("").unwrap_err().0, "session_id is empty");
+        assert!(session_id("a/b").unwrap_err().0.contains("'/'"));
+        assert!(session_id(&"x".repeat(129))
+            .unwrap_err()
+            .0
+            .contains("129 bytes"));
+    }
+
+    #[test]
+    fn jpeg_headers() {
+        assert!(jpeg_dimensions(b"fake_jpeg_data")
+            .unwrap_err()
+            .contains("not a JPEG (14 bytes starting 0x66616b65)"));
+        // SOI, APP0 (len 4), SOF0 (len 11) 3x2 px, then nothing.
+        let mut j = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0, 0];
+        j.extend([
+            0xFF, 0xC0, 0x00, 0x0B, 8, 0x00, 0x02, 0x00, 0x03, 1, 1, 0x11, 0,
+        ]);
+        assert_eq!(jpeg_dimensions(&j), Ok((3, 2)));
+        assert!(jpeg_dimensions(&j[..10]).unwrap_err().contains("truncated"));
+        for n in 0..j.len() {
+            let _ = jpeg_dimensions(&j[..n]); // never panics
+        }
+    }
+}

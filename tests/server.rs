@@ -1,0 +1,815 @@
+//! The central MetricsService, as agents and operators meet it: real gRPC on
+//! loopback sockets, real TLS with certificates made per test, the real
+//! binary for configuration and signals, and a Python grpcio peer generated
+//! from the seed's proto.
+
+mod util;
+
+use std::time::Duration;
+
+use trainwatch::config::ServerSettings;
+use trainwatch::proto::{
+    acknowledgment::AckKind, error_response::ErrorCode, metrics_request::Payload, metrics_response,
+    EpochData, Heartbeat, ImageData, MetricsResponse, Prediction, SessionInfo, StatusUpdate,
+    TrainingStatus,
+};
+use trainwatch::server::{RunningServer, Server};
+use util::grpc::{self, batch, register, request, Stream};
+use util::http::{get, get_json};
+
+async fn start(settings: ServerSettings) -> RunningServer {
+    Server::start(&settings).await.expect("server starts")
+}
+
+async fn start_default() -> RunningServer {
+    start(ServerSettings::local_insecure()).await
+}
+
+async fn stop(server: RunningServer) {
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+fn ack(resp: &MetricsResponse) -> &trainwatch::proto::Acknowledgment {
+    match &resp.payload {
+        Some(metrics_response::Payload::Ack(a)) => a,
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+fn err(resp: &MetricsResponse) -> (ErrorCode, &str) {
+    match &resp.payload {
+        Some(metrics_response::Payload::Error(e)) => (
+            ErrorCode::try_from(e.code).expect("known code"),
+            e.message.as_str(),
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+mod registration {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_the_negotiated_server_config_and_resumes_known_ids() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        let r = register(&mut c, "jetson-01:run-1").await;
+        assert!(r.success, "{}", r.message);
+        assert_eq!(r.session_id, "jetson-01:run-1");
+        assert!(!r.resumed);
+        let sc = r.server_config.expect("server_config");
+        assert_eq!(
+            (
+                sc.max_batch_size,
+                sc.max_image_dimension,
+                sc.heartbeat_interval_ms,
+                sc.buffer_size
+            ),
+            (16, 512, 2000, 100)
+        );
+        let again = register(&mut c, "jetson-01:run-1").await;
+        assert!(again.success && again.resumed, "{again:?}");
+        assert_eq!(server.registry().len(), 1);
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refuses_bad_ids_and_configs_naming_the_fault() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        let long = "x".repeat(200);
+        let mut huge = grpc::config(10);
+        huge.total_epochs = 50_000_000;
+        let cases: Vec<(&str, Option<trainwatch::proto::TrainingConfig>, &str)> = vec![
+            ("", None, "session_id is empty"),
+            (&long, None, "200 bytes long"),
+            ("run/../../etc", None, "contains '/'"),
+            ("ok-id", Some(huge), "config.total_epochs is 50000000"),
+        ];
+        for (id, config, expected) in cases {
+            let r = c
+                .register_training_session(SessionInfo {
+                    session_id: id.into(),
+                    config,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!r.success, "{id:?} accepted");
+            assert!(r.message.contains(expected), "{id:?}: {}", r.message);
+        }
+        assert!(server.registry().is_empty());
+        stop(server).await;
+    }
+}
+
+mod stream {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_session_is_invalid_session_and_the_stream_goes_on() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        let mut s = Stream::open(&mut c).await;
+        let r = s
+            .call(request(
+                "never-registered",
+                Payload::BatchData(batch(0, 0, 1)),
+            ))
+            .await;
+        let (code, msg) = err(&r);
+        assert_eq!(code, ErrorCode::InvalidSession);
+        assert!(msg.contains("never-registered"), "{msg}");
+        // The same stream still serves a registered session.
+        register(&mut c, "late").await;
+        let r = s
+            .call(request("late", Payload::BatchData(batch(0, 7, 2))))
+            .await;
+        assert_eq!(ack(&r).batch_idx, 7);
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_invalid_batch_is_invalid_data_naming_the_fault() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "s").await;
+        let mut s = Stream::open(&mut c).await;
+
+        let mut too_many = batch(0, 1, 17);
+        too_many.predictions.truncate(17);
+        let mut preds = batch(0, 2, 4);
+        preds.predictions.pop();
+        let mut truth = batch(0, 3, 4);
+        truth.ground_truth.push(1);
+        let mut not_jpeg = batch(0, 4, 2);
+        not_jpeg.images[1] = ImageData {
+            image_bytes: bytes::Bytes::from_static(b"fake_jpeg_data"),
+        };
+        let mut too_big = batch(0, 5, 1);
+        too_big.images[0].image_bytes = grpc::jpeg(600, 40);
+        let mut conf = batch(0, 6, 2);
+        conf.predictions[1] = Prediction {
+            predicted_class: 1,
+            confidence: 1.5,
+        };
+        let mut nan = batch(0, 7, 1);
+        nan.batch_loss = f32::NAN;
+        let mut class = batch(0, 8, 1);
+        class.ground_truth[0] = 10; // the session's config lists 10 classes
+
+        let cases = [
+            (too_many, "has 17 images, more than max_batch_size 16"),
+            (preds, "has 3 predictions for 4 images"),
+            (truth, "has 5 ground_truth labels for 4 images"),
+            (not_jpeg, "image 1 is not a JPEG"),
+            (
+                too_big,
+                "image 0 is 600x40, larger than max_image_dimension 512",
+            ),
+            (conf, "predictions[1].confidence is 1.5"),
+            (nan, "batch_loss NaN"),
+            (class, "ground_truth[0] is class 10, expected 0..9"),
+        ];
+        for (b, expected) in cases {
+            let idx = b.batch_idx;
+            let r = s.call(request("s", Payload::BatchData(b))).await;
+            let (code, msg) = err(&r);
+            assert_eq!(code, ErrorCode::InvalidData, "batch {idx}: {msg}");
+            assert!(
+                msg.contains(expected),
+                "batch {idx}: {msg:?} lacks {expected:?}"
+            );
+        }
+        let r = s
+            .call(request(
+                "s",
+                Payload::EpochData(EpochData {
+                    epoch: 0,
+                    average_loss: 0.5,
+                    average_accuracy: 81.0,
+                }),
+            ))
+            .await;
+        assert!(err(&r).1.contains("average_accuracy is 81"), "{r:?}");
+        let r = s
+            .call(trainwatch::proto::MetricsRequest {
+                session_id: "s".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(err(&r), (ErrorCode::InvalidData, "message has no payload"));
+
+        // After all that the stream still acknowledges a valid batch.
+        let r = s
+            .call(request("s", Payload::BatchData(batch(0, 9, 16))))
+            .await;
+        assert_eq!((ack(&r).batch_idx, ack(&r).success), (9, true));
+        let st = get_json(server.http_addr, "/api/sessions/s").await;
+        assert_eq!(st["counters"]["batches_invalid"], 8);
+        assert_eq!(st["batches_received"], 1);
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_batches_are_all_acknowledged_in_order() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "big").await;
+        let mut s = Stream::open(&mut c).await;
+        let sender = {
+            let tx = s.sender();
+            tokio::spawn(async move {
+                for i in 0..1000u32 {
+                    let b = batch(i / 100, i % 100, 16);
+                    tx.send(request("big", Payload::BatchData(b)))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        for i in 0..1000u32 {
+            let r = s.recv().await;
+            let a = ack(&r);
+            assert_eq!(
+                (a.epoch, a.batch_idx, a.success, a.kind),
+                (i / 100, i % 100, true, AckKind::Batch as i32),
+                "ack {i}"
+            );
+        }
+        sender.await.unwrap();
+        let st = get_json(server.http_addr, "/api/sessions/big").await;
+        assert_eq!(st["batches_received"], 1000);
+        assert_eq!(st["last_batch"]["epoch"], 9);
+        assert_eq!(st["last_batch"]["batch_idx"], 99);
+        assert_eq!(st["last_batch"]["images"], 16);
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeats_are_acknowledged_with_their_sequence() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "hb").await;
+        let mut s = Stream::open(&mut c).await;
+        for seq in 1..=3 {
+            let r = s
+                .call(request(
+                    "hb",
+                    Payload::Heartbeat(Heartbeat {
+                        timestamp_ms: 1,
+                        sequence_number: seq,
+                    }),
+                ))
+                .await;
+            let a = ack(&r);
+            assert_eq!(
+                (a.kind, a.heartbeat_sequence),
+                (AckKind::Heartbeat as i32, seq)
+            );
+        }
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_session_buffer_answers_buffer_full_and_recovers() {
+        let mut settings = ServerSettings::local_insecure();
+        settings.limits.buffer_size = 4;
+        let server = start(settings).await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "slow").await;
+        let mut s = Stream::open(&mut c).await;
+        let session = server.registry().get("slow").unwrap();
+        let mut answers = Vec::new();
+        {
+            // A reader holding the session's state stalls its apply task: it
+            // takes at most one message off the queue of 4, so of 6 batches
+            // at least one overflows.
+            let _hold = session.state().read().await;
+            for i in 0..6 {
+                s.send(request("slow", Payload::BatchData(batch(0, i, 1))))
+                    .await;
+            }
+            answers.push(s.recv().await);
+            let (code, msg) = err(&answers[0]);
+            assert_eq!(code, ErrorCode::BufferFull);
+            assert!(msg.contains("buffer of 4 messages is full"), "{msg}");
+            assert!(
+                msg.contains("batch 4 of epoch 0") || msg.contains("batch 5 of epoch 0"),
+                "{msg}"
+            );
+        }
+        // Released: every batch got exactly one answer, the queued ones an
+        // ack in order, and new batches are accepted again.
+        for _ in 1..6 {
+            answers.push(s.recv().await);
+        }
+        let acked: Vec<u32> = answers
+            .iter()
+            .filter_map(|r| match &r.payload {
+                Some(metrics_response::Payload::Ack(a)) => Some(a.batch_idx),
+                _ => None,
+            })
+            .collect();
+        let refused = (6 - acked.len()) as u64;
+        assert!(
+            acked == [0, 1, 2, 3] || acked == [0, 1, 2, 3, 4],
+            "{acked:?}"
+        );
+        let r = s
+            .call(request("slow", Payload::BatchData(batch(0, 6, 1))))
+            .await;
+        assert_eq!(ack(&r).batch_idx, 6);
+        assert_eq!(
+            session
+                .counters
+                .buffer_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+            refused
+        );
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_sessions_are_isolated_from_each_others_faults() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "good").await;
+        register(&mut c, "bad").await;
+        let mut good = Stream::open(&mut c).await;
+        let mut bad = Stream::open(&mut c).await;
+        for i in 0..50u32 {
+            let mut b = batch(0, i, 4);
+            b.images[0].image_bytes = bytes::Bytes::from_static(b"not a jpeg");
+            bad.send(request("bad", Payload::BatchData(b))).await;
+            good.send(request("good", Payload::BatchData(batch(0, i, 4))))
+                .await;
+        }
+        for i in 0..50u32 {
+            assert_eq!(ack(&good.recv().await).batch_idx, i);
+            assert_eq!(err(&bad.recv().await).0, ErrorCode::InvalidData);
+        }
+        let g = get_json(server.http_addr, "/api/sessions/good").await;
+        let b = get_json(server.http_addr, "/api/sessions/bad").await;
+        assert_eq!(
+            (
+                g["batches_received"].as_u64(),
+                g["counters"]["batches_invalid"].as_u64()
+            ),
+            (Some(50), Some(0))
+        );
+        assert_eq!(
+            (
+                b["batches_received"].as_u64(),
+                b["counters"]["batches_invalid"].as_u64()
+            ),
+            (Some(0), Some(50))
+        );
+        stop(server).await;
+    }
+}
+
+mod events {
+    use super::*;
+
+    fn epoch_req(seq: u64, epoch: u32) -> trainwatch::proto::MetricsRequest {
+        let mut r = request(
+            "ev",
+            Payload::EpochData(EpochData {
+                epoch,
+                average_loss: 1.0 / (1.0 + epoch as f32),
+                average_accuracy: 0.1 * epoch as f32,
+            }),
+        );
+        r.event_seq = seq;
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resent_events_after_a_reconnect_are_applied_once() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "ev").await;
+        let mut s = Stream::open(&mut c).await;
+        for (seq, epoch) in [(1, 0), (2, 1)] {
+            let a = s.call(epoch_req(seq, epoch)).await;
+            assert_eq!(
+                (ack(&a).kind, ack(&a).event_seq),
+                (AckKind::Event as i32, seq)
+            );
+        }
+        let mut st = request(
+            "ev",
+            Payload::StatusUpdate(StatusUpdate {
+                status: TrainingStatus::Running as i32,
+                message: "started".into(),
+                config: None,
+                timestamp_ms: 5,
+            }),
+        );
+        st.event_seq = 3;
+        assert_eq!(ack(&s.call(st.clone()).await).event_seq, 3);
+        drop(s);
+
+        // The agent reconnects: registration tells it where the server is.
+        let mut c2 = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        let r = register(&mut c2, "ev").await;
+        assert!(r.resumed);
+        assert_eq!(r.last_event_seq, 3);
+        // It resends what it had not seen acknowledged, then goes on.
+        let mut s2 = Stream::open(&mut c2).await;
+        assert_eq!(ack(&s2.call(epoch_req(2, 1)).await).event_seq, 2);
+        assert_eq!(ack(&s2.call(st).await).event_seq, 3);
+        assert_eq!(ack(&s2.call(epoch_req(4, 2)).await).event_seq, 4);
+
+        let d = get_json(server.http_addr, "/api/sessions/ev").await;
+        let epochs: Vec<u64> = d["epoch_history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["epoch"].as_u64().unwrap())
+            .collect();
+        assert_eq!(epochs, vec![0, 1, 2]);
+        assert_eq!(d["status_history"].as_array().unwrap().len(), 1);
+        assert_eq!(d["status"], "RUNNING");
+        assert_eq!(d["counters"]["events_duplicate"], 2);
+        assert_eq!(d["last_event_seq"], 4);
+        stop(server).await;
+    }
+}
+
+mod http_api {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lists_sessions_and_serves_details_and_images() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "a").await;
+        register(&mut c, "b").await;
+        let mut s = Stream::open(&mut c).await;
+        ack(&s
+            .call(request("a", Payload::BatchData(batch(2, 3, 16))))
+            .await);
+
+        let list = get_json(server.http_addr, "/api/sessions").await;
+        let ids: Vec<&str> = list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["a", "b"]);
+        let a = &list["sessions"][0];
+        assert_eq!(a["config"]["dataset_name"], "cifar10");
+        assert_eq!(a["last_batch"]["epoch"], 2);
+        assert!((a["last_loss"].as_f64().unwrap() - 0.25).abs() < 1e-6);
+
+        let (status, body) = get(server.http_addr, "/api/sessions/a/images/15").await;
+        assert_eq!(status, 200);
+        assert_eq!(&body[..2], &[0xFF, 0xD8], "a JPEG");
+        let (status, body) = get(server.http_addr, "/api/sessions/nope").await;
+        assert_eq!(status, 404);
+        let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e["error"], "no session \"nope\"");
+        stop(server).await;
+    }
+}
+
+mod tls {
+    use super::*;
+    use trainwatch::config::ServerTlsFiles;
+    use trainwatch::tls::ClientTlsFiles;
+
+    fn tls_settings(dir: &std::path::Path, mutual: bool) -> ServerSettings {
+        let mut s = ServerSettings::local_insecure();
+        s.tls = Some(ServerTlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: mutual.then(|| dir.join("ca.pem")),
+        });
+        s
+    }
+
+    fn client_files(dir: &std::path::Path, id: Option<&str>) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca_cert: Some(dir.join("ca.pem")),
+            client_cert: id.map(|n| dir.join(format!("{n}.pem"))),
+            client_key: id.map(|n| dir.join(format!("{n}.key"))),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tls_server_serves_tls_clients_and_refuses_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        grpc::write_pki(dir.path(), &[]);
+        let server = start(tls_settings(dir.path(), false)).await;
+        let mut c = grpc::connect_tls(server.grpc_addr, &client_files(dir.path(), None))
+            .await
+            .unwrap();
+        assert!(register(&mut c, "tls").await.success);
+        let mut s = Stream::open(&mut c).await;
+        assert_eq!(
+            ack(&s
+                .call(request("tls", Payload::BatchData(batch(0, 1, 2))))
+                .await)
+            .batch_idx,
+            1
+        );
+
+        // A plaintext HTTP/2 client gets no answer it can use.
+        let plain = match grpc::connect_plain(server.grpc_addr).await {
+            Err(_) => true,
+            Ok(mut p) => p
+                .register_training_session(SessionInfo {
+                    session_id: "plain".into(),
+                    ..Default::default()
+                })
+                .await
+                .is_err(),
+        };
+        assert!(plain, "plaintext client was served by a TLS server");
+        // A client that trusts another CA refuses the server.
+        let other = tempfile::tempdir().unwrap();
+        grpc::write_pki(other.path(), &[]);
+        let wrong_ca = grpc::connect_tls(server.grpc_addr, &client_files(other.path(), None)).await;
+        assert!(
+            wrong_ca.is_err(),
+            "client accepted a server its CA did not sign"
+        );
+        assert!(server.registry().get("plain").is_none());
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mutual_tls_accepts_ca_signed_clients_only() {
+        let dir = tempfile::tempdir().unwrap();
+        grpc::write_pki(dir.path(), &["agent"]);
+        let other = tempfile::tempdir().unwrap();
+        grpc::write_pki(other.path(), &["intruder"]);
+        std::fs::copy(
+            other.path().join("intruder.pem"),
+            dir.path().join("intruder.pem"),
+        )
+        .unwrap();
+        std::fs::copy(
+            other.path().join("intruder.key"),
+            dir.path().join("intruder.key"),
+        )
+        .unwrap();
+        let server = start(tls_settings(dir.path(), true)).await;
+
+        let mut ok = grpc::connect_tls(server.grpc_addr, &client_files(dir.path(), Some("agent")))
+            .await
+            .expect("CA-signed client connects");
+        assert!(register(&mut ok, "mtls").await.success);
+
+        for who in [None, Some("intruder")] {
+            let refused =
+                match grpc::connect_tls(server.grpc_addr, &client_files(dir.path(), who)).await {
+                    Err(_) => true,
+                    Ok(mut c) => c
+                        .register_training_session(SessionInfo {
+                            session_id: "x".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_err(),
+                };
+            assert!(
+                refused,
+                "client {who:?} was served without a CA-signed certificate"
+            );
+        }
+        assert!(server.registry().get("x").is_none());
+        stop(server).await;
+    }
+}
+
+mod seed_peers {
+    use super::*;
+    use util::python::{protoc, run_script};
+
+    fn stubs(dir: &std::path::Path) {
+        let root = util::repo_root();
+        protoc(&root.join("proto/metrics.proto"), dir);
+        protoc(&root.join("proto/core_messages.proto"), dir);
+        protoc(&root.join("tests/python/seed_metrics.proto"), dir);
+    }
+
+    #[test]
+    fn our_proto_is_the_seed_protocol_field_for_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = util::repo_root();
+        let pb = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        util::python::descriptor_set(
+            &root.join("proto/metrics.proto"),
+            dir.path().join("ours.pb").as_path(),
+        );
+        util::python::descriptor_set(
+            &root.join("proto/core_messages.proto"),
+            dir.path().join("core.pb").as_path(),
+        );
+        util::python::descriptor_set(
+            &root.join("tests/python/seed_metrics.proto"),
+            dir.path().join("seed.pb").as_path(),
+        );
+        // metrics.proto extends the seed only compatibly ...
+        let out = run_script("proto_compat.py", &[&pb("ours.pb"), &pb("seed.pb")]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["problems"], serde_json::json!([]), "{out}");
+        assert!(
+            v["added"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "MetricsRequest.event_seq = 8"),
+            "{out}"
+        );
+        // ... and core_messages.proto is exactly the seed's four messages.
+        let out = run_script("proto_compat.py", &[&pb("seed.pb"), &pb("core.pb")]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v, serde_json::json!({"problems": [], "added": []}), "{out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grpcio_client_from_the_seed_proto_registers_and_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        stubs(dir.path());
+        grpc::write_pki(dir.path(), &[]);
+        let mut settings = ServerSettings::local_insecure();
+        settings.tls = Some(trainwatch::config::ServerTlsFiles {
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            client_ca: None,
+        });
+        let server = start(settings).await;
+        let addr = format!("127.0.0.1:{}", server.grpc_addr.port());
+        let d = dir.path().to_str().unwrap().to_string();
+        let ca = dir.path().join("ca.pem").to_str().unwrap().to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            run_script("seed_client.py", &[&addr, &d, "--ca", &ca])
+        })
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+        assert_eq!(v["registered"], true, "{out}");
+        assert_eq!(v["server_config"], serde_json::json!([16, 512, 2000, 100]));
+        // 20 batch acks in order, then the heartbeat's (batch_idx 0 to a
+        // seed peer, which does not know the ack kind).
+        let acks: Vec<u64> = v["acks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_u64().unwrap())
+            .collect();
+        let mut expected: Vec<u64> = (0..20).collect();
+        expected.push(0);
+        assert_eq!(acks, expected, "{out}");
+        assert_eq!(v["errors"][0]["code"], "INVALID_DATA", "{out}");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a JPEG"),
+            "{out}"
+        );
+
+        let d = get_json(server.http_addr, "/api/sessions/python-seed-client").await;
+        assert_eq!(d["batches_received"], 20);
+        assert_eq!(d["client"]["name"], "pytorch_trainer");
+        let acc = d["epoch_history"][0]["average_accuracy"].as_f64().unwrap();
+        assert!((acc - 0.8).abs() < 1e-6, "{acc}");
+        stop(server).await;
+    }
+}
+
+mod binary {
+    use super::*;
+    use util::proc::{run, ServerProc};
+
+    #[test]
+    fn config_errors_exit_64_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("server.toml");
+        std::fs::write(&toml, "insecure = true\n[limits]\nbufer_size = 3\n").unwrap();
+        let not_pem = dir.path().join("cert.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let toml_s = toml.to_str().unwrap();
+        let not_pem_s = not_pem.to_str().unwrap();
+        // (flags, environment, what stderr must name)
+        type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+        let mut cases: Vec<Case> = vec![
+            (vec![], vec![], vec!["tls.cert", "--insecure"]),
+            (
+                vec!["--insecure"],
+                vec![("TRAINWATCH_SERVER_LIMITS__BUFFER_SIZE", "0")],
+                vec!["limits.buffer_size", "= 0", "between 1 and 100000"],
+            ),
+            (
+                vec!["--insecure"],
+                vec![("TRAINWATCH_SERVER_LIMITS__HEARTBEAT_INTERVAL_MS", "soon")],
+                vec!["limits.heartbeat_interval_ms", "soon"],
+            ),
+            (
+                vec!["--insecure", "--listen", "nowhere:x"],
+                vec![],
+                vec!["`listen`", "nowhere:x"],
+            ),
+            (vec!["--config", toml_s], vec![], vec!["bufer_size"]),
+            (
+                vec!["--config", "/nonexistent/server.toml"],
+                vec![],
+                vec!["/nonexistent/server.toml"],
+            ),
+            (
+                vec!["--tls-cert", not_pem_s, "--tls-key", not_pem_s],
+                vec![],
+                vec![not_pem_s, "no PEM certificate"],
+            ),
+            (
+                vec![
+                    "--tls-cert",
+                    "/nonexistent/c.pem",
+                    "--tls-key",
+                    "/nonexistent/k.pem",
+                ],
+                vec![],
+                vec!["/nonexistent/c.pem", "cannot read"],
+            ),
+        ];
+        cases.push((
+            vec!["--insecure", "--no-such-flag"],
+            vec![],
+            vec!["--no-such-flag"],
+        ));
+        for (args, env, expected) in cases {
+            let mut full = vec!["server", "--http-listen", "127.0.0.1:0"];
+            if !args.contains(&"--listen") {
+                full.extend(["--listen", "127.0.0.1:0"]);
+            }
+            full.extend(&args);
+            let (code, stderr) = run(&full, &env);
+            assert_eq!(code, 64, "{args:?} {env:?}: {stderr}");
+            for e in expected {
+                assert!(
+                    stderr.contains(e),
+                    "{args:?} {env:?}: {stderr:?} lacks {e:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tls_server_process_serves_and_stops_cleanly_on_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        grpc::write_pki(dir.path(), &[]);
+        let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        let (cert, key) = (p("server.pem"), p("server.key"));
+        let server = ServerProc::start(&["--tls-cert", &cert, "--tls-key", &key], &[]);
+        let files = trainwatch::tls::ClientTlsFiles {
+            ca_cert: Some(dir.path().join("ca.pem")),
+            ..Default::default()
+        };
+        let mut c = grpc::connect_tls(server.grpc, &files).await.unwrap();
+        assert!(register(&mut c, "proc").await.success);
+        let mut s = Stream::open(&mut c).await;
+        assert_eq!(
+            ack(&s
+                .call(request("proc", Payload::BatchData(batch(0, 3, 1))))
+                .await)
+            .batch_idx,
+            3
+        );
+        let list = get_json(server.http, "/api/sessions").await;
+        assert_eq!(list["sessions"][0]["id"], "proc");
+        // SIGTERM with a stream still open: the server ends it and exits 0.
+        let status = tokio::task::spawn_blocking(move || server.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_insecure_server_process_serves_plaintext() {
+        let server = ServerProc::start(
+            &["--insecure"],
+            &[("TRAINWATCH_SERVER_LIMITS__MAX_BATCH_SIZE", "4")],
+        );
+        let mut c = grpc::connect_plain(server.grpc).await.unwrap();
+        let r = register(&mut c, "plain").await;
+        assert_eq!(
+            r.server_config.unwrap().max_batch_size,
+            4,
+            "environment layer applied"
+        );
+        let status = tokio::task::spawn_blocking(move || server.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
