@@ -502,6 +502,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_server_toml_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/server.toml");
+        let s = ServerSettings::load(Some(&path), &EnvMap::new(), vec![]).unwrap();
+        let d = ServerSettings::local_insecure();
+        assert_eq!(s.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(s.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            (s.limits, s.history, s.max_sessions, s.shutdown_grace),
+            (d.limits, d.history, d.max_sessions, d.shutdown_grace)
+        );
+        assert_eq!(
+            s.tls.unwrap().cert,
+            PathBuf::from("/etc/trainwatch/tls/server.pem")
+        );
+    }
+
+    #[test]
     fn unknown_file_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("server.toml");
