@@ -18,4 +18,5 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$SUM" ]; then
   echo "$SUM" > "$STAMP"
 fi
 export TRAINWATCH_PYTHON="$PWD/$VENV/bin/python"
-exec cargo test "$@"
+# Library, binary and integration tests (doc-tests: none; benches: `cargo bench`).
+exec cargo test --lib --bins --tests "$@"
