@@ -71,6 +71,78 @@ impl ServerArgs {
     }
 }
 
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Directory to write into (created; existing files are never overwritten).
+    pub dir: PathBuf,
+    /// Name or IP address the server is reached by (repeatable).
+    #[arg(long = "host", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    pub hosts: Vec<String>,
+    /// Also make a client certificate NAME.pem/NAME.key for mutual TLS (repeatable).
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
+}
+
+/// `trainwatch certs`: a small CA, a server certificate and optional client
+/// certificates, for trials and small fleets without a PKI of their own.
+pub fn certs(args: CertsArgs) -> ExitCode {
+    match write_certs(&args) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trainwatch certs: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn write_certs(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
+    let pki = crate::tls::EphemeralPki::with_server_names("trainwatch CA", &hosts)
+        .map_err(|e| format!("cannot make certificates for {hosts:?}: {e}"))?;
+    let mut files: Vec<(String, String, bool)> = vec![
+        ("ca.pem".into(), pki.ca_pem.clone(), false),
+        ("ca.key".into(), pki.ca_key_pem.clone(), true),
+        ("server.pem".into(), pki.server_cert_pem.clone(), false),
+        ("server.key".into(), pki.server_key_pem.clone(), true),
+    ];
+    for name in &args.clients {
+        let id = pki
+            .client(name)
+            .map_err(|e| format!("cannot make a client certificate for {name:?}: {e}"))?;
+        files.push((format!("{name}.pem"), id.cert_pem, false));
+        files.push((format!("{name}.key"), id.key_pem, true));
+    }
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+    if let Some((name, ..)) = files.iter().find(|(n, ..)| args.dir.join(n).exists()) {
+        return Err(format!(
+            "{} exists; not overwriting certificates",
+            args.dir.join(name).display()
+        ));
+    }
+    let mut written = Vec::new();
+    for (name, pem, secret) in files {
+        let path = args.dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if secret { 0o600 } else { 0o644 })
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        f.write_all(pem.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Logs to stderr; `TRAINWATCH_LOG` (or `RUST_LOG`) sets the filter.
 pub fn init_tracing() {
     let filter = std::env::var("TRAINWATCH_LOG")

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the central MetricsService (gRPC) and its HTTP API.
     Server(cli::ServerArgs),
+    /// Make a CA, a server certificate and client certificates (PEM files).
+    Certs(cli::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +42,6 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Server(args) => cli::server(args),
+        Command::Certs(args) => cli::certs(args),
     }
 }

@@ -119,6 +119,7 @@ pub fn client_config(files: &ClientTlsFiles, domain: &str) -> Result<ClientTlsCo
 pub struct EphemeralPki {
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub ca_pem: String,
+    pub ca_key_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
 }
@@ -130,7 +131,13 @@ pub struct ClientIdentityPem {
 }
 
 impl EphemeralPki {
+    /// A CA and a server certificate for `localhost`, 127.0.0.1 and ::1.
     pub fn new(ca_name: &str) -> Result<Self, rcgen::Error> {
+        Self::with_server_names(ca_name, &["localhost", "127.0.0.1", "::1"])
+    }
+
+    /// A CA and a server certificate for `names` (DNS names or IP addresses).
+    pub fn with_server_names(ca_name: &str, names: &[&str]) -> Result<Self, rcgen::Error> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -142,15 +149,17 @@ impl EphemeralPki {
         ];
         let key = KeyPair::generate()?;
         let ca_pem = params.self_signed(&key)?.pem();
+        let ca_key_pem = key.serialize_pem();
         let ca = rcgen::Issuer::new(params, key);
         let (server_cert_pem, server_key_pem) = leaf(
             &ca,
-            vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            names.iter().map(|n| n.to_string()).collect(),
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         Ok(EphemeralPki {
             ca,
             ca_pem,
+            ca_key_pem,
             server_cert_pem,
             server_key_pem,
         })

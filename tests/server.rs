@@ -766,15 +766,29 @@ mod binary {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tls_server_process_serves_and_stops_cleanly_on_sigterm() {
+        // The README's path: `trainwatch certs`, then a mutual-TLS server.
         let dir = tempfile::tempdir().unwrap();
-        grpc::write_pki(dir.path(), &[]);
-        let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
-        let (cert, key) = (p("server.pem"), p("server.key"));
-        let server = ServerProc::start(&["--tls-cert", &cert, "--tls-key", &key], &[]);
+        let certs = dir.path().join("tls");
+        let (code, stderr) = run(
+            &["certs", certs.to_str().unwrap(), "--client", "agent"],
+            &[],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let p = |f: &str| certs.join(f).to_str().unwrap().to_string();
+        let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+        let server = ServerProc::start(
+            &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca],
+            &[],
+        );
         let files = trainwatch::tls::ClientTlsFiles {
-            ca_cert: Some(dir.path().join("ca.pem")),
-            ..Default::default()
+            ca_cert: Some(certs.join("ca.pem")),
+            client_cert: Some(certs.join("agent.pem")),
+            client_key: Some(certs.join("agent.key")),
         };
+        // Running it again never overwrites a key.
+        let (code, stderr) = run(&["certs", certs.to_str().unwrap()], &[]);
+        assert_eq!(code, 1);
+        assert!(stderr.contains("exists; not overwriting"), "{stderr}");
         let mut c = grpc::connect_tls(server.grpc, &files).await.unwrap();
         assert!(register(&mut c, "proc").await.success);
         let mut s = Stream::open(&mut c).await;
