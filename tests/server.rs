@@ -827,3 +827,206 @@ mod binary {
         assert!(status.success(), "{status}");
     }
 }
+
+mod control {
+    use super::*;
+    use serde_json::json;
+    use trainwatch::proto::control_command::CommandType;
+    use util::http::post_json;
+
+    fn command(resp: &MetricsResponse) -> &trainwatch::proto::ControlCommand {
+        match &resp.payload {
+            Some(metrics_response::Payload::Command(c)) => c,
+            other => panic!("expected a command, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_reach_the_sessions_stream_and_wait_for_one_when_none_is_attached() {
+        let server = start_default().await;
+        let http = server.http_addr;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "run").await;
+        // No stream yet: held, numbered.
+        let (st, v) = post_json(
+            http,
+            "/api/sessions/run/commands",
+            &[],
+            &json!({"type": "pause"}),
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        assert_eq!(
+            v,
+            json!({"command_id": 1, "type": "PAUSE_TRAINING", "delivered": false})
+        );
+        // The agent's stream attaches with its first message and gets it.
+        let mut s = Stream::open(&mut c).await;
+        s.send(request(
+            "run",
+            Payload::Heartbeat(Heartbeat {
+                timestamp_ms: 1,
+                sequence_number: 1,
+            }),
+        ))
+        .await;
+        let mut got = [s.recv().await, s.recv().await];
+        got.sort_by_key(|r| matches!(r.payload, Some(metrics_response::Payload::Ack(_))));
+        let cmd = command(&got[0]);
+        assert_eq!(
+            (cmd.r#type(), cmd.command_id),
+            (CommandType::PauseTraining, 1)
+        );
+        // With a stream attached, commands go straight down it.
+        let (st, v) = post_json(
+            http,
+            "/api/sessions/run/commands",
+            &[],
+            &json!({"type": "STOP_TRAINING", "parameters": {"grace_period_s": "30"}}),
+        )
+        .await;
+        assert_eq!(
+            (st, v["delivered"].clone(), v["command_id"].clone()),
+            (202, json!(true), json!(2))
+        );
+        let r = s.recv().await;
+        let cmd = command(&r);
+        assert_eq!(cmd.r#type(), CommandType::StopTraining);
+        assert_eq!(cmd.parameters["grace_period_s"], "30");
+        assert_eq!(r.session_id, "run");
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_commands_are_refused_naming_the_fault() {
+        let server = start_default().await;
+        let http = server.http_addr;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "run").await;
+        let path = "/api/sessions/run/commands";
+        let cases = [
+            (
+                json!({"type": "reboot"}),
+                "type \"reboot\" is not a command",
+            ),
+            (
+                json!({"type": "CHANGE_LEARNING_RATE"}),
+                "needs parameters.learning_rate",
+            ),
+            (
+                json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": "fast"}}),
+                "learning_rate is \"fast\"",
+            ),
+            (
+                json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": "-1"}}),
+                "learning_rate is -1",
+            ),
+            (
+                json!({"type": "ADJUST_BATCH_SIZE", "parameters": {"batch_size": "2.5"}}),
+                "batch_size is 2.5",
+            ),
+            (
+                json!({"type": "STOP_TRAINING", "parameters": {"grace_period_s": "99999"}}),
+                "grace_period_s is 99999",
+            ),
+            (json!({"kind": "pause"}), "unknown field `kind`"),
+        ];
+        for (body, expected) in cases {
+            let (st, v) = post_json(http, path, &[], &body).await;
+            assert_eq!(st, 400, "{body}: {v}");
+            assert!(
+                v["error"].as_str().unwrap().contains(expected),
+                "{body}: {v}"
+            );
+        }
+        let (st, _) = post_json(
+            http,
+            "/api/sessions/nope/commands",
+            &[],
+            &json!({"type": "pause"}),
+        )
+        .await;
+        assert_eq!(st, 404);
+        // Not JSON, or from another site: refused before anything is sent.
+        let (st, _) = util::http::request(
+            http,
+            "POST",
+            path,
+            &[("Content-Type", "text/plain")],
+            b"{\"type\":\"pause\"}",
+        )
+        .await;
+        assert_eq!(st, 415);
+        let (st, v) = post_json(
+            http,
+            path,
+            &[("Origin", "http://evil.example")],
+            &json!({"type": "pause"}),
+        )
+        .await;
+        assert_eq!(st, 403, "{v}");
+        let (st, _) = post_json(
+            http,
+            path,
+            &[("Sec-Fetch-Site", "cross-site")],
+            &json!({"type": "pause"}),
+        )
+        .await;
+        assert_eq!(st, 403);
+        let session = server.registry().get("run").unwrap();
+        assert_eq!(
+            session
+                .counters
+                .commands_sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_needs_the_token_and_is_closed_off_loopback_without_one() {
+        let mut settings = ServerSettings::local_insecure();
+        settings.http_token = Some("0123456789abcdef-secret".into());
+        let server = start(settings).await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "run").await;
+        let path = "/api/sessions/run/commands";
+        let body = json!({"type": "resume"});
+        for auth in [None, Some("Bearer wrong"), Some("0123456789abcdef-secret")] {
+            let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let (st, v) = post_json(server.http_addr, path, &h, &body).await;
+            assert_eq!(st, 401, "{auth:?}: {v}");
+        }
+        let (st, v) = post_json(
+            server.http_addr,
+            path,
+            &[("Authorization", "Bearer 0123456789abcdef-secret")],
+            &body,
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        stop(server).await;
+
+        // A listener on every interface without a token: read-only.
+        let mut settings = ServerSettings::local_insecure();
+        settings.http_listen = "0.0.0.0:0".parse().unwrap();
+        let server = start(settings).await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "run").await;
+        let local: std::net::SocketAddr = format!("127.0.0.1:{}", server.http_addr.port())
+            .parse()
+            .unwrap();
+        let (st, v) = post_json(local, path, &[], &body).await;
+        assert_eq!(st, 403, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("no http_token"),
+            "{v}"
+        );
+        assert_eq!(
+            get_json(local, "/api/sessions").await["sessions"][0]["id"],
+            "run"
+        );
+        stop(server).await;
+    }
+}

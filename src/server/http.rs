@@ -6,37 +6,68 @@
 //!   series, status history and latest performance figures.
 //! - `GET /api/sessions/{id}/images/{i}` — image `i` of the newest frame,
 //!   as received (image/jpeg).
+//! - `POST /api/sessions/{id}/commands` — a control command for the run
+//!   (`{"type": "PAUSE_TRAINING", "parameters": {...}}`), sent down the
+//!   session's stream to the agent and on to the trainer.
 //! - `GET /healthz` — `ok` while serving.
+//!
+//! Control changes a training run, so it is guarded: when an `http_token`
+//! is configured every command must carry it (`Authorization: Bearer`),
+//! compared in constant time; without one, control is only open on a
+//! loopback listener. Commands must be `application/json` and, when the
+//! browser says where they come from (`Origin`, `Sec-Fetch-Site`),
+//! same-origin: an HTML form or script on another site cannot send one.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::session::{Registry, Session, SessionState};
-use crate::proto::{PerformanceData, TrainingConfig};
+use super::session::{CommandOutcome, Registry, Session, SessionState};
+use crate::proto::{control_command::CommandType, ControlCommand, PerformanceData, TrainingConfig};
 
-pub fn router(registry: Arc<Registry>) -> Router {
+/// Who may send control commands.
+#[derive(Clone, Debug)]
+pub struct ControlPolicy {
+    /// Required on every command when set.
+    pub token: Option<String>,
+    /// Whether the HTTP listener is on a loopback address: without a token,
+    /// control is open only then.
+    pub loopback: bool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    control: Arc<ControlPolicy>,
+}
+
+pub fn router(registry: Arc<Registry>, control: ControlPolicy) -> Router {
+    let state = AppState {
+        registry,
+        control: Arc::new(control),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(detail))
         .route("/api/sessions/{id}/images/{index}", get(image))
+        .route("/api/sessions/{id}/commands", post(command))
         .fallback(|| async { not_found("no such endpoint".to_string()) })
-        .with_state(registry)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 fn not_found(message: String) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    error(StatusCode::NOT_FOUND, message)
 }
 
 #[derive(Serialize)]
@@ -97,6 +128,8 @@ pub struct CountersJson {
     pub heartbeats: u64,
     pub image_bytes: u64,
     pub registrations: u64,
+    pub commands_sent: u64,
+    pub commands_dropped: u64,
     pub queue_depth: usize,
 }
 
@@ -225,12 +258,15 @@ fn summary(s: &Session, st: &SessionState) -> SummaryJson {
             heartbeats: c.heartbeats.load(Relaxed),
             image_bytes: c.image_bytes.load(Relaxed),
             registrations: c.registrations.load(Relaxed),
+            commands_sent: c.commands_sent.load(Relaxed),
+            commands_dropped: c.commands_dropped.load(Relaxed),
             queue_depth: s.queue_depth(),
         },
     }
 }
 
-async fn list(State(reg): State<Arc<Registry>>) -> Response {
+async fn list(State(app): State<AppState>) -> Response {
+    let reg = &app.registry;
     let mut out = Vec::new();
     for s in reg.all() {
         let st = s.state().read().await;
@@ -239,8 +275,8 @@ async fn list(State(reg): State<Arc<Registry>>) -> Response {
     Json(serde_json::json!({ "sessions": out })).into_response()
 }
 
-async fn detail(State(reg): State<Arc<Registry>>, Path(id): Path<String>) -> Response {
-    let Some(s) = reg.get(&id) else {
+async fn detail(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let Some(s) = app.registry.get(&id) else {
         return not_found(format!("no session {id:?}"));
     };
     let st = s.state().read().await;
@@ -282,11 +318,8 @@ async fn detail(State(reg): State<Arc<Registry>>, Path(id): Path<String>) -> Res
     .into_response()
 }
 
-async fn image(
-    State(reg): State<Arc<Registry>>,
-    Path((id, index)): Path<(String, usize)>,
-) -> Response {
-    let Some(s) = reg.get(&id) else {
+async fn image(State(app): State<AppState>, Path((id, index)): Path<(String, usize)>) -> Response {
+    let Some(s) = app.registry.get(&id) else {
         return not_found(format!("no session {id:?}"));
     };
     let img = {
@@ -308,4 +341,183 @@ async fn image(
             "session {id:?} has no image {index} in its newest frame"
         )),
     }
+}
+
+/// Body of `POST /api/sessions/{id}/commands`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandJson {
+    /// A CommandType name (`PAUSE_TRAINING`) or its short form (`pause`,
+    /// `resume`, `stop`, `adjust_batch_size`, `change_learning_rate`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
+/// Longest STOP grace period accepted (a checkpoint of a large model on
+/// slow eMMC can take minutes, not hours).
+const MAX_GRACE_S: f64 = 3600.0;
+
+fn parse_command(body: CommandJson) -> Result<ControlCommand, String> {
+    let upper = body.kind.to_ascii_uppercase();
+    let kind = match upper.as_str() {
+        "PAUSE" => CommandType::PauseTraining,
+        "RESUME" => CommandType::ResumeTraining,
+        "STOP" => CommandType::StopTraining,
+        other => CommandType::from_str_name(other)
+            .filter(|k| *k != CommandType::UnknownCommand)
+            .ok_or_else(|| {
+                format!(
+                    "type {:?} is not a command; expected PAUSE_TRAINING, RESUME_TRAINING, STOP_TRAINING, ADJUST_BATCH_SIZE or CHANGE_LEARNING_RATE",
+                    body.kind
+                )
+            })?,
+    };
+    if body.parameters.len() > 16 {
+        return Err(format!("{} parameters, at most 16", body.parameters.len()));
+    }
+    for (k, v) in &body.parameters {
+        if k.len() > 64 || v.len() > 256 {
+            return Err(format!(
+                "parameter {k:?} is too long (keys <= 64, values <= 256 bytes)"
+            ));
+        }
+    }
+    let num = |key: &str| -> Result<Option<f64>, String> {
+        body.parameters
+            .get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| format!("parameters.{key} is {v:?}, not a number"))
+            })
+            .transpose()
+    };
+    match kind {
+        CommandType::ChangeLearningRate => match num("learning_rate")? {
+            Some(lr) if lr > 0.0 && lr <= 10.0 => {}
+            Some(lr) => {
+                return Err(format!(
+                    "parameters.learning_rate is {lr}, expected 0 < lr <= 10"
+                ))
+            }
+            None => return Err("CHANGE_LEARNING_RATE needs parameters.learning_rate".into()),
+        },
+        CommandType::AdjustBatchSize => match num("batch_size")? {
+            Some(b) if (1.0..=1_000_000.0).contains(&b) && b.fract() == 0.0 => {}
+            Some(b) => {
+                return Err(format!(
+                    "parameters.batch_size is {b}, expected a whole number 1..=1000000"
+                ))
+            }
+            None => return Err("ADJUST_BATCH_SIZE needs parameters.batch_size".into()),
+        },
+        CommandType::StopTraining => {
+            if let Some(g) = num("grace_period_s")? {
+                if !(0.0..=MAX_GRACE_S).contains(&g) {
+                    return Err(format!(
+                        "parameters.grace_period_s is {g}, expected 0..={MAX_GRACE_S}"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(ControlCommand {
+        r#type: kind as i32,
+        parameters: body.parameters.into_iter().collect(),
+        command_id: 0,
+    })
+}
+
+/// Checks the token and where the request comes from; `Err` is the answer.
+fn authorize(policy: &ControlPolicy, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    match &policy.token {
+        Some(token) => {
+            let given = header(header::AUTHORIZATION)
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let same = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes());
+            if !bool::from(same) {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "control needs the server's token: Authorization: Bearer <http_token>".into(),
+                ));
+            }
+        }
+        None if !policy.loopback => {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "control is disabled: the HTTP listener is not loopback and no http_token is configured".into(),
+            ))
+        }
+        None => {}
+    }
+    if let Some(site) = header(header::HeaderName::from_static("sec-fetch-site")) {
+        if !matches!(site, "same-origin" | "none") {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!("cross-site control request refused (Sec-Fetch-Site: {site})"),
+            ));
+        }
+    }
+    if let Some(origin) = header(header::ORIGIN) {
+        let host = header(header::HOST).unwrap_or("");
+        let bare = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or(origin);
+        if bare != host {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!("cross-origin control request refused (Origin {origin}, Host {host})"),
+            ));
+        }
+    }
+    let json = header(header::CONTENT_TYPE)
+        .is_some_and(|c| c.split(';').next().unwrap_or("").trim() == "application/json");
+    if !json {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "control requests must be Content-Type: application/json".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn command(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err((status, message)) = authorize(&app.control, &headers) {
+        return error(status, message);
+    }
+    let Some(session) = app.registry.get(&id) else {
+        return not_found(format!("no session {id:?}"));
+    };
+    let parsed: CommandJson = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("command body: {e}")),
+    };
+    let cmd = match parse_command(parsed) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let kind = cmd.r#type().as_str_name();
+    let (command_id, delivered) = match session.send_command(cmd) {
+        CommandOutcome::Sent { command_id } => (command_id, true),
+        CommandOutcome::Queued { command_id } => (command_id, false),
+    };
+    tracing::info!(session = %id, command = kind, command_id, delivered, "control command");
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "command_id": command_id, "type": kind, "delivered": delivered })),
+    )
+        .into_response()
 }

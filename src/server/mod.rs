@@ -133,7 +133,13 @@ impl Server {
             r
         });
 
-        let app = http::router(registry.clone());
+        let app = http::router(
+            registry.clone(),
+            http::ControlPolicy {
+                token: settings.http_token.clone(),
+                loopback: http_addr.ip().is_loopback(),
+            },
+        );
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let r = axum::serve(http_listener, app)

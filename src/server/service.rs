@@ -9,13 +9,13 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::session::{Ingest, Registry, Reply};
+use super::session::{Ingest, Registry, Reply, Session};
 use super::validate;
 use crate::proto::{
     self, acknowledgment::AckKind, error_response::ErrorCode, metrics_request::Payload,
@@ -117,7 +117,12 @@ impl proto::MetricsService for Service {
             tx,
             self.shutdown.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // On shutdown the response stream ends even while an apply task
+        // still holds a sender, so the graceful drain can finish.
+        let stop = self.shutdown.clone().cancelled_owned();
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).take_until(stop),
+        )))
     }
 }
 
@@ -141,9 +146,25 @@ fn error(session_id: &str, code: ErrorCode, message: String) -> MetricsResponse 
 
 async fn read_stream(
     registry: Arc<Registry>,
-    mut inbound: Streaming<MetricsRequest>,
+    inbound: Streaming<MetricsRequest>,
     tx: Reply,
     shutdown: CancellationToken,
+) {
+    let mut attached = Vec::new();
+    read_messages(&registry, inbound, &tx, &shutdown, &mut attached).await;
+    for session in attached {
+        session.detach(&tx);
+    }
+}
+
+/// Reads until the client closes, the transport fails or the server stops;
+/// `attached` collects the sessions this stream carried.
+async fn read_messages(
+    registry: &Registry,
+    mut inbound: Streaming<MetricsRequest>,
+    tx: &Reply,
+    shutdown: &CancellationToken,
+    attached: &mut Vec<Arc<Session>>,
 ) {
     loop {
         let msg = tokio::select! {
@@ -166,7 +187,7 @@ async fn read_stream(
                 return;
             }
         };
-        if let Some(answer) = handle(&registry, req, &tx) {
+        if let Some(answer) = handle(registry, req, tx, attached) {
             if tx.send(Ok(answer)).await.is_err() {
                 return;
             }
@@ -177,7 +198,12 @@ async fn read_stream(
 /// Validates one request and routes it. Returns what to answer at once (an
 /// error, or a heartbeat's ack); applied messages are acknowledged later by
 /// the session's apply task.
-fn handle(registry: &Registry, req: MetricsRequest, tx: &Reply) -> Option<MetricsResponse> {
+fn handle(
+    registry: &Registry,
+    req: MetricsRequest,
+    tx: &Reply,
+    attached: &mut Vec<Arc<Session>>,
+) -> Option<MetricsResponse> {
     let sid = req.session_id.as_str();
     let Some(session) = registry.get(sid) else {
         return Some(error(
@@ -188,6 +214,9 @@ fn handle(registry: &Registry, req: MetricsRequest, tx: &Reply) -> Option<Metric
     };
     let now = proto::now_ms();
     session.touch(now);
+    if session.attach(tx) && !attached.iter().any(|s| Arc::ptr_eq(s, &session)) {
+        attached.push(session.clone());
+    }
     let counters = &session.counters;
     let invalid = |message: String| {
         counters.messages_invalid.fetch_add(1, Relaxed);

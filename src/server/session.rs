@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, RwLock as StdRwLock};
+use std::sync::{Arc, Mutex, RwLock as StdRwLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, RwLock};
@@ -21,9 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{History, Limits};
 use crate::proto::{
-    self, acknowledgment::AckKind, metrics_response, Acknowledgment, BatchData, EpochData,
-    MetricsResponse, PerformanceData, TrainingConfig, TrainingStatus,
+    self, acknowledgment::AckKind, metrics_response, Acknowledgment, BatchData, ControlCommand,
+    EpochData, MetricsResponse, PerformanceData, TrainingConfig, TrainingStatus,
 };
+
+/// Commands held for a session while no stream is attached to it (a
+/// reconnecting agent); beyond it the oldest are dropped and counted.
+pub const PENDING_COMMANDS: usize = 32;
 
 /// Where an apply task sends the acknowledgement of what it applied: the
 /// response half of the stream the message arrived on.
@@ -65,6 +69,8 @@ pub struct Counters {
     pub heartbeats: AtomicU64,
     pub image_bytes: AtomicU64,
     pub registrations: AtomicU64,
+    pub commands_sent: AtomicU64,
+    pub commands_dropped: AtomicU64,
 }
 
 /// The newest batch of a session, images kept by refcount as received.
@@ -217,6 +223,25 @@ pub struct Session {
     /// Number of class names in the run's config (0: unknown), for batch
     /// validation without the state lock.
     classes: AtomicUsize,
+    commands: Mutex<CommandRoute>,
+}
+
+/// Where a session's control commands go: the response half of the stream
+/// that most recently carried its messages, or a short queue until one does.
+#[derive(Default)]
+struct CommandRoute {
+    stream: Option<Reply>,
+    pending: VecDeque<ControlCommand>,
+    next_id: u64,
+}
+
+/// What happened to a command handed to [`Session::send_command`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// Written to the session's stream.
+    Sent { command_id: u64 },
+    /// No stream is attached (or it is full); held until the agent is back.
+    Queued { command_id: u64 },
 }
 
 impl Session {
@@ -256,6 +281,79 @@ impl Session {
         self.queue.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
         })
+    }
+
+    /// Routes this session's commands to `stream` from now on (the stream
+    /// that carried its latest message) and flushes held commands into it.
+    /// Returns whether the route changed.
+    pub fn attach(&self, stream: &Reply) -> bool {
+        let mut route = self.commands.lock().unwrap();
+        if route
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.same_channel(stream))
+        {
+            return false;
+        }
+        route.stream = Some(stream.clone());
+        while let Some(cmd) = route.pending.front() {
+            if stream
+                .try_send(Ok(self.command_response(cmd.clone())))
+                .is_err()
+            {
+                break;
+            }
+            route.pending.pop_front();
+            self.counters.commands_sent.fetch_add(1, Relaxed);
+        }
+        true
+    }
+
+    /// Stops routing commands to `stream` (its reader has ended), so the
+    /// route does not keep that stream's response half open.
+    pub fn detach(&self, stream: &Reply) {
+        let mut route = self.commands.lock().unwrap();
+        if route
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.same_channel(stream))
+        {
+            route.stream = None;
+        }
+    }
+
+    fn command_response(&self, cmd: ControlCommand) -> MetricsResponse {
+        MetricsResponse {
+            session_id: self.id.clone(),
+            timestamp_ms: proto::now_ms(),
+            payload: Some(metrics_response::Payload::Command(cmd)),
+        }
+    }
+
+    /// Sends a control command down the session's stream, numbering it.
+    /// Never waits: with no usable stream the command is held (bounded).
+    pub fn send_command(&self, mut cmd: ControlCommand) -> CommandOutcome {
+        let mut route = self.commands.lock().unwrap();
+        route.next_id += 1;
+        let command_id = route.next_id;
+        cmd.command_id = command_id;
+        if let Some(stream) = &route.stream {
+            // Commands are rare and small: a clone keeps the one that could
+            // not be written without unpacking the channel's error.
+            if stream
+                .try_send(Ok(self.command_response(cmd.clone())))
+                .is_ok()
+            {
+                self.counters.commands_sent.fetch_add(1, Relaxed);
+                return CommandOutcome::Sent { command_id };
+            }
+        }
+        if route.pending.len() == PENDING_COMMANDS {
+            route.pending.pop_front();
+            self.counters.commands_dropped.fetch_add(1, Relaxed);
+        }
+        route.pending.push_back(cmd);
+        CommandOutcome::Queued { command_id }
     }
 
     /// Messages waiting to be applied.
@@ -402,6 +500,7 @@ impl Registry {
             last_seen_ms: AtomicU64::new(now),
             finished: Default::default(),
             classes: AtomicUsize::new(0),
+            commands: Mutex::new(CommandRoute::default()),
         });
         map.insert(id.to_string(), session.clone());
         tokio::spawn(apply_task(session.clone(), rx, self.history));

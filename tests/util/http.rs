@@ -9,10 +9,42 @@ use super::TEST_TIMEOUT;
 
 /// `GET path` → (status code, body).
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    request(addr, "GET", path, &[], b"").await
+}
+
+/// `POST path` with a JSON body (and the extra `headers`) → (status, JSON).
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    let (status, body) = request(addr, "POST", path, &h, body.to_string().as_bytes()).await;
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// One HTTP/1.1 request → (status code, body).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut s = TcpStream::connect(addr).await.expect("connect HTTP");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
         let split = buf
@@ -28,7 +60,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
         (status, buf[split + 4..].to_vec())
     })
     .await
-    .expect("HTTP GET timed out")
+    .expect("HTTP request timed out")
 }
 
 /// `GET path` that must answer 200 with JSON.
