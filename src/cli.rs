@@ -38,6 +38,10 @@ pub struct ServerArgs {
     /// Serve gRPC in plaintext (TLS is the default).
     #[arg(long)]
     pub insecure: bool,
+    /// Token that control commands over HTTP must carry (>= 16 characters).
+    /// Prefer TRAINWATCH_SERVER_HTTP_TOKEN: flags show in `ps`.
+    #[arg(long, value_name = "TOKEN")]
+    pub http_token: Option<String>,
 }
 
 impl ServerArgs {
@@ -61,6 +65,9 @@ impl ServerArgs {
         }
         if self.insecure {
             o.push(("insecure", true.into()));
+        }
+        if let Some(v) = &self.http_token {
+            o.push(("http_token", v.clone().into()));
         }
         o
     }
