@@ -434,6 +434,304 @@ impl ServerSettings {
     }
 }
 
+// ----------------------------------------------------------------- agent --
+
+/// Environment prefix of the agent's keys.
+pub const AGENT_ENV_PREFIX: &str = "TRAINWATCH_AGENT";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    server: String,
+    insecure: bool,
+    shm_dir: PathBuf,
+    device_id: Option<String>,
+    max_fps: f64,
+    stop_grace_s: f64,
+    finished_grace_s: u64,
+    scan_interval_ms: u64,
+    #[serde(default)]
+    tls: RawAgentTls,
+    reconnect: RawReconnect,
+    health: RawHealth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentTls {
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    domain: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconnect {
+    initial_ms: u64,
+    max_ms: u64,
+    factor: f64,
+    liveness_intervals: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    log_interval_s: u64,
+    listen: Option<String>,
+}
+
+/// Where the agent streams to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerEndpoint {
+    /// `https://host:port` or (insecure) `http://host:port`.
+    pub url: String,
+    /// The host part, for TLS server-name checks unless overridden.
+    pub host: String,
+    pub tls: bool,
+}
+
+/// Validated settings of `trainwatch agent`.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub server: ServerEndpoint,
+    pub tls: crate::tls::ClientTlsFiles,
+    /// Server name checked against the certificate (default: the URL's host).
+    pub tls_domain: String,
+    pub shm_dir: PathBuf,
+    /// Stable per device: with the run name it makes the session id.
+    pub device_id: String,
+    pub max_fps: f64,
+    /// Grace period added to a STOP command that has none, so the trainer
+    /// can checkpoint before it ends.
+    pub stop_grace: Duration,
+    /// How long a finished run's segment stays before the agent removes it.
+    pub finished_grace: Duration,
+    /// How often the segment directory is rescanned for new runs.
+    pub scan_interval: Duration,
+    pub backoff: crate::agent::backoff::BackoffConfig,
+    /// A stream with no answer for this many heartbeat intervals is dead.
+    pub liveness_intervals: u32,
+    pub health_log_interval: Duration,
+    /// Prometheus text endpoint (loopback only), off when `None`.
+    pub health_listen: Option<SocketAddr>,
+}
+
+impl AgentSettings {
+    pub fn load(
+        file: Option<&Path>,
+        env: &EnvMap,
+        overrides: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let defaults: Vec<(&str, ::config::Value)> = vec![
+            ("server", "https://localhost:50051".into()),
+            ("insecure", false.into()),
+            ("shm_dir", "/dev/shm/trainwatch".into()),
+            ("max_fps", 60.0.into()),
+            ("stop_grace_s", 30.0.into()),
+            ("finished_grace_s", 600u64.into()),
+            ("scan_interval_ms", 500u64.into()),
+            ("reconnect.initial_ms", 200u64.into()),
+            ("reconnect.max_ms", 30_000u64.into()),
+            ("reconnect.factor", 2.0.into()),
+            ("reconnect.liveness_intervals", 3u64.into()),
+            ("health.log_interval_s", 60u64.into()),
+        ];
+        let raw: RawAgent = layered(&defaults, file, AGENT_ENV_PREFIX, env, overrides)?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawAgent) -> Result<Self, ConfigError> {
+        let server = parse_server_url(&raw.server, raw.insecure)?;
+        if raw.insecure && raw.tls.ca_cert.is_some() {
+            return Err(ConfigError::invalid(
+                "insecure",
+                true,
+                "plaintext was asked for but tls.ca_cert is set; choose one",
+            ));
+        }
+        if raw.tls.client_cert.is_some() != raw.tls.client_key.is_some() {
+            let (key, set) = if raw.tls.client_cert.is_some() {
+                ("tls.client_key", "tls.client_cert")
+            } else {
+                ("tls.client_cert", "tls.client_key")
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "(unset)",
+                format!("{set} is set; mutual TLS needs both the certificate and its key"),
+            ));
+        }
+        let device_id = match raw.device_id {
+            Some(id) => {
+                crate::server::validate::session_id(&id)
+                    .map_err(|e| ConfigError::invalid("device_id", format!("{id:?}"), e.0))?;
+                id
+            }
+            None => default_device_id(),
+        };
+        if !(raw.max_fps.is_finite() && (0.1..=1000.0).contains(&raw.max_fps)) {
+            return Err(ConfigError::invalid(
+                "max_fps",
+                raw.max_fps,
+                "must be between 0.1 and 1000",
+            ));
+        }
+        if !(raw.stop_grace_s.is_finite() && (0.0..=3600.0).contains(&raw.stop_grace_s)) {
+            return Err(ConfigError::invalid(
+                "stop_grace_s",
+                raw.stop_grace_s,
+                "must be between 0 and 3600",
+            ));
+        }
+        let backoff = crate::agent::backoff::BackoffConfig::new(
+            Duration::from_millis(raw.reconnect.initial_ms),
+            Duration::from_millis(raw.reconnect.max_ms),
+            raw.reconnect.factor,
+        )
+        .map_err(|e| {
+            let (key, value) = match e {
+                crate::agent::backoff::BackoffError::InitialTooSmall(_) => {
+                    ("reconnect.initial_ms", raw.reconnect.initial_ms.to_string())
+                }
+                crate::agent::backoff::BackoffError::MaxBelowInitial { .. } => {
+                    ("reconnect.max_ms", raw.reconnect.max_ms.to_string())
+                }
+                crate::agent::backoff::BackoffError::Factor(_) => {
+                    ("reconnect.factor", raw.reconnect.factor.to_string())
+                }
+            };
+            ConfigError::invalid(key, value, e.to_string())
+        })?;
+        let health_listen = match raw.health.listen.as_deref() {
+            None | Some("") => None,
+            Some(a) => {
+                let addr = parse_addr("health.listen", a)?;
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::invalid(
+                        "health.listen",
+                        a,
+                        "the health endpoint is for the device itself: use a loopback address",
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        let tls_domain = raw.tls.domain.unwrap_or_else(|| server.host.clone());
+        Ok(AgentSettings {
+            tls: crate::tls::ClientTlsFiles {
+                ca_cert: raw.tls.ca_cert,
+                client_cert: raw.tls.client_cert,
+                client_key: raw.tls.client_key,
+            },
+            tls_domain,
+            server,
+            shm_dir: raw.shm_dir,
+            device_id,
+            max_fps: raw.max_fps,
+            stop_grace: Duration::from_secs_f64(raw.stop_grace_s),
+            finished_grace: Duration::from_secs(in_range(
+                "finished_grace_s",
+                raw.finished_grace_s,
+                0,
+                30 * 24 * 3600,
+            )?),
+            scan_interval: Duration::from_millis(in_range(
+                "scan_interval_ms",
+                raw.scan_interval_ms,
+                10,
+                60_000,
+            )?),
+            backoff,
+            liveness_intervals: in_range(
+                "reconnect.liveness_intervals",
+                raw.reconnect.liveness_intervals,
+                2,
+                100,
+            )?,
+            health_log_interval: Duration::from_secs(in_range(
+                "health.log_interval_s",
+                raw.health.log_interval_s,
+                1,
+                86_400,
+            )?),
+            health_listen,
+        })
+    }
+}
+
+/// `https://host:port` (or `http://` with `insecure`) → endpoint.
+fn parse_server_url(url: &str, insecure: bool) -> Result<ServerEndpoint, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid("server", format!("{url:?}"), why.to_string());
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        if !insecure {
+            return Err(bad(
+                "http:// is plaintext: use https://, or set insecure = true (--insecure) to allow it",
+            ));
+        }
+        (false, r)
+    } else {
+        return Err(bad("expected https://HOST:PORT"));
+    };
+    if tls && insecure {
+        return Err(bad(
+            "insecure = true asks for plaintext but the URL is https://; use http://",
+        ));
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(bad("expected https://HOST:PORT with no path"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => (h, p),
+        _ => {
+            return Err(bad(
+                "the port is missing (e.g. https://metrics.example:50051)",
+            ))
+        }
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad("the port is not a number between 1 and 65535"));
+    }
+    Ok(ServerEndpoint {
+        url: format!("{}://{authority}", if tls { "https" } else { "http" }),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        tls,
+    })
+}
+
+/// A device id stable across restarts: the host name plus the first 8
+/// characters of /etc/machine-id when there is one.
+fn default_device_id() -> String {
+    let clean = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(48)
+            .collect()
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| clean(&h))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".to_string());
+    match std::fs::read_to_string("/etc/machine-id") {
+        Ok(id) if id.trim().len() >= 8 => format!("{host}-{}", clean(&id.trim()[..8])),
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +814,75 @@ mod tests {
             s.tls.unwrap().cert,
             PathBuf::from("/etc/trainwatch/tls/server.pem")
         );
+    }
+
+    #[test]
+    fn agent_server_urls_are_checked() {
+        let load = |pairs: &[(&str, &str)]| AgentSettings::load(None, &env(pairs), vec![]);
+        let ok = load(&[("TRAINWATCH_AGENT_SERVER", "https://metrics.lab:50051")]).unwrap();
+        assert_eq!(
+            ok.server,
+            ServerEndpoint {
+                url: "https://metrics.lab:50051".into(),
+                host: "metrics.lab".into(),
+                tls: true
+            }
+        );
+        assert_eq!(ok.tls_domain, "metrics.lab");
+        for (url, insecure, why) in [
+            ("http://h:1", "false", "http:// is plaintext"),
+            ("https://h:1", "true", "URL is https://"),
+            ("h:1", "false", "expected https://HOST:PORT"),
+            ("https://h", "false", "port is missing"),
+            ("https://h:0", "false", "between 1 and 65535"),
+            ("https://h:1/x", "false", "no path"),
+        ] {
+            let err = load(&[
+                ("TRAINWATCH_AGENT_SERVER", url),
+                ("TRAINWATCH_AGENT_INSECURE", insecure),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("`server`") && err.contains(why),
+                "{url}: {err}"
+            );
+        }
+        let plain = load(&[
+            ("TRAINWATCH_AGENT_SERVER", "http://[::1]:7"),
+            ("TRAINWATCH_AGENT_INSECURE", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (plain.server.host.as_str(), plain.server.tls),
+            ("::1", false)
+        );
+    }
+
+    #[test]
+    fn agent_values_are_validated() {
+        let load = |pairs: &[(&str, &str)]| {
+            AgentSettings::load(None, &env(pairs), vec![])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = load(&[("TRAINWATCH_AGENT_MAX_FPS", "0")]);
+        assert!(e.contains("`max_fps` = 0"), "{e}");
+        let e = load(&[("TRAINWATCH_AGENT_RECONNECT__FACTOR", "0.5")]);
+        assert!(e.contains("reconnect.factor") && e.contains("0.5"), "{e}");
+        let e = load(&[("TRAINWATCH_AGENT_HEALTH__LISTEN", "0.0.0.0:9464")]);
+        assert!(e.contains("health.listen") && e.contains("loopback"), "{e}");
+        let e = load(&[("TRAINWATCH_AGENT_DEVICE_ID", "a b")]);
+        assert!(e.contains("device_id"), "{e}");
+        let e = load(&[("TRAINWATCH_AGENT_TLS__CLIENT_CERT", "/x.pem")]);
+        assert!(e.contains("tls.client_key"), "{e}");
+        let d = AgentSettings::load(None, &EnvMap::new(), vec![]).unwrap();
+        assert!(
+            crate::server::validate::session_id(&d.device_id).is_ok(),
+            "{}",
+            d.device_id
+        );
+        assert_eq!(d.max_fps, 60.0);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! - [`tensor`] — how a batch of sample images is described (dtype, layout,
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
+//! - [`agent`] — `trainwatch agent`: the device-side service. Today its
+//!   reconnect policy (backoff with full jitter and a cap); the session
+//!   streaming follows with the shared-memory reader.
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions). Generated once
 //!   here so agent, server and tests share the types.
@@ -27,6 +30,7 @@
 //!   one function per subcommand returning an exit code.
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod proto;

@@ -1,0 +1,5 @@
+//! `trainwatch agent`: discovers training runs in shared memory and streams
+//! each as a session to the central MetricsService, carrying control
+//! commands back.
+
+pub mod backoff;
