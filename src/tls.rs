@@ -101,9 +101,11 @@ pub struct ClientTlsFiles {
 /// The client's TLS configuration for a server reached as `domain`.
 pub fn client_config(files: &ClientTlsFiles, domain: &str) -> Result<ClientTlsConfig, TlsError> {
     let mut cfg = ClientTlsConfig::new().domain_name(domain);
-    if let Some(ca) = &files.ca_cert {
-        cfg = cfg.ca_certificate(Certificate::from_pem(read_certs("CA certificate", ca)?));
-    }
+    cfg = match &files.ca_cert {
+        Some(ca) => cfg.ca_certificate(Certificate::from_pem(read_certs("CA certificate", ca)?)),
+        // A server with a publicly trusted certificate: the system's roots.
+        None => cfg.with_native_roots(),
+    };
     if let (Some(cert), Some(key)) = (&files.client_cert, &files.client_key) {
         let cert = read_certs("client certificate", cert)?;
         let key = read_key(key)?;

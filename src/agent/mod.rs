@@ -3,3 +3,5 @@
 //! commands back.
 
 pub mod backoff;
+pub mod channel;
+pub mod link;

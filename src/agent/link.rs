@@ -1,0 +1,299 @@
+//! The rules of one session's conversation with the server, kept apart
+//! from I/O so they can be tested with exact times: when a stream is dead,
+//! which events to send next, and how fast frames may go.
+//!
+//! Liveness asks only what the peer has shown it answers. Our server
+//! acknowledges heartbeats, so once one heartbeat ack has been seen a
+//! heartbeat unanswered for `intervals` heartbeat periods means the stream
+//! is dead. The seed's server acknowledges batches only; against it a batch
+//! unanswered that long means dead, and while training is paused (no
+//! batches) nothing is expected, so a silent but healthy peer never causes
+//! a reconnect loop. A dead TCP peer is still found by TCP and HTTP/2
+//! keepalive on the channel.
+
+use std::time::{Duration, Instant};
+
+/// Decides when a stream has stopped showing signs of life.
+#[derive(Debug)]
+pub struct Liveness {
+    window: Duration,
+    last_rx: Instant,
+    heartbeat_acks_seen: bool,
+    /// The oldest heartbeat sent since the last answer of any kind.
+    unanswered_heartbeat: Option<Instant>,
+    /// The oldest batch sent since the last answer of any kind.
+    unanswered_batch: Option<Instant>,
+}
+
+impl Liveness {
+    /// `window`: how long an expected answer may take (heartbeat interval
+    /// times the configured number of intervals).
+    pub fn new(window: Duration, now: Instant) -> Self {
+        Liveness {
+            window,
+            last_rx: now,
+            heartbeat_acks_seen: false,
+            unanswered_heartbeat: None,
+            unanswered_batch: None,
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Any message from the server is a sign of life.
+    pub fn on_response(&mut self, now: Instant, heartbeat_ack: bool) {
+        self.last_rx = now;
+        self.unanswered_heartbeat = None;
+        self.unanswered_batch = None;
+        self.heartbeat_acks_seen |= heartbeat_ack;
+    }
+
+    pub fn on_heartbeat_sent(&mut self, now: Instant) {
+        self.unanswered_heartbeat.get_or_insert(now);
+    }
+
+    pub fn on_batch_sent(&mut self, now: Instant) {
+        self.unanswered_batch.get_or_insert(now);
+    }
+
+    /// Whether the peer has ever acknowledged a heartbeat (our server does;
+    /// the seed's does not).
+    pub fn answers_heartbeats(&self) -> bool {
+        self.heartbeat_acks_seen
+    }
+
+    /// `Some(reason)` when the stream should be torn down.
+    pub fn dead(&self, now: Instant) -> Option<String> {
+        let overdue = |since: Option<Instant>| {
+            since.and_then(|t| {
+                let waited = now.saturating_duration_since(t);
+                (waited > self.window).then_some(waited)
+            })
+        };
+        if self.heartbeat_acks_seen {
+            if let Some(w) = overdue(self.unanswered_heartbeat) {
+                return Some(format!(
+                    "no answer to heartbeats for {} ms (window {} ms)",
+                    w.as_millis(),
+                    self.window.as_millis()
+                ));
+            }
+        }
+        overdue(self.unanswered_batch).map(|w| {
+            format!(
+                "no answer to batches for {} ms (window {} ms)",
+                w.as_millis(),
+                self.window.as_millis()
+            )
+        })
+    }
+}
+
+/// Which lossless events to send: everything after what the server has
+/// applied, at most `max_in_flight` ahead of its acknowledgements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventCursor {
+    /// Next event number to send.
+    pub next: u64,
+    /// Every event up to this number is applied by the server.
+    pub acked: u64,
+    pub max_in_flight: u64,
+}
+
+impl EventCursor {
+    /// After a (re)registration: the server has applied up to
+    /// `server_last`; resend from the one after it.
+    pub fn resume(server_last: u64, max_in_flight: u64) -> Self {
+        EventCursor {
+            next: server_last + 1,
+            acked: server_last,
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// Whether another event may be sent now.
+    pub fn may_send(&self) -> bool {
+        self.next - self.acked - 1 < self.max_in_flight
+    }
+
+    pub fn sent(&mut self, seq: u64) {
+        self.next = self.next.max(seq + 1);
+    }
+
+    /// Events that could not be read (overwritten in the ring) are skipped.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.next = self.next.max(seq);
+        self.acked = self.acked.max(seq.saturating_sub(1));
+    }
+
+    /// A cumulative acknowledgement; returns whether it advanced.
+    pub fn on_ack(&mut self, seq: u64) -> bool {
+        if seq > self.acked {
+            self.acked = seq;
+            self.next = self.next.max(seq + 1);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.next - self.acked - 1
+    }
+}
+
+/// Paces frames at most `max_fps`, slower after BUFFER_FULL: the rate halves
+/// (down to `min_fps`) and climbs back by a tenth per second without one.
+#[derive(Debug)]
+pub struct FramePacer {
+    max_fps: f64,
+    min_fps: f64,
+    fps: f64,
+    last_sent: Option<Instant>,
+    last_adjust: Instant,
+}
+
+impl FramePacer {
+    pub fn new(max_fps: f64, now: Instant) -> Self {
+        FramePacer {
+            max_fps,
+            min_fps: max_fps.min(1.0),
+            fps: max_fps,
+            last_sent: None,
+            last_adjust: now,
+        }
+    }
+
+    /// The rate in force now.
+    pub fn fps(&self) -> f64 {
+        self.fps
+    }
+
+    /// When the next frame may go (now if already due).
+    pub fn next_due(&self, now: Instant) -> Instant {
+        match self.last_sent {
+            None => now,
+            Some(t) => t + Duration::from_secs_f64(1.0 / self.fps),
+        }
+    }
+
+    pub fn ready(&self, now: Instant) -> bool {
+        self.next_due(now) <= now
+    }
+
+    pub fn sent(&mut self, now: Instant) {
+        self.recover(now);
+        self.last_sent = Some(now);
+    }
+
+    pub fn on_buffer_full(&mut self, now: Instant) {
+        self.fps = (self.fps / 2.0).max(self.min_fps);
+        self.last_adjust = now;
+    }
+
+    fn recover(&mut self, now: Instant) {
+        let secs = now
+            .saturating_duration_since(self.last_adjust)
+            .as_secs_f64();
+        if secs >= 1.0 && self.fps < self.max_fps {
+            self.fps = (self.fps * 1.1f64.powf(secs.floor())).min(self.max_fps);
+            self.last_adjust = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_peer_that_acks_heartbeats_is_dead_when_it_stops() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(ms(6000), t0);
+        l.on_heartbeat_sent(t0);
+        l.on_response(t0 + ms(5), true);
+        assert!(l.answers_heartbeats());
+        l.on_heartbeat_sent(t0 + ms(2000));
+        l.on_heartbeat_sent(t0 + ms(4000));
+        assert_eq!(
+            l.dead(t0 + ms(8000)),
+            None,
+            "6 s since the first unanswered"
+        );
+        let why = l.dead(t0 + ms(8001)).expect("dead");
+        assert!(why.contains("heartbeats for 6001 ms"), "{why}");
+    }
+
+    #[test]
+    fn a_seed_peer_that_never_acks_heartbeats_is_not_dead_while_paused() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(ms(6000), t0);
+        // Paused: only heartbeats, never answered, for a long time.
+        for i in 0..100 {
+            l.on_heartbeat_sent(t0 + ms(2000 * i));
+        }
+        assert_eq!(l.dead(t0 + ms(300_000)), None);
+        // A batch it does not acknowledge within the window: dead.
+        l.on_batch_sent(t0 + ms(300_000));
+        assert_eq!(l.dead(t0 + ms(306_000)), None);
+        assert!(l.dead(t0 + ms(306_001)).unwrap().contains("batches"));
+        // An ack in time keeps it alive.
+        l.on_response(t0 + ms(306_001), false);
+        assert_eq!(l.dead(t0 + ms(400_000)), None);
+    }
+
+    #[test]
+    fn the_event_cursor_resumes_after_what_the_server_applied() {
+        let mut c = EventCursor::resume(0, 2);
+        assert!(c.may_send());
+        c.sent(1);
+        c.sent(2);
+        assert!(!c.may_send(), "two in flight");
+        assert!(c.on_ack(1));
+        assert!(c.may_send());
+        assert!(!c.on_ack(1), "a repeated ack does not advance");
+        // Reconnect: the server says it applied 1, so 2 goes again.
+        let c = EventCursor::resume(1, 2);
+        assert_eq!((c.next, c.acked, c.in_flight()), (2, 1, 0));
+        // A restarted server knows nothing: everything is resent.
+        assert_eq!(EventCursor::resume(0, 8).next, 1);
+        let mut c = EventCursor::resume(0, 8);
+        c.skip_to(10);
+        assert_eq!((c.next, c.acked), (10, 9));
+    }
+
+    #[test]
+    fn frames_are_paced_and_slow_down_after_buffer_full() {
+        let t0 = Instant::now();
+        let mut p = FramePacer::new(50.0, t0);
+        assert!(p.ready(t0));
+        p.sent(t0);
+        assert!(!p.ready(t0 + ms(19)));
+        assert!(p.ready(t0 + ms(20)));
+        p.on_buffer_full(t0 + ms(20));
+        p.on_buffer_full(t0 + ms(20));
+        assert_eq!(p.fps(), 12.5);
+        p.sent(t0 + ms(100));
+        assert_eq!(p.next_due(t0 + ms(100)), t0 + ms(180));
+        // Climbs back by a tenth per second, never above the maximum.
+        p.sent(t0 + ms(3020));
+        assert!(
+            (p.fps() - 12.5 * 1.1f64.powi(3)).abs() < 1e-9,
+            "{}",
+            p.fps()
+        );
+        p.sent(t0 + ms(100_000));
+        assert_eq!(p.fps(), 50.0);
+        let mut slow = FramePacer::new(0.5, t0);
+        for _ in 0..10 {
+            slow.on_buffer_full(t0);
+        }
+        assert_eq!(slow.fps(), 0.5, "never below min(max_fps, 1)");
+    }
+}
