@@ -4,4 +4,5 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod health;
 pub mod link;
