@@ -76,10 +76,13 @@ def _tensor(images, shape, dtype, layout):
         if getattr(images, "device", None) is not None and str(images.device) != "cpu":
             images = images.cpu()
         images = images.numpy()
-    if shape is not None and len(shape) >= 1 and shape[0] > MAX_IMAGES and not isinstance(
+    given = shape if shape is not None else getattr(images, "shape", None)
+    if given is not None and len(given) >= 1 and given[0] > MAX_IMAGES and not isinstance(
         images, (bytes, bytearray, memoryview)
     ):
-        images = images[:MAX_IMAGES]
+        images = images[:MAX_IMAGES]  # a view: copy no more than is kept
+        if shape is not None:
+            shape = (MAX_IMAGES,) + tuple(shape[1:])
     mv = memoryview(images)
     code = _dtype_code(dtype)
     if shape is None:
@@ -267,9 +270,14 @@ class Publisher(object):
             if rc == 0:
                 return
             if rc < 0:
+                # Skipped by the library; the next poll goes on after it.
                 warnings.warn("trainwatch: skipped a malformed command: " + _lib.last_error(self._lib))
-                continue
-            raw = cmd.params.raw[: cmd.params_len].decode("utf-8", "replace")
+                return
+            # A c_char array field reads as bytes cut at the first NUL: take
+            # the raw bytes instead.
+            n = min(cmd.params_len, _lib.PARAMS_CAP)
+            raw = ctypes.string_at(ctypes.addressof(cmd) + _lib.Command.params.offset, n)
+            raw = raw.decode("utf-8", "replace")
             parts = raw.split("\0")[:-1]
             params = dict(zip(parts[0::2], parts[1::2]))
             self._check(self._lib.tw_ack_command(h, cmd.seq))

@@ -163,6 +163,11 @@ pub const DEFAULT_EVENT_SLOTS: u32 = 4096;
 /// Default control slots: commands come from a person at a dashboard.
 pub const DEFAULT_CONTROL_SLOTS: u32 = 16;
 
+/// Largest sequence number a reader accepts (frames, events, commands):
+/// 2^62 is never reached (146 years at a billion a second), and with it
+/// `2 * seq + 1`, the seqlock word, cannot overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 pub const MIN_SLOTS: u32 = 2;
 pub const MAX_FRAME_SLOTS: u32 = 64;
 pub const MAX_EVENT_SLOTS: u32 = 1 << 20;
@@ -601,13 +606,15 @@ impl RawTensor {
 
     /// Validates a stored descriptor; `None` for a frame without images.
     /// Errors name the field (prefixed by `what`) and the value.
+    /// `what` names the frame, built only for an error: the read path does
+    /// not allocate.
     pub fn validate(
         &self,
         path: &Path,
-        what: &str,
+        what: impl Fn() -> String,
         capacity: usize,
     ) -> Result<Option<TensorDesc>, ShmError> {
-        let f = |name: &str| format!("{what} {name}");
+        let f = |name: &str| format!("{} {name}", what());
         if self.count == 0 {
             if self.data_len != 0 {
                 return Err(ShmError::field(

@@ -371,7 +371,7 @@ impl Reader {
     ) -> Result<FrameRead, ShmError> {
         let m = &self.map;
         for _ in 0..READ_TRIES {
-            let f = m.load_u64(hdr::FRAME_WRITE_SEQ, Ordering::Acquire);
+            let f = self.seq(hdr::FRAME_WRITE_SEQ, "header frame_write_seq")?;
             if f == 0 {
                 return Ok(FrameRead::Nothing);
             }
@@ -407,23 +407,23 @@ impl Reader {
             };
             // Validate before the sizes steer a copy; a failure only counts
             // if the slot did not change meanwhile.
-            let what = format!("frame {f}");
+            let what = || format!("frame {f}");
             let checked = if frame_no != f {
                 Err(ShmError::field(
                     &self.path,
-                    &format!("{what} frame_no"),
+                    &format!("{} frame_no", what()),
                     frame_no,
                     f.to_string(),
                 ))
             } else if sample_count as usize > MAX_IMAGES {
                 Err(ShmError::field(
                     &self.path,
-                    &format!("{what} sample_count"),
+                    &format!("{} sample_count", what()),
                     sample_count,
                     format!("at most {MAX_IMAGES}"),
                 ))
             } else {
-                raw.validate(&self.path, &what, self.geo.frame_data_capacity)
+                raw.validate(&self.path, what, self.geo.frame_data_capacity)
             };
             let images = match checked {
                 Ok(images) => images,
@@ -499,7 +499,7 @@ impl Reader {
     pub fn next_event(&mut self) -> Result<Option<EventRead>, ShmError> {
         let slots = u64::from(self.geo.event_slots);
         for _ in 0..READ_TRIES {
-            let written = self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
+            let written = self.seq(hdr::EVENT_WRITE_SEQ, "header event_write_seq")?;
             if written < self.event_cursor {
                 return Err(ShmError::field(
                     &self.path,
@@ -538,7 +538,10 @@ impl Reader {
     /// Events after the acknowledged position, without moving anything
     /// (`inspect`). At most `max`.
     pub fn pending_events(&self, max: usize) -> Vec<Result<EventRead, ShmError>> {
-        let written = self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
+        let written = match self.seq(hdr::EVENT_WRITE_SEQ, "header event_write_seq") {
+            Ok(w) => w,
+            Err(e) => return vec![Err(e)],
+        };
         let acked = self
             .map
             .load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire)
@@ -679,7 +682,7 @@ impl Reader {
         self.need_writable("send a command")?;
         let encoded = encode_params(params)?;
         let m = &self.map;
-        let written = m.load_u64(hdr::CONTROL_WRITE_SEQ, Ordering::Relaxed);
+        let written = self.seq(hdr::CONTROL_WRITE_SEQ, "header control_write_seq")?;
         let applied = m.load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire);
         if applied > written {
             return Err(ShmError::field(
@@ -792,6 +795,23 @@ impl Drop for Reader {
             self.map
                 .store_u64(hdr::READER_INTERVAL_NS, 0, Ordering::Relaxed);
         }
+    }
+}
+
+impl Reader {
+    /// A sequence counter from the header, bounded so that seqlock
+    /// arithmetic on it cannot overflow.
+    fn seq(&self, off: usize, field: &str) -> Result<u64, ShmError> {
+        let v = self.map.load_u64(off, Ordering::Acquire);
+        if v > layout::MAX_SEQ {
+            return Err(ShmError::field(
+                &self.path,
+                field,
+                v,
+                format!("at most {}", layout::MAX_SEQ),
+            ));
+        }
+        Ok(v)
     }
 }
 

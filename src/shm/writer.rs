@@ -144,6 +144,9 @@ impl Writer {
                 .mode(0o2770)
                 .create(dir)
                 .map_err(|e| ShmError::io(dir, "create the segment directory", e))?;
+            // mkdir ignores the setgid bit; set it so files take the group.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o2770))
+                .map_err(|e| ShmError::io(dir, "set permissions of the segment directory", e))?;
         }
         let path = dir.join(&config.run_name);
         let tmp = dir.join(format!(".{}.{}.tmp", config.run_name, std::process::id()));
@@ -338,10 +341,10 @@ impl Writer {
         let images = match &batch.images {
             Some(img) if img.desc.count > 0 => {
                 let mut desc = img.desc;
-                RawTensor::from_desc(&desc)
-                    .validate(&self.path, "published images", usize::MAX)
-                    .map_err(|e| ShmError::InvalidArgument(e.to_string()))?;
-                if img.data.len() != desc.total_bytes() {
+                // Size check on the caller's descriptor as given; then keep
+                // what fits (MAX_IMAGES, slot capacity) and validate that.
+                let size = desc.image_bytes();
+                if size == 0 || img.data.len() as u128 != size as u128 * u128::from(desc.count) {
                     return Err(ShmError::InvalidArgument(format!(
                         "images: {} bytes given, the descriptor ({} x {}x{}x{} {}) needs {}",
                         img.data.len(),
@@ -350,14 +353,18 @@ impl Writer {
                         desc.height,
                         desc.width,
                         desc.dtype,
-                        desc.total_bytes()
+                        size as u128 * u128::from(desc.count)
                     )));
                 }
-                let fit =
-                    (self.geo.frame_data_capacity / desc.image_bytes()).min(MAX_IMAGES) as u32;
+                let fit = (self.geo.frame_data_capacity / size).min(MAX_IMAGES) as u32;
                 if desc.count > fit {
                     dropped = u64::from(desc.count - fit);
                     desc.count = fit;
+                }
+                if desc.count > 0 {
+                    RawTensor::from_desc(&desc)
+                        .validate(&self.path, || "published images".into(), usize::MAX)
+                        .map_err(|e| ShmError::InvalidArgument(e.to_string()))?;
                 }
                 (desc.count > 0).then(|| (desc, &img.data[..desc.total_bytes()]))
             }
@@ -498,6 +505,14 @@ impl Writer {
             return Ok(None);
         }
         let slots = u64::from(self.geo.control_slots);
+        if written > layout::MAX_SEQ {
+            return Err(ShmError::field(
+                &self.path,
+                "header control_write_seq",
+                written,
+                format!("at most {}", layout::MAX_SEQ),
+            ));
+        }
         if written - self.applied > slots {
             let err = ShmError::field(
                 &self.path,
