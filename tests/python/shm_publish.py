@@ -70,7 +70,7 @@ def roundtrip(outdir):
         labels = [int(v) for v in rng.integers(0, 10, size=samples)]
         pub = Publisher(name, total_epochs=10, batches_per_epoch=500, batch_size=64,
                         model_name="resnet18", dataset_name="cifar10", class_names=CLASSES,
-                        copy_images="always", frame_capacity=1 << 20)
+                        copy_images="always", frame_capacity=256 << 10, event_slots=64)
         pub.status("RUNNING", "started " + name)
         copied = pub.batch(epoch=i, batch_idx=100 + i, predictions=preds, confidences=confs,
                            labels=labels, loss=0.5 + i, **kw)
@@ -95,7 +95,7 @@ def roundtrip(outdir):
 
 
 def control():
-    pub = Publisher("ctl", class_names=CLASSES, frame_capacity=4096)
+    pub = Publisher("ctl", class_names=CLASSES, frame_capacity=4096, event_slots=64)
     print(pub.path, flush=True)
     sys.stdin.readline()
     got = [[c, p] for c, p in pub.commands()]
@@ -105,7 +105,7 @@ def control():
 
 
 def die():
-    pub = Publisher("dead", frame_capacity=4096)
+    pub = Publisher("dead", frame_capacity=4096, event_slots=64)
     pub.status("RUNNING", "about to vanish")
     print(pub.path, flush=True)
     os._exit(0)
