@@ -79,6 +79,7 @@ fn publish(c: &mut Criterion) {
         });
         // No agent attached: what calling publish every batch costs.
         let (_dir2, mut w2) = setup(name, ImagePolicy::Auto);
+        g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::new("skipped", name), &b, |bench, b| {
             bench.iter(|| w2.publish_batch(black_box(b)).unwrap())
         });
