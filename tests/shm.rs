@@ -1187,6 +1187,39 @@ mod python {
     }
 
     #[test]
+    fn python_copies_a_batch_only_when_the_agent_will_read_it() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let mut child = python(dir.path(), &["auto"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Lines::new(&mut child);
+        let mut stdin = child.stdin.take().unwrap();
+        let mut r = Reader::open(Path::new(&lines.next())).unwrap();
+        r.attach(0.01).unwrap(); // after each read, the next is 100 s away
+        writeln!(stdin, "attached").unwrap();
+        assert_eq!(lines.next(), "[false, true]");
+        let mut f = Frame::default();
+        assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::New);
+        assert_eq!((f.batch_idx, f.images.unwrap().count), (1, 2));
+        writeln!(stdin, "read").unwrap();
+        assert_eq!(lines.next(), "false");
+        let h = r.header();
+        assert_eq!(
+            (h.batches_seen, h.frames_published, h.frames_skipped),
+            (3, 1, 2)
+        );
+        assert_eq!(r.progress().unwrap().batch_idx, 2);
+        writeln!(stdin, "end").unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
     fn a_missing_library_names_every_path_tried() {
         if skip_without_numpy() {
             return;

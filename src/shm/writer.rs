@@ -299,13 +299,18 @@ impl Writer {
             self.publish_frame(batch).map(Published::Frame)
         } else {
             self.record_progress(batch.epoch, batch.batch_idx, batch.loss);
-            self.map.add_u64(hdr::FRAMES_SKIPPED, 1);
             Ok(Published::Skipped)
         }
     }
 
-    /// Records a batch's numbers without copying it (counts as a batch).
+    /// Records a batch that is not copied: its numbers go to the progress
+    /// block, and it counts as skipped.
     pub fn record_progress(&mut self, epoch: u32, batch_idx: u32, loss: f32) {
+        self.note_batch(epoch, batch_idx, loss);
+        self.map.add_u64(hdr::FRAMES_SKIPPED, 1);
+    }
+
+    fn note_batch(&mut self, epoch: u32, batch_idx: u32, loss: f32) {
         let now = monotonic_ns();
         if self.last_batch_ns != 0 {
             let dt = now.saturating_sub(self.last_batch_ns).min(1_000_000_000);
@@ -371,7 +376,7 @@ impl Writer {
             _ => None,
         };
 
-        self.record_progress(batch.epoch, batch.batch_idx, batch.loss);
+        self.note_batch(batch.epoch, batch.batch_idx, batch.loss);
         if dropped > 0 {
             self.map.add_u64(hdr::IMAGES_DROPPED, dropped);
         }
@@ -526,9 +531,8 @@ impl Writer {
         let n = self.applied + 1;
         let base = self.geo.control_slot(n);
         let s1 = m.load_u64(base + control::SEQ, Ordering::Acquire);
-        if s1 == 2 * n - 1 {
-            return Ok(None); // still being written; next poll
-        }
+        // The agent publishes control_write_seq only after the slot is
+        // complete, so anything but 2n here is corruption: skipped below.
         let read = || -> Result<Command, ShmError> {
             if s1 != 2 * n {
                 return Err(ShmError::field(

@@ -3,6 +3,8 @@
     shm_publish.py roundtrip OUTDIR   one segment per case, expectations in OUTDIR
     shm_publish.py control            prints the path, waits for a line on stdin,
                                       prints the commands received as JSON
+    shm_publish.py auto               copy policy: prints whether each batch was
+                                      copied, in step with the test on stdin
     shm_publish.py die                prints the path, exits without closing
     shm_publish.py load               only loads the library (error text on stderr)
 
@@ -104,6 +106,20 @@ def control():
     pub.close()
 
 
+def auto():
+    pub = Publisher("auto", frame_capacity=4096, event_slots=64)
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    alone = pub.batch(0, 0, images=x, predictions=[1, 2], loss=0.5)
+    print(pub.path, flush=True)
+    sys.stdin.readline()  # an agent attached
+    attached = pub.batch(0, 1, images=x, predictions=[1, 2], loss=0.5)
+    print(json.dumps([alone, attached]), flush=True)
+    sys.stdin.readline()  # the agent took the frame; its next read is far off
+    print(json.dumps(pub.batch(0, 2, images=x, predictions=[1, 2], loss=0.5)), flush=True)
+    sys.stdin.readline()
+    pub.close()
+
+
 def die():
     pub = Publisher("dead", frame_capacity=4096, event_slots=64)
     pub.status("RUNNING", "about to vanish")
@@ -125,6 +141,8 @@ if __name__ == "__main__":
         roundtrip(sys.argv[2])
     elif mode == "control":
         control()
+    elif mode == "auto":
+        auto()
     elif mode == "die":
         die()
     elif mode == "load":
