@@ -6,6 +6,10 @@
 //! central MetricsService (`server`), which keeps bounded per-session state
 //! and serves it over HTTP.
 //!
+//! - [`shm`] — the trainer → agent hand-off: one shared-memory segment per
+//!   run (format in [`shm::layout`]), a never-blocking writer exported to C
+//!   and Python, and a reader that validates everything it maps. Seqlocks
+//!   with Acquire/Release atomics make torn reads detectable on aarch64.
 //! - [`tensor`] — how a batch of sample images is described (dtype, layout,
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
@@ -35,5 +39,6 @@ pub mod cli;
 pub mod config;
 pub mod proto;
 pub mod server;
+pub mod shm;
 pub mod tensor;
 pub mod tls;

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the central MetricsService (gRPC) and its HTTP API.
     Server(cli::ServerArgs),
+    /// Show a shared-memory segment: header, config, newest frame, events, control.
+    Inspect(trainwatch::shm::inspect::InspectArgs),
     /// Make a CA, a server certificate and client certificates (PEM files).
     Certs(cli::CertsArgs),
 }
@@ -43,5 +45,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => cli::server(args),
         Command::Certs(args) => cli::certs(args),
+        Command::Inspect(args) => ExitCode::from(trainwatch::shm::inspect::run(
+            &args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
     }
 }

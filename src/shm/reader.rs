@@ -1,0 +1,858 @@
+//! The agent's side: opens a segment, validates it, and reads it.
+//!
+//! Nothing in the mapping is trusted. The header is checked once at open
+//! (magic, version, every region against the file length and the
+//! capacities); every slot is checked again on each read, and a slot that
+//! changed under the reader is retried or reported as busy, never used.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, Ordering};
+
+use serde::Serialize;
+
+use super::layout::{
+    self, control, event, frame, hdr, Geometry, RawGeometry, RawTensor, RunConfig, MAX_IMAGES,
+};
+use super::map::Mapping;
+use super::{encode_params, monotonic_ns, unix_ns, CommandKind, ShmError, TrainingStatus};
+use crate::tensor::TensorDesc;
+
+/// Reads of a slot that keeps changing under the reader before giving up
+/// for this call (the writer lapped it; the next call reads a newer one).
+const READ_TRIES: usize = 4;
+
+/// The newest frame, copied out. Reused between reads: its buffer only grows.
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    pub frame_no: u64,
+    pub epoch: u32,
+    pub batch_idx: u32,
+    pub loss: f32,
+    pub timestamp_unix_ns: u64,
+    /// CLOCK_MONOTONIC of the batch, comparable with [`monotonic_ns`].
+    pub mono_ns: u64,
+    sample_count: usize,
+    predictions: [i32; MAX_IMAGES],
+    confidences: [f32; MAX_IMAGES],
+    labels: [i32; MAX_IMAGES],
+    /// The images' descriptor; `None` for a frame without images.
+    pub images: Option<TensorDesc>,
+    data: Vec<u8>,
+    data_len: usize,
+}
+
+impl Frame {
+    pub fn predictions(&self) -> &[i32] {
+        &self.predictions[..self.sample_count]
+    }
+    pub fn confidences(&self) -> &[f32] {
+        &self.confidences[..self.sample_count]
+    }
+    pub fn labels(&self) -> &[i32] {
+        &self.labels[..self.sample_count]
+    }
+    /// The tensor bytes (empty without images, or when read as metadata only).
+    pub fn image_bytes(&self) -> &[u8] {
+        &self.data[..self.data_len]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameRead {
+    /// Nothing published yet.
+    Nothing,
+    /// The newest frame is the one returned last time; `out` untouched.
+    Unchanged,
+    /// `out` holds a new frame.
+    New,
+    /// The writer kept overwriting the slot while it was read; try later.
+    Busy,
+}
+
+/// A lossless event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Epoch {
+        epoch: u32,
+        average_loss: f32,
+        average_accuracy: f32,
+    },
+    Status {
+        status: TrainingStatus,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventRead {
+    /// Event number `seq` (from 1; the wire's `event_seq`).
+    Event {
+        seq: u64,
+        timestamp_unix_ns: u64,
+        event: Event,
+    },
+    /// Events `first..first+count` were overwritten before they were read.
+    Missed { first: u64, count: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent(u64),
+    /// The trainer has not applied enough commands to free a slot; keep the
+    /// command and try later.
+    Full,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum WriterState {
+    /// Publishing or heartbeating recently.
+    Live,
+    /// Alive but silent for `idle_ms`.
+    Idle { idle_ms: u64 },
+    /// Closed cleanly.
+    Closed,
+    /// The process is gone (or its pid now belongs to another process)
+    /// without closing the segment.
+    Dead,
+}
+
+/// The newest batch's numbers, whether or not its frame was copied.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Progress {
+    pub epoch: u32,
+    pub batch_idx: u32,
+    pub loss: f32,
+    pub mono_ns: u64,
+}
+
+/// A snapshot of the header's counters, for `inspect` and metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeaderInfo {
+    pub version: u32,
+    pub total_size: u64,
+    pub writer_pid: u32,
+    pub writer_start_unix_ns: u64,
+    pub writer_closed: bool,
+    pub writer_heartbeat_age_ms: Option<u64>,
+    pub frame_slots: u32,
+    pub frame_capacity: u64,
+    pub event_slots: u32,
+    pub control_slots: u32,
+    pub frames_published: u64,
+    pub batches_seen: u64,
+    pub frames_skipped: u64,
+    pub images_dropped: u64,
+    pub events_published: u64,
+    pub events_acked: u64,
+    pub commands_written: u64,
+    pub commands_applied: u64,
+    pub reader_pid: u32,
+    pub reader_max_fps: Option<f64>,
+    pub reader_heartbeat_age_ms: Option<u64>,
+    pub frames_taken: u64,
+}
+
+pub struct Reader {
+    map: Mapping,
+    geo: Geometry,
+    path: PathBuf,
+    config: RunConfig,
+    writer_pid: u32,
+    writer_start_ticks: u64,
+    last_frame: u64,
+    event_cursor: u64,
+    interval_ns: u64,
+}
+
+impl Reader {
+    /// Opens a segment to read it and to write the agent's fields (event
+    /// acknowledgements, commands, read rate).
+    pub fn open(path: &Path) -> Result<Reader, ShmError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| ShmError::io(path, "open", e))?;
+        Self::from_file(path, &file, true)
+    }
+
+    /// Opens a segment only to look at it (`inspect`): writes nothing.
+    pub fn open_read_only(path: &Path) -> Result<Reader, ShmError> {
+        let file = File::open(path).map_err(|e| ShmError::io(path, "open", e))?;
+        Self::from_file(path, &file, false)
+    }
+
+    /// Parses a segment image held in memory (fuzzing, tests); `path` only
+    /// names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Reader, ShmError> {
+        check_len(path, bytes.len() as u64)?;
+        let map = Mapping::from_bytes(bytes).map_err(|e| ShmError::io(path, "map", e))?;
+        Self::parse(path, map, bytes.len() as u64)
+    }
+
+    fn from_file(path: &Path, file: &File, writable: bool) -> Result<Reader, ShmError> {
+        let len = file
+            .metadata()
+            .map_err(|e| ShmError::io(path, "stat", e))?
+            .len();
+        check_len(path, len)?;
+        let map = Mapping::map(file, writable).map_err(|e| ShmError::io(path, "map", e))?;
+        Self::parse(path, map, len)
+    }
+
+    fn parse(path: &Path, map: Mapping, file_len: u64) -> Result<Reader, ShmError> {
+        let m = &map;
+        let magic = m.load_u64(hdr::MAGIC, Ordering::Acquire);
+        if magic != layout::MAGIC {
+            return Err(ShmError::field(
+                path,
+                "header magic",
+                format!("{magic:#018x}"),
+                format!("{:#018x} (\"TRNWATCH\")", layout::MAGIC),
+            ));
+        }
+        let version = m.load_u32(hdr::VERSION, Ordering::Relaxed);
+        if version != layout::VERSION {
+            return Err(ShmError::field(
+                path,
+                "header version",
+                version,
+                format!("{} (this build's format)", layout::VERSION),
+            ));
+        }
+        let header_size = m.load_u32(hdr::HEADER_SIZE, Ordering::Relaxed);
+        if header_size as usize != layout::HEADER_SIZE {
+            return Err(ShmError::field(
+                path,
+                "header header_size",
+                header_size,
+                layout::HEADER_SIZE.to_string(),
+            ));
+        }
+        let raw = RawGeometry {
+            total_size: m.load_u64(hdr::TOTAL_SIZE, Ordering::Relaxed),
+            config_offset: m.load_u64(hdr::CONFIG_OFFSET, Ordering::Relaxed),
+            config_len: m.load_u32(hdr::CONFIG_LEN, Ordering::Relaxed),
+            frame_slots: m.load_u32(hdr::FRAME_SLOTS, Ordering::Relaxed),
+            frames_offset: m.load_u64(hdr::FRAMES_OFFSET, Ordering::Relaxed),
+            frame_slot_size: m.load_u64(hdr::FRAME_SLOT_SIZE, Ordering::Relaxed),
+            frame_data_capacity: m.load_u64(hdr::FRAME_DATA_CAPACITY, Ordering::Relaxed),
+            event_slots: m.load_u32(hdr::EVENT_SLOTS, Ordering::Relaxed),
+            event_slot_size: m.load_u32(hdr::EVENT_SLOT_SIZE, Ordering::Relaxed),
+            events_offset: m.load_u64(hdr::EVENTS_OFFSET, Ordering::Relaxed),
+            control_slots: m.load_u32(hdr::CONTROL_SLOTS, Ordering::Relaxed),
+            control_slot_size: m.load_u32(hdr::CONTROL_SLOT_SIZE, Ordering::Relaxed),
+            control_offset: m.load_u64(hdr::CONTROL_OFFSET, Ordering::Relaxed),
+        };
+        // The mapping may be shorter than the file if it shrank since stat.
+        let geo = raw.validate(path, file_len.min(m.len() as u64))?;
+        let state = m.load_u32(hdr::WRITER_STATE, Ordering::Relaxed);
+        if state != layout::STATE_OPEN && state != layout::STATE_CLOSED {
+            return Err(ShmError::field(
+                path,
+                "header writer_state",
+                state,
+                "1 (open) or 2 (closed)".into(),
+            ));
+        }
+        let mut config_bytes = vec![0u8; geo.config_len];
+        m.read_bytes(geo.config_offset, &mut config_bytes);
+        let config = RunConfig::decode(path, &config_bytes)?;
+        let written = m.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
+        let acked = m.load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire);
+        if acked > written {
+            return Err(ShmError::field(
+                path,
+                "header event_ack_seq",
+                acked,
+                format!("at most event_write_seq {written}"),
+            ));
+        }
+        let reader = Reader {
+            writer_pid: m.load_u32(hdr::WRITER_PID, Ordering::Relaxed),
+            writer_start_ticks: m.load_u64(hdr::WRITER_START_TICKS, Ordering::Relaxed),
+            map,
+            geo,
+            path: path.to_owned(),
+            config,
+            last_frame: 0,
+            event_cursor: acked,
+            interval_ns: 0,
+        };
+        Ok(reader)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    fn need_writable(&self, op: &'static str) -> Result<(), ShmError> {
+        if self.map.writable() {
+            Ok(())
+        } else {
+            Err(ShmError::ReadOnly {
+                path: self.path.clone(),
+                op,
+            })
+        }
+    }
+
+    /// Announces this reader and the rate it takes frames at; the writer
+    /// then copies batches only around the reads. `max_fps` ≤ 0 detaches.
+    pub fn attach(&mut self, max_fps: f64) -> Result<(), ShmError> {
+        self.need_writable("attach")?;
+        let interval = if max_fps > 0.0 {
+            (1e9 / max_fps).clamp(1.0, 3.6e12) as u64
+        } else {
+            0
+        };
+        self.interval_ns = interval;
+        let now = monotonic_ns();
+        let m = &self.map;
+        m.store_u32(hdr::READER_PID, std::process::id(), Ordering::Relaxed);
+        m.store_u64(hdr::READER_HEARTBEAT_NS, now, Ordering::Relaxed);
+        m.store_u64(hdr::READER_NEXT_READ_NS, now, Ordering::Relaxed);
+        m.store_u64(hdr::READER_INTERVAL_NS, interval, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Marks the agent alive (its heartbeat in the header).
+    pub fn touch(&self) {
+        if self.map.writable() {
+            self.map
+                .store_u64(hdr::READER_HEARTBEAT_NS, monotonic_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// Copies the newest complete frame into `out`, unless it is the one
+    /// returned last time. When attached, also announces the next read.
+    pub fn latest_frame(&mut self, out: &mut Frame) -> Result<FrameRead, ShmError> {
+        if self.interval_ns != 0 && self.map.writable() {
+            let now = monotonic_ns();
+            self.map
+                .store_u64(hdr::READER_HEARTBEAT_NS, now, Ordering::Relaxed);
+            self.map.store_u64(
+                hdr::READER_NEXT_READ_NS,
+                now + self.interval_ns,
+                Ordering::Relaxed,
+            );
+        }
+        let got = self.read_newest(out, true, self.last_frame)?;
+        if got == FrameRead::New {
+            self.last_frame = out.frame_no;
+            if self.map.writable() {
+                self.map.add_u64(hdr::FRAMES_TAKEN, 1);
+            }
+        }
+        Ok(got)
+    }
+
+    /// The newest frame with its tensor bytes, whether or not it was
+    /// returned before; leaves the reader's position alone.
+    pub fn newest_frame(&self, out: &mut Frame) -> Result<FrameRead, ShmError> {
+        self.read_newest(out, true, 0)
+    }
+
+    /// The newest frame's metadata without its tensor bytes; leaves the
+    /// reader's position alone.
+    pub fn peek_frame(&self, out: &mut Frame) -> Result<FrameRead, ShmError> {
+        self.read_newest(out, false, 0)
+    }
+
+    fn read_newest(
+        &self,
+        out: &mut Frame,
+        copy_data: bool,
+        last: u64,
+    ) -> Result<FrameRead, ShmError> {
+        let m = &self.map;
+        for _ in 0..READ_TRIES {
+            let f = self.seq(hdr::FRAME_WRITE_SEQ, "header frame_write_seq")?;
+            if f == 0 {
+                return Ok(FrameRead::Nothing);
+            }
+            if f == last {
+                return Ok(FrameRead::Unchanged);
+            }
+            let base = self.geo.frame_slot(f);
+            let s1 = m.load_u64(base + frame::SEQ, Ordering::Acquire);
+            if s1 != 2 * f {
+                if s1 > 2 * f {
+                    continue; // already reused for a newer frame
+                }
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("frame slot for frame {f} seq"),
+                    s1,
+                    (2 * f).to_string(),
+                ));
+            }
+            let frame_no = m.load_u64(base + frame::FRAME_NO, Ordering::Relaxed);
+            let sample_count = m.load_u32(base + frame::SAMPLE_COUNT, Ordering::Relaxed);
+            let raw = RawTensor {
+                dtype: m.load_u32(base + frame::DTYPE, Ordering::Relaxed),
+                layout: m.load_u32(base + frame::LAYOUT, Ordering::Relaxed),
+                count: m.load_u32(base + frame::IMAGE_COUNT, Ordering::Relaxed),
+                channels: m.load_u32(base + frame::CHANNELS, Ordering::Relaxed),
+                height: m.load_u32(base + frame::HEIGHT, Ordering::Relaxed),
+                width: m.load_u32(base + frame::WIDTH, Ordering::Relaxed),
+                has_norm: m.load_u32(base + frame::HAS_NORM, Ordering::Relaxed),
+                mean: [0, 1, 2].map(|i| m.load_f32(base + frame::MEAN + 4 * i)),
+                std: [0, 1, 2].map(|i| m.load_f32(base + frame::STD + 4 * i)),
+                data_len: m.load_u64(base + frame::DATA_LEN, Ordering::Relaxed),
+            };
+            // Validate before the sizes steer a copy; a failure only counts
+            // if the slot did not change meanwhile.
+            let what = || format!("frame {f}");
+            let checked = if frame_no != f {
+                Err(ShmError::field(
+                    &self.path,
+                    &format!("{} frame_no", what()),
+                    frame_no,
+                    f.to_string(),
+                ))
+            } else if sample_count as usize > MAX_IMAGES {
+                Err(ShmError::field(
+                    &self.path,
+                    &format!("{} sample_count", what()),
+                    sample_count,
+                    format!("at most {MAX_IMAGES}"),
+                ))
+            } else {
+                raw.validate(&self.path, what, self.geo.frame_data_capacity)
+            };
+            let images = match checked {
+                Ok(images) => images,
+                Err(e) => {
+                    fence(Ordering::Acquire);
+                    if m.load_u64(base + frame::SEQ, Ordering::Relaxed) != s1 {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            out.frame_no = f;
+            out.epoch = m.load_u32(base + frame::EPOCH, Ordering::Relaxed);
+            out.batch_idx = m.load_u32(base + frame::BATCH_IDX, Ordering::Relaxed);
+            out.loss = m.load_f32(base + frame::LOSS);
+            out.timestamp_unix_ns = m.load_u64(base + frame::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+            out.mono_ns = m.load_u64(base + frame::MONO_NS, Ordering::Relaxed);
+            out.sample_count = sample_count as usize;
+            for i in 0..out.sample_count {
+                out.predictions[i] =
+                    m.load_u32(base + frame::PREDICTIONS + 4 * i, Ordering::Relaxed) as i32;
+                out.confidences[i] = m.load_f32(base + frame::CONFIDENCES + 4 * i);
+                out.labels[i] = m.load_u32(base + frame::LABELS + 4 * i, Ordering::Relaxed) as i32;
+            }
+            out.images = images;
+            out.data_len = 0;
+            if copy_data {
+                let len = raw.data_len as usize; // validated ≤ capacity
+                if out.data.len() < len {
+                    out.data.resize(len, 0);
+                }
+                m.read_bytes(base + frame::DATA, &mut out.data[..len]);
+                out.data_len = len;
+            }
+            fence(Ordering::Acquire);
+            if m.load_u64(base + frame::SEQ, Ordering::Relaxed) != s1 {
+                continue; // torn: the writer reused the slot while we copied
+            }
+            return Ok(FrameRead::New);
+        }
+        Ok(FrameRead::Busy)
+    }
+
+    /// The newest batch's numbers (updated even for batches not copied).
+    pub fn progress(&self) -> Option<Progress> {
+        let m = &self.map;
+        for _ in 0..READ_TRIES {
+            let s1 = m.load_u64(hdr::PROGRESS_SEQ, Ordering::Acquire);
+            if s1 == 0 {
+                return None;
+            }
+            if s1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let p = Progress {
+                epoch: m.load_u32(hdr::PROGRESS_EPOCH, Ordering::Relaxed),
+                batch_idx: m.load_u32(hdr::PROGRESS_BATCH_IDX, Ordering::Relaxed),
+                loss: m.load_f32(hdr::PROGRESS_LOSS),
+                mono_ns: m.load_u64(hdr::PROGRESS_MONO_NS, Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            if m.load_u64(hdr::PROGRESS_SEQ, Ordering::Relaxed) == s1 {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// The next event after the reader's position (which starts at the
+    /// acknowledged position), or the exact run of events that were lost.
+    /// A corrupt event is reported once and skipped.
+    pub fn next_event(&mut self) -> Result<Option<EventRead>, ShmError> {
+        let slots = u64::from(self.geo.event_slots);
+        for _ in 0..READ_TRIES {
+            let written = self.seq(hdr::EVENT_WRITE_SEQ, "header event_write_seq")?;
+            if written < self.event_cursor {
+                return Err(ShmError::field(
+                    &self.path,
+                    "header event_write_seq",
+                    written,
+                    format!("at least the read position {}", self.event_cursor),
+                ));
+            }
+            let next = self.event_cursor + 1;
+            if next > written {
+                return Ok(None);
+            }
+            let oldest = (written + 1).saturating_sub(slots).max(1);
+            if next < oldest {
+                self.event_cursor = oldest - 1;
+                return Ok(Some(EventRead::Missed {
+                    first: next,
+                    count: oldest - next,
+                }));
+            }
+            match self.read_event(next) {
+                Ok(Some(ev)) => {
+                    self.event_cursor = next;
+                    return Ok(Some(ev));
+                }
+                Ok(None) => continue, // lapped while reading: recount
+                Err(e) => {
+                    self.event_cursor = next;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Events after the acknowledged position, without moving anything
+    /// (`inspect`). At most `max`.
+    pub fn pending_events(&self, max: usize) -> Vec<Result<EventRead, ShmError>> {
+        let written = match self.seq(hdr::EVENT_WRITE_SEQ, "header event_write_seq") {
+            Ok(w) => w,
+            Err(e) => return vec![Err(e)],
+        };
+        let acked = self
+            .map
+            .load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire)
+            .min(written);
+        let oldest = (written + 1)
+            .saturating_sub(u64::from(self.geo.event_slots))
+            .max(1);
+        let mut out = Vec::new();
+        let mut n = acked + 1;
+        if n < oldest {
+            out.push(Ok(EventRead::Missed {
+                first: n,
+                count: oldest - n,
+            }));
+            n = oldest;
+        }
+        while n <= written && out.len() < max {
+            match self.read_event(n) {
+                Ok(Some(ev)) => out.push(Ok(ev)),
+                Ok(None) => {}
+                Err(e) => out.push(Err(e)),
+            }
+            n += 1;
+        }
+        out
+    }
+
+    /// Reads event `n`; `None` when it was overwritten (lapped).
+    fn read_event(&self, n: u64) -> Result<Option<EventRead>, ShmError> {
+        let m = &self.map;
+        let base = self.geo.event_slot(n);
+        let s1 = m.load_u64(base + event::SEQ, Ordering::Acquire);
+        if s1 > 2 * n {
+            return Ok(None);
+        }
+        if s1 != 2 * n {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("event slot for event {n} seq"),
+                s1,
+                (2 * n).to_string(),
+            ));
+        }
+        let kind = m.load_u32(base + event::KIND, Ordering::Relaxed);
+        let status = m.load_u32(base + event::STATUS, Ordering::Relaxed);
+        let ts = m.load_u64(base + event::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+        let epoch = m.load_u32(base + event::EPOCH, Ordering::Relaxed);
+        let loss = m.load_f32(base + event::AVG_LOSS);
+        let acc = m.load_f32(base + event::AVG_ACCURACY);
+        let len = m.load_u32(base + event::MSG_LEN, Ordering::Relaxed) as usize;
+        let mut msg = [0u8; event::MSG_CAP];
+        let len_ok = len <= event::MSG_CAP;
+        if len_ok {
+            m.read_bytes(base + event::MSG, &mut msg[..len]);
+        }
+        fence(Ordering::Acquire);
+        if m.load_u64(base + event::SEQ, Ordering::Relaxed) != s1 {
+            return Ok(None);
+        }
+        let field = |name: &str, v: u32, expected: &str| {
+            ShmError::field(&self.path, &format!("event {n} {name}"), v, expected.into())
+        };
+        if !len_ok {
+            return Err(field(
+                "msg_len",
+                len as u32,
+                &format!("at most {}", event::MSG_CAP),
+            ));
+        }
+        let event = match kind {
+            event::KIND_EPOCH => Event::Epoch {
+                epoch,
+                average_loss: loss,
+                average_accuracy: acc,
+            },
+            event::KIND_STATUS => {
+                let status = TrainingStatus::from_code(status)
+                    .ok_or_else(|| field("status", status, "0..=5"))?;
+                let message = std::str::from_utf8(&msg[..len])
+                    .map_err(|e| {
+                        ShmError::field(
+                            &self.path,
+                            &format!("event {n} message"),
+                            format!("not UTF-8 ({e})"),
+                            "UTF-8".into(),
+                        )
+                    })?
+                    .to_owned();
+                Event::Status { status, message }
+            }
+            k => return Err(field("kind", k, "1 (epoch) or 2 (status)")),
+        };
+        Ok(Some(EventRead::Event {
+            seq: n,
+            timestamp_unix_ns: ts,
+            event,
+        }))
+    }
+
+    /// Records that events up to `seq` are delivered (the server applied
+    /// them): a restarted agent resumes after it. Never moves backwards.
+    pub fn ack_events(&self, seq: u64) -> Result<(), ShmError> {
+        self.need_writable("acknowledge events")?;
+        let written = self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
+        if seq > written {
+            return Err(ShmError::InvalidArgument(format!(
+                "acknowledging event {seq}, but only {written} were published"
+            )));
+        }
+        self.map
+            .fetch_max_u64(hdr::EVENT_ACK_SEQ, seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// Where the event ring stands: (acknowledged, read position, written).
+    pub fn event_positions(&self) -> (u64, u64, u64) {
+        (
+            self.map.load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire),
+            self.event_cursor,
+            self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire),
+        )
+    }
+
+    /// Moves the read position back to the acknowledged one (after a lost
+    /// connection, unacknowledged events are sent again).
+    pub fn rewind_to_ack(&mut self) {
+        let acked = self.map.load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire);
+        self.event_cursor = acked.min(self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire));
+    }
+
+    /// Writes a command for the trainer. One agent writes a segment's
+    /// control ring.
+    pub fn send_command(
+        &mut self,
+        kind: CommandKind,
+        params: &[(&str, &str)],
+    ) -> Result<SendOutcome, ShmError> {
+        self.need_writable("send a command")?;
+        let encoded = encode_params(params)?;
+        let m = &self.map;
+        let written = self.seq(hdr::CONTROL_WRITE_SEQ, "header control_write_seq")?;
+        let applied = m.load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire);
+        if applied > written {
+            return Err(ShmError::field(
+                &self.path,
+                "header control_applied_seq",
+                applied,
+                format!("at most control_write_seq {written}"),
+            ));
+        }
+        if written - applied >= u64::from(self.geo.control_slots) {
+            return Ok(SendOutcome::Full);
+        }
+        let n = written + 1;
+        let base = self.geo.control_slot(n);
+        m.store_u64(base + control::SEQ, 2 * n - 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        m.store_u32(base + control::COMMAND, kind as u32, Ordering::Relaxed);
+        m.store_u32(
+            base + control::PARAMS_LEN,
+            encoded.len() as u32,
+            Ordering::Relaxed,
+        );
+        m.store_u64(
+            base + control::TIMESTAMP_UNIX_NS,
+            unix_ns(),
+            Ordering::Relaxed,
+        );
+        m.write_bytes(base + control::PARAMS, &encoded);
+        m.store_u64(base + control::SEQ, 2 * n, Ordering::Release);
+        m.store_u64(hdr::CONTROL_WRITE_SEQ, n, Ordering::Release);
+        Ok(SendOutcome::Sent(n))
+    }
+
+    /// (written, applied) sequence numbers of the control ring.
+    pub fn control_positions(&self) -> (u64, u64) {
+        (
+            self.map.load_u64(hdr::CONTROL_WRITE_SEQ, Ordering::Acquire),
+            self.map
+                .load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire),
+        )
+    }
+
+    /// Live, idle (silent for `idle_after_ns`), closed, or dead.
+    pub fn writer_state(&self, idle_after_ns: u64) -> WriterState {
+        if self.map.load_u32(hdr::WRITER_STATE, Ordering::Acquire) == layout::STATE_CLOSED {
+            return WriterState::Closed;
+        }
+        if !super::pid_exists(self.writer_pid) {
+            return WriterState::Dead;
+        }
+        if self.writer_start_ticks != 0 {
+            if let Some(ticks) = super::process_start_ticks(self.writer_pid) {
+                if ticks != self.writer_start_ticks {
+                    return WriterState::Dead;
+                }
+            }
+        }
+        let beat = self
+            .map
+            .load_u64(hdr::WRITER_HEARTBEAT_NS, Ordering::Relaxed);
+        let idle = monotonic_ns().saturating_sub(beat);
+        if idle > idle_after_ns {
+            WriterState::Idle {
+                idle_ms: idle / 1_000_000,
+            }
+        } else {
+            WriterState::Live
+        }
+    }
+
+    pub fn header(&self) -> HeaderInfo {
+        let m = &self.map;
+        let now = monotonic_ns();
+        let age = |off: usize| {
+            let t = m.load_u64(off, Ordering::Relaxed);
+            (t != 0).then(|| now.saturating_sub(t) / 1_000_000)
+        };
+        let interval = m.load_u64(hdr::READER_INTERVAL_NS, Ordering::Relaxed);
+        HeaderInfo {
+            version: m.load_u32(hdr::VERSION, Ordering::Relaxed),
+            total_size: self.geo.total_size,
+            writer_pid: self.writer_pid,
+            writer_start_unix_ns: m.load_u64(hdr::WRITER_START_UNIX_NS, Ordering::Relaxed),
+            writer_closed: m.load_u32(hdr::WRITER_STATE, Ordering::Acquire) == layout::STATE_CLOSED,
+            writer_heartbeat_age_ms: age(hdr::WRITER_HEARTBEAT_NS),
+            frame_slots: self.geo.frame_slots,
+            frame_capacity: self.geo.frame_data_capacity as u64,
+            event_slots: self.geo.event_slots,
+            control_slots: self.geo.control_slots,
+            frames_published: m.load_u64(hdr::FRAME_WRITE_SEQ, Ordering::Acquire),
+            batches_seen: m.load_u64(hdr::BATCHES_SEEN, Ordering::Relaxed),
+            frames_skipped: m.load_u64(hdr::FRAMES_SKIPPED, Ordering::Relaxed),
+            images_dropped: m.load_u64(hdr::IMAGES_DROPPED, Ordering::Relaxed),
+            events_published: m.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire),
+            events_acked: m.load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire),
+            commands_written: m.load_u64(hdr::CONTROL_WRITE_SEQ, Ordering::Acquire),
+            commands_applied: m.load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire),
+            reader_pid: m.load_u32(hdr::READER_PID, Ordering::Relaxed),
+            reader_max_fps: (interval != 0).then(|| 1e9 / interval as f64),
+            reader_heartbeat_age_ms: age(hdr::READER_HEARTBEAT_NS),
+            frames_taken: m.load_u64(hdr::FRAMES_TAKEN, Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Detach: the writer stops copying frames for us.
+        if self.interval_ns != 0 && self.map.writable() {
+            self.map
+                .store_u64(hdr::READER_INTERVAL_NS, 0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Reader {
+    /// A sequence counter from the header, bounded so that seqlock
+    /// arithmetic on it cannot overflow.
+    fn seq(&self, off: usize, field: &str) -> Result<u64, ShmError> {
+        let v = self.map.load_u64(off, Ordering::Acquire);
+        if v > layout::MAX_SEQ {
+            return Err(ShmError::field(
+                &self.path,
+                field,
+                v,
+                format!("at most {}", layout::MAX_SEQ),
+            ));
+        }
+        Ok(v)
+    }
+}
+
+fn check_len(path: &Path, len: u64) -> Result<(), ShmError> {
+    if len < layout::HEADER_SIZE as u64 {
+        return Err(ShmError::TooShort {
+            path: path.to_owned(),
+            len,
+            need: layout::HEADER_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// Everything a reader does with a segment image, for fuzzing: the result
+/// is thrown away, only a panic or an out-of-bounds read would show.
+#[doc(hidden)]
+pub fn fuzz_exercise(bytes: &[u8]) {
+    let Ok(mut r) = Reader::from_bytes(Path::new("fuzz"), bytes) else {
+        return;
+    };
+    let mut f = Frame::default();
+    let _ = r.latest_frame(&mut f);
+    let _ = r.peek_frame(&mut f);
+    let _ = r.progress();
+    let _ = r.header();
+    let _ = r.writer_state(0);
+    let _ = r.pending_events(100);
+    for _ in 0..200 {
+        if let Ok(None) = r.next_event() {
+            break;
+        }
+    }
+    let _ = r.ack_events(1);
+    let _ = r.send_command(CommandKind::Pause, &[("k", "v")]);
+    let _ = super::inspect::report_json(&r);
+    let _ = super::inspect::report_text(&r);
+}

@@ -1,0 +1,649 @@
+//! The trainer's side: creates a segment and publishes into it.
+//!
+//! Publishing never waits: a frame is a memcpy into the next slot, an event
+//! a few stores, and nothing ever blocks on the agent. With
+//! [`ImagePolicy::Auto`] the writer copies a batch only when the agent will
+//! take it soon (it announces its next read in the header); other batches
+//! cost a few atomic stores.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, Ordering};
+
+use super::layout::{self, control, event, frame, hdr, Geometry, RawTensor, RunConfig, MAX_IMAGES};
+use super::map::Mapping;
+use super::{decode_params, monotonic_ns, unix_ns, Command, CommandKind, ShmError, TrainingStatus};
+use crate::tensor::TensorDesc;
+
+/// When batches are copied into the frame ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePolicy {
+    /// Only when an attached agent will read soon: calling `publish_batch`
+    /// every batch stays cheap.
+    Auto,
+    /// Every batch (tests, debugging, tools that read without attaching).
+    Always,
+}
+
+/// How to lay out a new segment.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    pub shm_dir: PathBuf,
+    pub frame_slots: u32,
+    /// Tensor bytes one frame can hold.
+    pub frame_capacity: u64,
+    pub event_slots: u32,
+    pub control_slots: u32,
+    pub image_policy: ImagePolicy,
+    /// File mode: group read/write so the agent's group can attach.
+    pub mode: u32,
+}
+
+impl WriterOptions {
+    pub fn new(shm_dir: impl Into<PathBuf>) -> WriterOptions {
+        WriterOptions {
+            shm_dir: shm_dir.into(),
+            frame_slots: layout::DEFAULT_FRAME_SLOTS,
+            frame_capacity: layout::DEFAULT_FRAME_CAPACITY,
+            event_slots: layout::DEFAULT_EVENT_SLOTS,
+            control_slots: layout::DEFAULT_CONTROL_SLOTS,
+            image_policy: ImagePolicy::Auto,
+            mode: 0o660,
+        }
+    }
+}
+
+/// Sample images of a batch: a descriptor and exactly its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Images<'a> {
+    pub desc: TensorDesc,
+    pub data: &'a [u8],
+}
+
+/// One batch. The per-sample slices have equal lengths; past
+/// [`MAX_IMAGES`] samples or images the rest is not published.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub epoch: u32,
+    pub batch_idx: u32,
+    pub loss: f32,
+    pub predictions: &'a [i32],
+    pub confidences: &'a [f32],
+    pub labels: &'a [i32],
+    pub images: Option<Images<'a>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Copied as frame number n.
+    Frame(u64),
+    /// Not copied (nobody would read it yet); progress still updated.
+    Skipped,
+}
+
+/// Agent's announced next read may be this late before the writer decides
+/// the agent is gone and stops copying frames for it.
+const READER_STALE_NS: u64 = 2_000_000_000;
+
+pub struct Writer {
+    map: Mapping,
+    geo: Geometry,
+    path: PathBuf,
+    policy: ImagePolicy,
+    frame_no: u64,
+    event_no: u64,
+    applied: u64,
+    /// Estimated time between batches: lets the writer copy the batch just
+    /// before the agent's announced read rather than the one just after.
+    batch_period_ns: u64,
+    last_batch_ns: u64,
+    progress_seq: u64,
+    closed: bool,
+}
+
+/// A run name is a file name: 1..=128 of `[A-Za-z0-9._-]`, not starting with
+/// '.' (hidden names are the writer's temporary files).
+pub fn validate_run_name(name: &str) -> Result<(), ShmError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ShmError::InvalidArgument(format!(
+            "run name {name:?}: expected 1 to 128 of A-Z a-z 0-9 . _ -, not starting with '.'"
+        )))
+    }
+}
+
+impl Writer {
+    /// Creates `<shm_dir>/<run_name>`, replacing an older segment of that
+    /// name. The file appears complete: it is built under a hidden name and
+    /// renamed into place.
+    pub fn create(config: &RunConfig, opts: &WriterOptions) -> Result<Writer, ShmError> {
+        validate_run_name(&config.run_name)?;
+        let encoded = config.encode()?;
+        let geo = Geometry::new(
+            encoded.len(),
+            opts.frame_slots,
+            opts.frame_capacity,
+            opts.event_slots,
+            opts.control_slots,
+        )?;
+        let dir = &opts.shm_dir;
+        if !dir.is_dir() {
+            // The agent's tmpfiles rule normally makes it (setgid, agent's
+            // group); without it, make one the group can still use.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o2770)
+                .create(dir)
+                .map_err(|e| ShmError::io(dir, "create the segment directory", e))?;
+            // mkdir ignores the setgid bit; set it so files take the group.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o2770))
+                .map_err(|e| ShmError::io(dir, "set permissions of the segment directory", e))?;
+        }
+        let path = dir.join(&config.run_name);
+        let tmp = dir.join(format!(".{}.{}.tmp", config.run_name, std::process::id()));
+        let result = Self::build(&tmp, &path, &encoded, geo, opts);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn build(
+        tmp: &Path,
+        path: &Path,
+        encoded: &[u8],
+        geo: Geometry,
+        opts: &WriterOptions,
+    ) -> Result<Writer, ShmError> {
+        let _ = fs::remove_file(tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(opts.mode)
+            .open(tmp)
+            .map_err(|e| ShmError::io(tmp, "create", e))?;
+        // The umask may have taken the group bits; the agent needs them.
+        file.set_permissions(fs::Permissions::from_mode(opts.mode))
+            .map_err(|e| ShmError::io(tmp, "set permissions", e))?;
+        file.set_len(geo.total_size)
+            .map_err(|e| ShmError::io(tmp, "set length", e))?;
+        reserve(&file, tmp, geo.total_size)?;
+        let map = Mapping::map(&file, true).map_err(|e| ShmError::io(tmp, "map", e))?;
+        drop(file);
+
+        let pid = std::process::id();
+        let m = &map;
+        m.write_bytes(geo.config_offset, encoded);
+        m.store_u32(hdr::VERSION, layout::VERSION, Ordering::Relaxed);
+        m.store_u32(
+            hdr::HEADER_SIZE,
+            layout::HEADER_SIZE as u32,
+            Ordering::Relaxed,
+        );
+        m.store_u64(hdr::TOTAL_SIZE, geo.total_size, Ordering::Relaxed);
+        m.store_u32(hdr::WRITER_PID, pid, Ordering::Relaxed);
+        m.store_u64(hdr::WRITER_START_UNIX_NS, unix_ns(), Ordering::Relaxed);
+        m.store_u64(
+            hdr::WRITER_START_TICKS,
+            super::process_start_ticks(pid).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        m.store_u64(
+            hdr::CONFIG_OFFSET,
+            geo.config_offset as u64,
+            Ordering::Relaxed,
+        );
+        m.store_u32(hdr::CONFIG_LEN, geo.config_len as u32, Ordering::Relaxed);
+        m.store_u32(hdr::FRAME_SLOTS, geo.frame_slots, Ordering::Relaxed);
+        m.store_u64(
+            hdr::FRAMES_OFFSET,
+            geo.frames_offset as u64,
+            Ordering::Relaxed,
+        );
+        m.store_u64(
+            hdr::FRAME_SLOT_SIZE,
+            geo.frame_slot_size as u64,
+            Ordering::Relaxed,
+        );
+        m.store_u64(
+            hdr::FRAME_DATA_CAPACITY,
+            geo.frame_data_capacity as u64,
+            Ordering::Relaxed,
+        );
+        m.store_u32(hdr::EVENT_SLOTS, geo.event_slots, Ordering::Relaxed);
+        m.store_u32(hdr::EVENT_SLOT_SIZE, event::SIZE as u32, Ordering::Relaxed);
+        m.store_u64(
+            hdr::EVENTS_OFFSET,
+            geo.events_offset as u64,
+            Ordering::Relaxed,
+        );
+        m.store_u32(hdr::CONTROL_SLOTS, geo.control_slots, Ordering::Relaxed);
+        m.store_u32(
+            hdr::CONTROL_SLOT_SIZE,
+            control::SIZE as u32,
+            Ordering::Relaxed,
+        );
+        m.store_u64(
+            hdr::CONTROL_OFFSET,
+            geo.control_offset as u64,
+            Ordering::Relaxed,
+        );
+        m.store_u32(hdr::WRITER_STATE, layout::STATE_OPEN, Ordering::Relaxed);
+        m.store_u64(hdr::WRITER_HEARTBEAT_NS, monotonic_ns(), Ordering::Relaxed);
+        // Magic last: a header with the magic is complete.
+        m.store_u64(hdr::MAGIC, layout::MAGIC, Ordering::Release);
+        fs::rename(tmp, path).map_err(|e| ShmError::io(path, "rename into place", e))?;
+        Ok(Writer {
+            map,
+            geo,
+            path: path.to_owned(),
+            policy: opts.image_policy,
+            frame_no: 0,
+            event_no: 0,
+            applied: 0,
+            batch_period_ns: 0,
+            last_batch_ns: 0,
+            progress_seq: 0,
+            closed: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor bytes one frame holds.
+    pub fn frame_capacity(&self) -> usize {
+        self.geo.frame_data_capacity
+    }
+
+    /// Whether the next batch would be copied: lets a wrapper skip preparing
+    /// the images (a contiguous copy, a device → host transfer) at all.
+    pub fn wants_frame(&self) -> bool {
+        self.wants_frame_at(monotonic_ns())
+    }
+
+    fn wants_frame_at(&self, now: u64) -> bool {
+        match self.policy {
+            ImagePolicy::Always => true,
+            ImagePolicy::Auto => {
+                // Untrusted values: any number only changes our decision.
+                let interval = self
+                    .map
+                    .load_u64(hdr::READER_INTERVAL_NS, Ordering::Relaxed);
+                let next = self
+                    .map
+                    .load_u64(hdr::READER_NEXT_READ_NS, Ordering::Relaxed);
+                if interval == 0 || now > next.saturating_add(READER_STALE_NS) {
+                    return false;
+                }
+                now.saturating_add(self.batch_period_ns) >= next
+            }
+        }
+    }
+
+    /// Publishes a batch if the agent can use it, else records its progress.
+    pub fn publish_batch(&mut self, batch: &Batch<'_>) -> Result<Published, ShmError> {
+        let now = monotonic_ns();
+        if self.wants_frame_at(now) {
+            self.publish_frame(batch).map(Published::Frame)
+        } else {
+            self.record_progress(batch.epoch, batch.batch_idx, batch.loss);
+            Ok(Published::Skipped)
+        }
+    }
+
+    /// Records a batch that is not copied: its numbers go to the progress
+    /// block, and it counts as skipped.
+    pub fn record_progress(&mut self, epoch: u32, batch_idx: u32, loss: f32) {
+        self.note_batch(epoch, batch_idx, loss);
+        self.map.add_u64(hdr::FRAMES_SKIPPED, 1);
+    }
+
+    fn note_batch(&mut self, epoch: u32, batch_idx: u32, loss: f32) {
+        let now = monotonic_ns();
+        if self.last_batch_ns != 0 {
+            let dt = now.saturating_sub(self.last_batch_ns).min(1_000_000_000);
+            self.batch_period_ns = (self.batch_period_ns * 3 + dt) / 4;
+        }
+        self.last_batch_ns = now;
+        let m = &self.map;
+        self.progress_seq += 2;
+        m.store_u64(hdr::PROGRESS_SEQ, self.progress_seq - 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        m.store_u32(hdr::PROGRESS_EPOCH, epoch, Ordering::Relaxed);
+        m.store_u32(hdr::PROGRESS_BATCH_IDX, batch_idx, Ordering::Relaxed);
+        m.store_f32(hdr::PROGRESS_LOSS, loss);
+        m.store_u64(hdr::PROGRESS_MONO_NS, now, Ordering::Relaxed);
+        m.store_u64(hdr::PROGRESS_SEQ, self.progress_seq, Ordering::Release);
+        m.add_u64(hdr::BATCHES_SEEN, 1);
+        m.store_u64(hdr::WRITER_HEARTBEAT_NS, now, Ordering::Relaxed);
+    }
+
+    /// Copies a batch into the next frame slot, whatever the policy.
+    pub fn publish_frame(&mut self, batch: &Batch<'_>) -> Result<u64, ShmError> {
+        let n = batch.predictions.len();
+        if batch.confidences.len() != n || batch.labels.len() != n {
+            return Err(ShmError::InvalidArgument(format!(
+                "{} predictions, {} confidences, {} labels: expected equal counts",
+                n,
+                batch.confidences.len(),
+                batch.labels.len()
+            )));
+        }
+        let samples = n.min(MAX_IMAGES);
+        let mut dropped = 0u64;
+        let images = match &batch.images {
+            Some(img) if img.desc.count > 0 => {
+                let mut desc = img.desc;
+                // Size check on the caller's descriptor as given; then keep
+                // what fits (MAX_IMAGES, slot capacity) and validate that.
+                let size = desc.image_bytes();
+                if size == 0 || img.data.len() as u128 != size as u128 * u128::from(desc.count) {
+                    return Err(ShmError::InvalidArgument(format!(
+                        "images: {} bytes given, the descriptor ({} x {}x{}x{} {}) needs {}",
+                        img.data.len(),
+                        desc.count,
+                        desc.channels,
+                        desc.height,
+                        desc.width,
+                        desc.dtype,
+                        size as u128 * u128::from(desc.count)
+                    )));
+                }
+                let fit = (self.geo.frame_data_capacity / size).min(MAX_IMAGES) as u32;
+                if desc.count > fit {
+                    dropped = u64::from(desc.count - fit);
+                    desc.count = fit;
+                }
+                if desc.count > 0 {
+                    RawTensor::from_desc(&desc)
+                        .validate(&self.path, || "published images".into(), usize::MAX)
+                        .map_err(|e| ShmError::InvalidArgument(e.to_string()))?;
+                }
+                (desc.count > 0).then(|| (desc, &img.data[..desc.total_bytes()]))
+            }
+            _ => None,
+        };
+
+        self.note_batch(batch.epoch, batch.batch_idx, batch.loss);
+        if dropped > 0 {
+            self.map.add_u64(hdr::IMAGES_DROPPED, dropped);
+        }
+        let f = self.frame_no + 1;
+        let base = self.geo.frame_slot(f);
+        let m = &self.map;
+        m.store_u64(base + frame::SEQ, 2 * f - 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        m.store_u64(base + frame::FRAME_NO, f, Ordering::Relaxed);
+        m.store_u64(
+            base + frame::TIMESTAMP_UNIX_NS,
+            unix_ns(),
+            Ordering::Relaxed,
+        );
+        m.store_u64(base + frame::MONO_NS, self.last_batch_ns, Ordering::Relaxed);
+        m.store_u32(base + frame::EPOCH, batch.epoch, Ordering::Relaxed);
+        m.store_u32(base + frame::BATCH_IDX, batch.batch_idx, Ordering::Relaxed);
+        m.store_f32(base + frame::LOSS, batch.loss);
+        m.store_u32(
+            base + frame::SAMPLE_COUNT,
+            samples as u32,
+            Ordering::Relaxed,
+        );
+        for i in 0..samples {
+            m.store_u32(
+                base + frame::PREDICTIONS + 4 * i,
+                batch.predictions[i] as u32,
+                Ordering::Relaxed,
+            );
+            m.store_f32(base + frame::CONFIDENCES + 4 * i, batch.confidences[i]);
+            m.store_u32(
+                base + frame::LABELS + 4 * i,
+                batch.labels[i] as u32,
+                Ordering::Relaxed,
+            );
+        }
+        let raw = images
+            .map(|(d, _)| RawTensor::from_desc(&d))
+            .unwrap_or_default();
+        m.store_u32(base + frame::DTYPE, raw.dtype, Ordering::Relaxed);
+        m.store_u32(base + frame::LAYOUT, raw.layout, Ordering::Relaxed);
+        m.store_u32(base + frame::IMAGE_COUNT, raw.count, Ordering::Relaxed);
+        m.store_u32(base + frame::CHANNELS, raw.channels, Ordering::Relaxed);
+        m.store_u32(base + frame::HEIGHT, raw.height, Ordering::Relaxed);
+        m.store_u32(base + frame::WIDTH, raw.width, Ordering::Relaxed);
+        m.store_u32(base + frame::HAS_NORM, raw.has_norm, Ordering::Relaxed);
+        for i in 0..3 {
+            m.store_f32(base + frame::MEAN + 4 * i, raw.mean[i]);
+            m.store_f32(base + frame::STD + 4 * i, raw.std[i]);
+        }
+        m.store_u64(base + frame::DATA_LEN, raw.data_len, Ordering::Relaxed);
+        if let Some((_, data)) = images {
+            m.write_bytes(base + frame::DATA, data);
+        }
+        m.store_u64(base + frame::SEQ, 2 * f, Ordering::Release);
+        m.store_u64(hdr::FRAME_WRITE_SEQ, f, Ordering::Release);
+        self.frame_no = f;
+        Ok(f)
+    }
+
+    /// Publishes an epoch summary; returns its event number.
+    pub fn publish_epoch(&mut self, epoch: u32, average_loss: f32, average_accuracy: f32) -> u64 {
+        self.publish_event(
+            event::KIND_EPOCH,
+            0,
+            epoch,
+            average_loss,
+            average_accuracy,
+            "",
+        )
+    }
+
+    /// Publishes a status change; a message longer than the slot is cut at
+    /// a character boundary.
+    pub fn publish_status(&mut self, status: TrainingStatus, message: &str) -> u64 {
+        self.publish_event(event::KIND_STATUS, status as u32, 0, 0.0, 0.0, message)
+    }
+
+    fn publish_event(
+        &mut self,
+        kind: u32,
+        status: u32,
+        epoch: u32,
+        loss: f32,
+        acc: f32,
+        msg: &str,
+    ) -> u64 {
+        let mut cut = msg.len().min(event::MSG_CAP);
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let msg = &msg.as_bytes()[..cut];
+        let n = self.event_no + 1;
+        let base = self.geo.event_slot(n);
+        let m = &self.map;
+        m.store_u64(base + event::SEQ, 2 * n - 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        m.store_u32(base + event::KIND, kind, Ordering::Relaxed);
+        m.store_u32(base + event::STATUS, status, Ordering::Relaxed);
+        m.store_u64(
+            base + event::TIMESTAMP_UNIX_NS,
+            unix_ns(),
+            Ordering::Relaxed,
+        );
+        m.store_u32(base + event::EPOCH, epoch, Ordering::Relaxed);
+        m.store_f32(base + event::AVG_LOSS, loss);
+        m.store_f32(base + event::AVG_ACCURACY, acc);
+        m.store_u32(base + event::MSG_LEN, msg.len() as u32, Ordering::Relaxed);
+        m.write_bytes(base + event::MSG, msg);
+        m.store_u64(base + event::SEQ, 2 * n, Ordering::Release);
+        m.store_u64(hdr::EVENT_WRITE_SEQ, n, Ordering::Release);
+        m.store_u64(hdr::WRITER_HEARTBEAT_NS, monotonic_ns(), Ordering::Relaxed);
+        self.event_no = n;
+        n
+    }
+
+    /// Marks the writer alive without publishing (long evaluation phases).
+    pub fn heartbeat(&self) {
+        self.map
+            .store_u64(hdr::WRITER_HEARTBEAT_NS, monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// The oldest command not yet applied, if any. It stays pending until
+    /// [`ack_command`](Self::ack_command). A malformed command is reported
+    /// once and skipped, so one bad slot cannot wedge the trainer.
+    pub fn next_command(&mut self) -> Result<Option<Command>, ShmError> {
+        self.heartbeat();
+        let m = &self.map;
+        let written = m.load_u64(hdr::CONTROL_WRITE_SEQ, Ordering::Acquire);
+        if written <= self.applied {
+            return Ok(None);
+        }
+        let slots = u64::from(self.geo.control_slots);
+        if written > layout::MAX_SEQ {
+            return Err(ShmError::field(
+                &self.path,
+                "header control_write_seq",
+                written,
+                format!("at most {}", layout::MAX_SEQ),
+            ));
+        }
+        if written - self.applied > slots {
+            let err = ShmError::field(
+                &self.path,
+                "header control_write_seq",
+                written,
+                format!("at most applied + slots = {}", self.applied + slots),
+            );
+            self.ack_command(written - slots);
+            return Err(err);
+        }
+        let n = self.applied + 1;
+        let base = self.geo.control_slot(n);
+        let s1 = m.load_u64(base + control::SEQ, Ordering::Acquire);
+        // The agent publishes control_write_seq only after the slot is
+        // complete, so anything but 2n here is corruption: skipped below.
+        let read = || -> Result<Command, ShmError> {
+            if s1 != 2 * n {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("control slot for command {n} seq"),
+                    s1,
+                    (2 * n).to_string(),
+                ));
+            }
+            let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
+            let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
+            let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+            let mut buf = [0u8; control::PARAMS_CAP];
+            let len_ok = len <= control::PARAMS_CAP;
+            if len_ok {
+                m.read_bytes(base + control::PARAMS, &mut buf[..len]);
+            }
+            fence(Ordering::Acquire);
+            if m.load_u64(base + control::SEQ, Ordering::Relaxed) != s1 {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("control slot for command {n}"),
+                    "rewritten while read",
+                    "stable".into(),
+                ));
+            }
+            if !len_ok {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("command {n} params_len"),
+                    len,
+                    format!("at most {}", control::PARAMS_CAP),
+                ));
+            }
+            let kind = CommandKind::from_code(code).ok_or_else(|| {
+                ShmError::field(
+                    &self.path,
+                    &format!("command {n} type"),
+                    code,
+                    "1..=5".into(),
+                )
+            })?;
+            let params = decode_params(&self.path, &format!("command {n}"), &buf[..len])?;
+            Ok(Command {
+                seq: n,
+                kind,
+                params,
+                timestamp_unix_ns: ts,
+            })
+        };
+        match read() {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                self.ack_command(n);
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks commands up to `seq` applied.
+    pub fn ack_command(&mut self, seq: u64) {
+        let written = self.map.load_u64(hdr::CONTROL_WRITE_SEQ, Ordering::Relaxed);
+        if seq > self.applied && seq <= written {
+            self.applied = seq;
+            self.map
+                .store_u64(hdr::CONTROL_APPLIED_SEQ, seq, Ordering::Release);
+        }
+    }
+
+    /// Marks the run closed; the file stays for the agent to drain (it
+    /// removes closed segments), unless `unlink`.
+    pub fn close(mut self, unlink: bool) -> Result<(), ShmError> {
+        self.mark_closed();
+        if unlink {
+            fs::remove_file(&self.path).map_err(|e| ShmError::io(&self.path, "remove", e))?;
+        }
+        Ok(())
+    }
+
+    fn mark_closed(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.heartbeat();
+            self.map
+                .store_u32(hdr::WRITER_STATE, layout::STATE_CLOSED, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.mark_closed();
+    }
+}
+
+/// Reserves the file's pages now, so a full /dev/shm is an error here
+/// rather than a SIGBUS in the middle of a publish.
+fn reserve(file: &File, path: &Path, len: u64) -> Result<(), ShmError> {
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Err(ShmError::InvalidArgument(format!(
+            "segment size {len} too large"
+        )));
+    };
+    // SAFETY: posix_fallocate takes a valid open fd and plain integers.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(ShmError::io(
+            path,
+            "reserve memory for the segment",
+            std::io::Error::from_raw_os_error(e),
+        )),
+    }
+}

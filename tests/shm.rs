@@ -1,0 +1,1593 @@
+//! The shared-memory segment: format, bad input, events, control, liveness,
+//! image policy, cross-language round trips, `inspect`, and a stress test.
+//! Issue 3.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Output, Stdio};
+use std::sync::mpsc;
+
+use tempfile::TempDir;
+use trainwatch::shm::layout::{self, control, event, frame, hdr};
+use trainwatch::shm::{
+    Batch, CommandKind, Event, EventRead, Frame, FrameRead, ImagePolicy, Images, Published, Reader,
+    RunConfig, SendOutcome, ShmError, TrainingStatus, Writer, WriterOptions, WriterState,
+};
+use trainwatch::tensor::{DType, Layout, Normalization, TensorDesc};
+use util::TEST_TIMEOUT;
+
+// ---------------------------------------------------------------- helpers
+
+/// Counts this thread's allocations, to show the hot paths make none.
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-init
+// thread-local Cell, which itself never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: AllocLayout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+/// A segment directory on tmpfs when there is one (as in production), else
+/// the system temp dir. Never the real /dev/shm/trainwatch.
+fn shm_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("trainwatch-test-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temp dir")
+}
+
+fn config(name: &str) -> RunConfig {
+    RunConfig {
+        run_name: name.into(),
+        model_name: "resnet18".into(),
+        dataset_name: "cifar10".into(),
+        class_names: vec!["cat".into(), "dog".into(), "ünïcode".into()],
+        total_epochs: 10,
+        batches_per_epoch: 500,
+        batch_size: 64,
+    }
+}
+
+/// Small rings so tests stay light on tmpfs.
+fn opts(dir: &Path) -> WriterOptions {
+    let mut o = WriterOptions::new(dir);
+    o.frame_capacity = 64 * 1024;
+    o.event_slots = 64;
+    o.control_slots = 4;
+    o.image_policy = ImagePolicy::Always;
+    o
+}
+
+fn desc(dtype: DType, layout: Layout, count: u32, c: u32, h: u32, w: u32) -> TensorDesc {
+    TensorDesc {
+        dtype,
+        layout,
+        count,
+        channels: c,
+        height: h,
+        width: w,
+        normalization: None,
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
+        .collect()
+}
+
+fn batch<'a>(epoch: u32, idx: u32, images: Option<Images<'a>>, preds: &'a [i32]) -> Batch<'a> {
+    Batch {
+        epoch,
+        batch_idx: idx,
+        loss: 0.25 + epoch as f32,
+        predictions: preds,
+        confidences: &[0.5, 0.25, 0.125, 1.0][..preds.len()],
+        labels: &[3, 2, 1, 0][..preds.len()],
+        images,
+    }
+}
+
+/// A valid segment image: 2 frames, 3 events; returns (bytes, reader of it).
+fn valid_image(dir: &Path) -> (Vec<u8>, PathBuf) {
+    let mut w = Writer::create(&config("valid"), &opts(dir)).unwrap();
+    let d = desc(DType::U8, Layout::Nchw, 2, 3, 8, 8);
+    let data = pattern(d.total_bytes(), 1);
+    for i in 0..2 {
+        w.publish_frame(&batch(
+            i,
+            i,
+            Some(Images {
+                desc: d,
+                data: &data,
+            }),
+            &[1, 2],
+        ))
+        .unwrap();
+    }
+    w.publish_status(TrainingStatus::Running, "go");
+    w.publish_epoch(0, 0.5, 0.75);
+    w.publish_status(TrainingStatus::Completed, "done");
+    let path = w.path().to_owned();
+    std::mem::forget(w); // keep it "open": no close flag written
+    (std::fs::read(&path).unwrap(), path)
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn open_err(name: &str, bytes: &[u8]) -> String {
+    match Reader::from_bytes(Path::new(name), bytes) {
+        Ok(_) => panic!("{name}: accepted a bad segment"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("segment {name}: ")), "{msg}");
+            msg
+        }
+    }
+}
+
+/// The cdylib cargo built beside this test: `TRAINWATCH_LIB`, else the
+/// newest libtrainwatch.so in this test binary's target directory (cargo
+/// builds it as `deps/libtrainwatch.so` and uplifts it to the profile dir).
+fn lib_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRAINWATCH_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let mut found: Vec<PathBuf> = [deps, deps.parent().unwrap()]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("libtrainwatch") && n.ends_with(".so")
+        })
+        .collect();
+    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "libtrainwatch.so not found next to {}; run `cargo build` or set TRAINWATCH_LIB",
+            exe.display()
+        )
+    })
+}
+
+fn python(dir: &Path, args: &[&str]) -> Process {
+    let mut cmd = Process::new(util::python());
+    cmd.arg(util::repo_root().join("tests/python/shm_publish.py"))
+        .args(args)
+        .env("TRAINWATCH_LIB", lib_path())
+        .env("TRAINWATCH_SHM_DIR", dir)
+        .env("PYTHONPATH", util::repo_root().join("python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
+/// Waits for a child's output, failing the test after TEST_TIMEOUT.
+fn output_bounded(mut cmd: Process) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(TEST_TIMEOUT) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Process::new("kill").arg(pid.to_string()).status();
+            panic!("child {pid} ran past {TEST_TIMEOUT:?}");
+        }
+    }
+}
+
+/// Line-by-line view of a child's stdout with a deadline per line.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    fn new(child: &mut Child) -> Lines {
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+    fn next(&self) -> String {
+        self.rx
+            .recv_timeout(TEST_TIMEOUT)
+            .expect("a line from the child in time")
+    }
+}
+
+fn skip_without_numpy() -> bool {
+    let ok = Process::new(util::python())
+        .args(["-c", "import numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "skipped: {} has no numpy (run scripts/test.sh)",
+            util::python().display()
+        );
+    }
+    !ok
+}
+
+fn all_events(r: &mut Reader) -> Vec<EventRead> {
+    let mut out = Vec::new();
+    while let Some(e) = r.next_event().unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+fn seqs(events: &[EventRead]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventRead::Event { seq, .. } => Some(*seq),
+            EventRead::Missed { .. } => None,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- format
+
+mod format {
+    use super::*;
+
+    #[test]
+    fn every_field_round_trips() {
+        let dir = shm_dir();
+        let cfg = config("run1");
+        let mut w = Writer::create(&cfg, &opts(dir.path())).unwrap();
+        let mut d = desc(DType::U8, Layout::Nhwc, 3, 3, 5, 7);
+        d.normalization = Some(Normalization {
+            mean: [0.1, 0.2, 0.3],
+            std: [0.4, 0.5, 0.6],
+        });
+        let data = pattern(d.total_bytes(), 9);
+        let f = w
+            .publish_frame(&batch(
+                4,
+                17,
+                Some(Images {
+                    desc: d,
+                    data: &data,
+                }),
+                &[7, 8, 9],
+            ))
+            .unwrap();
+        assert_eq!(f, 1);
+
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.config(), &cfg);
+        let mut out = Frame::default();
+        assert_eq!(r.latest_frame(&mut out).unwrap(), FrameRead::New);
+        assert_eq!(
+            (out.frame_no, out.epoch, out.batch_idx, out.loss),
+            (1, 4, 17, 4.25)
+        );
+        assert_eq!(out.predictions(), &[7, 8, 9]);
+        assert_eq!(out.confidences(), &[0.5, 0.25, 0.125]);
+        assert_eq!(out.labels(), &[3, 2, 1]);
+        assert_eq!(out.images, Some(d));
+        assert_eq!(out.image_bytes(), &data[..]);
+        assert!(out.timestamp_unix_ns > 1_600_000_000_000_000_000);
+        assert_eq!(r.latest_frame(&mut out).unwrap(), FrameRead::Unchanged);
+
+        w.publish_frame(&batch(5, 0, None, &[])).unwrap();
+        assert_eq!(r.latest_frame(&mut out).unwrap(), FrameRead::New);
+        assert_eq!((out.frame_no, out.epoch, out.images), (2, 5, None));
+        assert!(out.image_bytes().is_empty() && out.predictions().is_empty());
+        let p = r.progress().unwrap();
+        assert_eq!((p.epoch, p.batch_idx, p.loss), (5, 0, 5.25));
+        let h = r.header();
+        assert_eq!(
+            (h.version, h.frames_published, h.batches_seen),
+            (layout::VERSION, 2, 2)
+        );
+        assert_eq!(h.writer_pid, std::process::id());
+    }
+
+    #[test]
+    fn nothing_before_the_first_frame() {
+        let dir = shm_dir();
+        let w = Writer::create(&config("empty"), &opts(dir.path())).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(
+            r.latest_frame(&mut Frame::default()).unwrap(),
+            FrameRead::Nothing
+        );
+        assert_eq!(r.progress(), None);
+        assert_eq!(r.next_event().unwrap(), None);
+    }
+
+    #[test]
+    fn images_beyond_capacity_or_sixteen_are_dropped_and_counted() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.frame_capacity = 2 * 3 * 8 * 8; // two u8 images
+        let mut w = Writer::create(&config("cap"), &o).unwrap();
+        let d = desc(DType::U8, Layout::Nchw, 5, 3, 8, 8);
+        let data = pattern(d.total_bytes(), 3);
+        let preds: Vec<i32> = (0..20).collect();
+        let b = Batch {
+            epoch: 0,
+            batch_idx: 0,
+            loss: 1.0,
+            predictions: &preds,
+            confidences: &[0.5; 20],
+            labels: &preds,
+            images: Some(Images {
+                desc: d,
+                data: &data,
+            }),
+        };
+        w.publish_frame(&b).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        let mut out = Frame::default();
+        r.latest_frame(&mut out).unwrap();
+        assert_eq!(out.images.unwrap().count, 2);
+        assert_eq!(out.image_bytes(), &data[..2 * 3 * 8 * 8]);
+        assert_eq!(out.predictions().len(), layout::MAX_IMAGES);
+        assert_eq!(r.header().images_dropped, 3);
+    }
+
+    #[test]
+    fn writer_rejects_a_descriptor_that_does_not_match_its_bytes() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("bad"), &opts(dir.path())).unwrap();
+        let d = desc(DType::F32, Layout::Nchw, 2, 3, 4, 4);
+        let short = vec![0u8; d.total_bytes() - 1];
+        let e = w
+            .publish_frame(&batch(
+                0,
+                0,
+                Some(Images {
+                    desc: d,
+                    data: &short,
+                }),
+                &[],
+            ))
+            .unwrap_err();
+        assert!(e.to_string().contains("bytes given"), "{e}");
+        let two = desc(DType::U8, Layout::Nchw, 1, 2, 4, 4);
+        let data = vec![0u8; two.total_bytes()];
+        let e = w
+            .publish_frame(&batch(
+                0,
+                0,
+                Some(Images {
+                    desc: two,
+                    data: &data,
+                }),
+                &[],
+            ))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("channels is 2, expected 1 or 3"),
+            "{e}"
+        );
+        let e = w
+            .publish_frame(&Batch {
+                confidences: &[],
+                ..batch(0, 0, None, &[1])
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("expected equal counts"), "{e}");
+    }
+
+    #[test]
+    fn run_names_are_plain_file_names() {
+        let dir = shm_dir();
+        for bad in ["", ".hidden", "a/b", "../x", "sp ace"] {
+            let e = Writer::create(&config(bad), &opts(dir.path()))
+                .err()
+                .unwrap();
+            assert!(matches!(e, ShmError::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_new_run_of_the_same_name_replaces_the_old_segment() {
+        let dir = shm_dir();
+        let mut w1 = Writer::create(&config("same"), &opts(dir.path())).unwrap();
+        w1.publish_epoch(1, 1.0, 1.0);
+        let w2 = Writer::create(&config("same"), &opts(dir.path())).unwrap();
+        let r = Reader::open(w2.path()).unwrap();
+        assert_eq!(r.header().events_published, 0);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("same")]);
+    }
+}
+
+// ---------------------------------------------------------------- bad input
+
+mod bad_input {
+    use super::*;
+
+    #[test]
+    fn truncated_file() {
+        let dir = shm_dir();
+        let (bytes, _) = valid_image(dir.path());
+        let msg = open_err("t1", &bytes[..100]);
+        assert!(
+            msg.contains("file is 100 bytes, shorter than the 4096-byte header"),
+            "{msg}"
+        );
+        let msg = open_err("t2", &bytes[..bytes.len() - 4096]);
+        assert!(msg.contains("header total_size is"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_magic_names_the_value() {
+        let dir = shm_dir();
+        let (mut bytes, _) = valid_image(dir.path());
+        put_u64(&mut bytes, hdr::MAGIC, 0);
+        let msg = open_err("m", &bytes);
+        assert_eq!(
+            msg,
+            "segment m: header magic is 0x0000000000000000, expected 0x48435441574e5254 (\"TRNWATCH\")"
+        );
+    }
+
+    #[test]
+    fn future_version() {
+        let dir = shm_dir();
+        let (mut bytes, _) = valid_image(dir.path());
+        put_u32(&mut bytes, hdr::VERSION, 2);
+        assert!(open_err("v", &bytes).contains("header version is 2, expected 1"));
+    }
+
+    #[test]
+    fn counts_beyond_capacity() {
+        let dir = shm_dir();
+        let (bytes, _) = valid_image(dir.path());
+        let cases: [(usize, u32, &str); 4] = [
+            (hdr::FRAME_SLOTS, 1000, "header frame_slots is 1000"),
+            (hdr::EVENT_SLOTS, 0, "header event_slots is 0"),
+            (
+                hdr::CONTROL_SLOTS,
+                1 << 20,
+                "header control_slots is 1048576",
+            ),
+            (hdr::CONFIG_LEN, u32::MAX, "header config_len is 4294967295"),
+        ];
+        for (off, v, want) in cases {
+            let mut b = bytes.clone();
+            put_u32(&mut b, off, v);
+            let msg = open_err("c", &b);
+            assert!(msg.contains(want), "{msg}");
+        }
+        let mut b = bytes.clone();
+        put_u64(&mut b, hdr::FRAMES_OFFSET, bytes.len() as u64 - 64);
+        assert!(open_err("o", &b).contains("header frame ring end is"));
+        let mut b = bytes.clone();
+        put_u64(&mut b, hdr::EVENT_ACK_SEQ, 99);
+        assert!(open_err("a", &b)
+            .contains("header event_ack_seq is 99, expected at most event_write_seq 3"));
+    }
+
+    #[test]
+    fn corrupt_config() {
+        let dir = shm_dir();
+        let (bytes, _) = valid_image(dir.path());
+        let cfg = layout::HEADER_SIZE;
+        let mut b = bytes.clone();
+        put_u32(&mut b, cfg + 12, 1 << 30); // run_name length
+        assert!(open_err("cfg", &b).contains("config run_name length is 1073741824"));
+        let mut b = bytes.clone();
+        let name_len = "valid".len();
+        b[cfg + 16] = 0xff; // run_name's first byte
+        assert!(
+            open_err("cfg", &b).contains("config run_name is not UTF-8"),
+            "{name_len}"
+        );
+    }
+
+    #[test]
+    fn frame_slot_with_impossible_sizes() {
+        let dir = shm_dir();
+        let (bytes, _) = valid_image(dir.path());
+        let r = Reader::from_bytes(Path::new("s"), &bytes).unwrap();
+        let slot = r.geometry().frame_slot(2);
+        let cases: [(usize, u64, &str); 6] = [
+            (
+                frame::DATA_LEN,
+                1 << 40,
+                "frame 2 data_len is 1099511627776, expected 384",
+            ),
+            (
+                frame::IMAGE_COUNT,
+                17,
+                "frame 2 image_count is 17, expected at most 16",
+            ),
+            (frame::SAMPLE_COUNT, 99, "frame 2 sample_count is 99"),
+            (frame::CHANNELS, 2, "frame 2 channels is 2, expected 1 or 3"),
+            (frame::DTYPE, 9, "frame 2 dtype is 9"),
+            (frame::HEIGHT, 0, "frame 2 height is 0"),
+        ];
+        for (off, v, want) in cases {
+            let mut b = bytes.clone();
+            if off == frame::DATA_LEN {
+                put_u64(&mut b, slot + off, v);
+            } else {
+                put_u32(&mut b, slot + off, v as u32);
+            }
+            let mut r = Reader::from_bytes(Path::new("s"), &b).unwrap();
+            let e = r.latest_frame(&mut Frame::default()).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert!(e.is_corrupt());
+        }
+        // Data that would overrun the slot even though it matches its shape.
+        let mut b = bytes.clone();
+        put_u32(&mut b, slot + frame::HEIGHT, 4096);
+        put_u32(&mut b, slot + frame::WIDTH, 4096);
+        put_u64(&mut b, slot + frame::DATA_LEN, 2 * 3 * 4096 * 4096);
+        let mut r = Reader::from_bytes(Path::new("s"), &b).unwrap();
+        let e = r.latest_frame(&mut Frame::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("expected at most the slot capacity"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_slot_being_rewritten_is_never_used() {
+        let dir = shm_dir();
+        let (mut bytes, _) = valid_image(dir.path());
+        let r = Reader::from_bytes(Path::new("w"), &bytes).unwrap();
+        // Frame 2's slot, as the writer leaves it while it writes frame 4
+        // (3 slots: frame 5 reuses it; 2*5-1 marks "being written").
+        let slot = r.geometry().frame_slot(2);
+        assert_eq!(slot, r.geometry().frame_slot(5));
+        put_u64(&mut bytes, slot + frame::SEQ, 2 * 5 - 1);
+        let mut r = Reader::from_bytes(Path::new("w"), &bytes).unwrap();
+        assert_eq!(
+            r.latest_frame(&mut Frame::default()).unwrap(),
+            FrameRead::Busy
+        );
+        // A sequence word from the past is corruption, and named.
+        put_u64(&mut bytes, slot + frame::SEQ, 2);
+        let mut r = Reader::from_bytes(Path::new("w"), &bytes).unwrap();
+        let e = r.latest_frame(&mut Frame::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("frame slot for frame 2 seq is 2, expected 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn corrupt_event_is_reported_once_then_skipped() {
+        let dir = shm_dir();
+        let (mut bytes, _) = valid_image(dir.path());
+        let r = Reader::from_bytes(Path::new("e"), &bytes).unwrap();
+        let slot = r.geometry().event_slot(2);
+        put_u32(&mut bytes, slot + event::KIND, 9);
+        let mut r = Reader::from_bytes(Path::new("e"), &bytes).unwrap();
+        assert!(matches!(
+            r.next_event().unwrap(),
+            Some(EventRead::Event { seq: 1, .. })
+        ));
+        let e = r.next_event().unwrap_err();
+        assert!(e.to_string().contains("event 2 kind is 9"), "{e}");
+        assert!(matches!(
+            r.next_event().unwrap(),
+            Some(EventRead::Event { seq: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn random_bytes() {
+        let mut b = pattern(10_000, 5);
+        assert!(open_err("r", &b).contains("header magic is"));
+        b[..8].copy_from_slice(&layout::MAGIC.to_le_bytes());
+        assert!(open_err("r", &b).contains("header version is"));
+    }
+}
+
+// ---------------------------------------------------------------- fuzz
+
+/// The reader's parsing under arbitrary and mutated input (cargo-fuzz
+/// harness of the same: fuzz/fuzz_targets/segment.rs).
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn exercise(bytes: &[u8]) {
+        trainwatch::shm::reader::fuzz_exercise(bytes);
+    }
+
+    fn valid() -> &'static Vec<u8> {
+        static V: OnceLock<Vec<u8>> = OnceLock::new();
+        V.get_or_init(|| {
+            let dir = shm_dir();
+            valid_image(dir.path()).0
+        })
+    }
+
+    proptest! {
+        // 128 cases in CI; PROPTEST_CASES=100000 for a longer hunt.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..9000)) {
+            exercise(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_behind_a_valid_magic(mut bytes in proptest::collection::vec(any::<u8>(), 4096..9000)) {
+            bytes[..8].copy_from_slice(&layout::MAGIC.to_le_bytes());
+            bytes[8..12].copy_from_slice(&layout::VERSION.to_le_bytes());
+            exercise(&bytes);
+        }
+
+        #[test]
+        fn mutated_valid_segments_never_panic(
+            muts in proptest::collection::vec((0usize..6, any::<u16>(), any::<u64>(), 0usize..4), 1..12)
+        ) {
+            let base = valid();
+            let r = Reader::from_bytes(Path::new("v"), base).unwrap();
+            let g = *r.geometry();
+            let regions = [
+                (0, 512),
+                (g.config_offset, g.config_len + 8),
+                (g.control_offset, 4 * control::SIZE),
+                (g.events_offset, 4 * event::SIZE),
+                (g.frames_offset, 2 * g.frame_slot_size),
+                (0, base.len()),
+            ];
+            let mut b = base.clone();
+            for (region, pos, value, width) in muts {
+                let (start, len) = regions[region];
+                let w = [1, 2, 4, 8][width];
+                let off = (start + pos as usize % len.max(1)) & !(w - 1);
+                if off + w <= b.len() {
+                    b[off..off + w].copy_from_slice(&value.to_le_bytes()[..w]);
+                }
+            }
+            exercise(&b);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+mod events {
+    use super::*;
+
+    #[test]
+    fn in_order_with_the_exact_count_of_missed_ones() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.event_slots = 8;
+        let mut w = Writer::create(&config("ev"), &o).unwrap();
+        for i in 1..=20 {
+            w.publish_epoch(i, i as f32, 0.5);
+        }
+        let mut r = Reader::open(w.path()).unwrap();
+        let got = all_events(&mut r);
+        assert_eq!(
+            got[0],
+            EventRead::Missed {
+                first: 1,
+                count: 12
+            }
+        );
+        assert_eq!(seqs(&got), (13..=20).collect::<Vec<_>>());
+        for e in &got[1..] {
+            let EventRead::Event {
+                seq,
+                event: Event::Epoch { epoch, .. },
+                ..
+            } = e
+            else {
+                panic!("{e:?}")
+            };
+            assert_eq!(u64::from(*epoch), *seq);
+        }
+        w.publish_status(TrainingStatus::Paused, "by request");
+        let got = all_events(&mut r);
+        assert!(matches!(
+            &got[..],
+            [EventRead::Event { seq: 21, event: Event::Status { status: TrainingStatus::Paused, message }, .. }]
+                if message == "by request"
+        ));
+    }
+
+    #[test]
+    fn a_restarted_agent_resumes_after_the_acknowledged_event() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("resume"), &opts(dir.path())).unwrap();
+        for i in 1..=10 {
+            w.publish_epoch(i, 0.0, 0.0);
+        }
+        {
+            let mut r1 = Reader::open(w.path()).unwrap();
+            for _ in 0..6 {
+                r1.next_event().unwrap().unwrap();
+            }
+            r1.ack_events(4).unwrap(); // the server confirmed 1..=4
+            r1.ack_events(2).unwrap(); // never moves backwards
+            assert!(r1.ack_events(11).is_err());
+        } // agent exits
+        let mut r2 = Reader::open(w.path()).unwrap();
+        assert_eq!(seqs(&all_events(&mut r2)), (5..=10).collect::<Vec<_>>());
+        r2.ack_events(8).unwrap();
+        r2.rewind_to_ack(); // connection lost: resend the unacknowledged
+        assert_eq!(seqs(&all_events(&mut r2)), vec![9, 10]);
+        r2.ack_events(10).unwrap();
+        drop(r2);
+        let mut r3 = Reader::open(w.path()).unwrap();
+        assert_eq!(r3.next_event().unwrap(), None);
+        w.publish_epoch(11, 0.0, 0.0);
+        assert_eq!(seqs(&all_events(&mut r3)), vec![11]);
+        assert_eq!(r3.event_positions(), (10, 11, 11));
+    }
+
+    #[test]
+    fn long_status_messages_are_cut_at_a_character_boundary() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("msg"), &opts(dir.path())).unwrap();
+        let long = "é".repeat(200); // 400 bytes
+        w.publish_status(TrainingStatus::Failed, &long);
+        let mut r = Reader::open(w.path()).unwrap();
+        let Some(EventRead::Event {
+            event: Event::Status { message, .. },
+            ..
+        }) = r.next_event().unwrap()
+        else {
+            panic!()
+        };
+        assert!(message.len() <= event::MSG_CAP && message.len() >= event::MSG_CAP - 1);
+        assert!(long.starts_with(&message));
+    }
+}
+
+// ---------------------------------------------------------------- control
+
+mod control_ring {
+    use super::*;
+
+    #[test]
+    fn commands_reach_the_trainer_in_order_until_applied() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("ctl"), &opts(dir.path())).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(
+            r.send_command(CommandKind::Pause, &[]).unwrap(),
+            SendOutcome::Sent(1)
+        );
+        assert_eq!(
+            r.send_command(CommandKind::Stop, &[("grace_period_s", "30")])
+                .unwrap(),
+            SendOutcome::Sent(2)
+        );
+        let c = w.next_command().unwrap().unwrap();
+        assert_eq!((c.seq, c.kind), (1, CommandKind::Pause));
+        // Not applied yet: offered again.
+        assert_eq!(w.next_command().unwrap().unwrap().seq, 1);
+        w.ack_command(1);
+        let c = w.next_command().unwrap().unwrap();
+        assert_eq!(
+            (c.seq, c.kind, c.param("grace_period_s")),
+            (2, CommandKind::Stop, Some("30"))
+        );
+        w.ack_command(2);
+        assert_eq!(w.next_command().unwrap(), None);
+        assert_eq!(r.control_positions(), (2, 2));
+    }
+
+    #[test]
+    fn a_full_ring_hands_the_command_back() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.control_slots = 2;
+        let mut w = Writer::create(&config("full"), &o).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        r.send_command(CommandKind::Pause, &[]).unwrap();
+        r.send_command(CommandKind::Resume, &[]).unwrap();
+        assert_eq!(
+            r.send_command(CommandKind::Pause, &[]).unwrap(),
+            SendOutcome::Full
+        );
+        let first = w.next_command().unwrap().unwrap().seq;
+        w.ack_command(first);
+        assert_eq!(
+            r.send_command(
+                CommandKind::ChangeLearningRate,
+                &[("learning_rate", "0.01")]
+            )
+            .unwrap(),
+            SendOutcome::Sent(3)
+        );
+        assert!(r.send_command(CommandKind::Pause, &[("a\0b", "")]).is_err());
+    }
+
+    #[test]
+    fn a_malformed_command_is_reported_and_skipped() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("badcmd"), &opts(dir.path())).unwrap();
+        let r = Reader::open(w.path()).unwrap();
+        let slot = r.geometry().control_slot(1) as u64;
+        // Another process writes garbage through the file.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(w.path())
+            .unwrap();
+        f.write_all_at(&99u32.to_le_bytes(), slot + control::COMMAND as u64)
+            .unwrap();
+        f.write_all_at(&2u64.to_le_bytes(), slot + control::SEQ as u64)
+            .unwrap();
+        f.write_all_at(&1u64.to_le_bytes(), hdr::CONTROL_WRITE_SEQ as u64)
+            .unwrap();
+        let e = w.next_command().unwrap_err();
+        assert!(e.to_string().contains("command 1 type is 99"), "{e}");
+        assert_eq!(w.next_command().unwrap(), None);
+        assert_eq!(r.control_positions(), (1, 1));
+    }
+
+    #[test]
+    fn python_trainer_receives_commands() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let mut child = python(dir.path(), &["control"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Lines::new(&mut child);
+        let path = PathBuf::from(lines.next());
+        let mut r = Reader::open(&path).unwrap();
+        r.send_command(CommandKind::Pause, &[]).unwrap();
+        r.send_command(
+            CommandKind::ChangeLearningRate,
+            &[("learning_rate", "0.001")],
+        )
+        .unwrap();
+        r.send_command(
+            CommandKind::Stop,
+            &[("grace_period_s", "30"), ("reason", "ünïcode")],
+        )
+        .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "go").unwrap();
+        let got: serde_json::Value = serde_json::from_str(&lines.next()).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!([
+                ["PAUSE_TRAINING", {}],
+                ["CHANGE_LEARNING_RATE", {"learning_rate": "0.001"}],
+                ["STOP_TRAINING", {"grace_period_s": "30", "reason": "ünïcode"}],
+            ])
+        );
+        assert_eq!(r.control_positions(), (3, 3));
+        writeln!(stdin, "end").unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        assert_eq!(r.writer_state(u64::MAX), WriterState::Closed);
+    }
+}
+
+// ---------------------------------------------------------------- liveness
+
+mod liveness {
+    use super::*;
+
+    #[test]
+    fn live_idle_then_closed() {
+        let dir = shm_dir();
+        let w = Writer::create(&config("live"), &opts(dir.path())).unwrap();
+        let r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.writer_state(60_000_000_000), WriterState::Live);
+        assert!(matches!(r.writer_state(0), WriterState::Idle { .. }));
+        w.close(false).unwrap();
+        assert_eq!(r.writer_state(0), WriterState::Closed);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_writer() {
+        let dir = shm_dir();
+        let w = Writer::create(&config("reuse"), &opts(dir.path())).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(w.path())
+            .unwrap();
+        f.write_all_at(&1u64.to_le_bytes(), hdr::WRITER_START_TICKS as u64)
+            .unwrap();
+        let r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.writer_state(u64::MAX), WriterState::Dead);
+        std::mem::forget(w);
+    }
+
+    #[test]
+    fn a_trainer_that_died_is_dead_not_idle() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let out = output_bounded(python(dir.path(), &["die"]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap();
+        let mut r = Reader::open(Path::new(path.trim())).unwrap();
+        assert_eq!(r.writer_state(u64::MAX), WriterState::Dead);
+        // What it published before dying is still there.
+        assert_eq!(seqs(&all_events(&mut r)), vec![1]);
+    }
+}
+
+// ---------------------------------------------------------------- image policy
+
+mod image_policy {
+    use super::*;
+
+    #[test]
+    fn without_an_agent_batches_cost_no_copy() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.image_policy = ImagePolicy::Auto;
+        let mut w = Writer::create(&config("auto"), &o).unwrap();
+        assert!(!w.wants_frame());
+        assert_eq!(
+            w.publish_batch(&batch(1, 2, None, &[])).unwrap(),
+            Published::Skipped
+        );
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(
+            r.latest_frame(&mut Frame::default()).unwrap(),
+            FrameRead::Nothing
+        );
+        let p = r.progress().unwrap();
+        assert_eq!((p.epoch, p.batch_idx), (1, 2));
+        let h = r.header();
+        assert_eq!((h.batches_seen, h.frames_skipped), (1, 1));
+    }
+
+    #[test]
+    fn copies_around_the_agents_announced_reads() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.image_policy = ImagePolicy::Auto;
+        let mut w = Writer::create(&config("auto2"), &o).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        // 0.01 fps: after a read, the next one is 100 s away.
+        r.attach(0.01).unwrap();
+        assert!(w.wants_frame(), "a fresh agent reads now");
+        assert_eq!(
+            w.publish_batch(&batch(0, 0, None, &[])).unwrap(),
+            Published::Frame(1)
+        );
+        let mut f = Frame::default();
+        assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::New);
+        assert_eq!(
+            w.publish_batch(&batch(0, 1, None, &[])).unwrap(),
+            Published::Skipped
+        );
+        assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::Unchanged);
+        drop(r); // the agent detaches
+        assert!(!w.wants_frame());
+    }
+}
+
+// ---------------------------------------------------------------- permissions
+
+mod permissions {
+    use super::*;
+
+    #[test]
+    fn segments_are_group_read_write_whatever_the_umask() {
+        let dir = shm_dir();
+        let w = Writer::create(&config("perm"), &opts(dir.path())).unwrap();
+        let mode = std::fs::metadata(w.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_setgid() {
+        let dir = shm_dir();
+        let sub = dir.path().join("a/b");
+        Writer::create(&config("x"), &opts(&sub)).unwrap();
+        assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o2000, 0o2000);
+    }
+
+    #[test]
+    fn the_directory_group_is_inherited() {
+        let dir = shm_dir();
+        let gid = 4242;
+        if std::os::unix::fs::chown(dir.path(), None, Some(gid)).is_err() {
+            eprintln!("skipped: cannot chown (not root)");
+            return;
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let w = Writer::create(&config("grp"), &opts(dir.path())).unwrap();
+        assert_eq!(std::fs::metadata(w.path()).unwrap().gid(), gid);
+    }
+}
+
+// ---------------------------------------------------------------- python
+
+mod python {
+    use super::*;
+
+    #[test]
+    fn python_publishes_rust_reads_every_field() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let expect = tempfile::tempdir().unwrap();
+        let out = output_bounded(python(
+            dir.path(),
+            &["roundtrip", expect.path().to_str().unwrap()],
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cases = [
+            "f32_nchw_norm",
+            "u8_nhwc",
+            "f16_nchw",
+            "gray_u8_nhw",
+            "gray_f32_nchw",
+            "strided_nhwc",
+            "bytes_explicit",
+            "torch_like",
+            "over16",
+        ];
+        for name in cases {
+            let meta: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(expect.path().join(format!("{name}.json"))).unwrap(),
+            )
+            .unwrap();
+            let data = std::fs::read(expect.path().join(format!("{name}.bin"))).unwrap();
+            let path = dir.path().join(name);
+            assert_eq!(meta["path"], path.to_str().unwrap());
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o660
+            );
+            let mut r = Reader::open(&path).unwrap();
+            let c = r.config();
+            assert_eq!(
+                (
+                    c.run_name.as_str(),
+                    c.model_name.as_str(),
+                    c.dataset_name.as_str()
+                ),
+                (name, "resnet18", "cifar10")
+            );
+            assert_eq!(
+                (
+                    c.total_epochs,
+                    c.batches_per_epoch,
+                    c.batch_size,
+                    c.class_names.len()
+                ),
+                (10, 500, 64, 10)
+            );
+            assert_eq!(c.class_names[9], "truck");
+
+            let mut f = Frame::default();
+            assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::New, "{name}");
+            assert_eq!(f.epoch, meta["epoch"].as_u64().unwrap() as u32, "{name}");
+            assert_eq!(f.batch_idx, meta["batch_idx"].as_u64().unwrap() as u32);
+            assert_eq!(f.loss, meta["loss"].as_f64().unwrap() as f32);
+            let ints = |k: &str| {
+                meta[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap() as i32)
+                    .collect::<Vec<_>>()
+            };
+            let floats = |k: &str| {
+                meta[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(f.predictions(), &ints("predictions")[..], "{name}");
+            assert_eq!(f.labels(), &ints("labels")[..]);
+            assert_eq!(f.confidences(), &floats("confidences")[..]);
+
+            let d = f.images.unwrap();
+            let shape: Vec<u32> = meta["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(d.dtype.name(), meta["dtype"], "{name}");
+            assert_eq!(d.layout.name(), meta["layout"], "{name}");
+            assert_eq!(
+                vec![d.count, d.channels, d.height, d.width],
+                shape,
+                "{name}"
+            );
+            assert_eq!(f.image_bytes(), &data[..], "{name}: tensor bytes");
+            match d.normalization {
+                Some(n) => {
+                    let (mean, std) = (floats("mean"), floats("std"));
+                    let ch = d.channels as usize;
+                    assert_eq!(&n.mean[..ch], &mean[..ch], "{name}");
+                    assert_eq!(&n.std[..ch], &std[..ch], "{name}");
+                }
+                None => assert!(meta["norm"].is_null(), "{name}: normalization lost"),
+            }
+            let ev = all_events(&mut r);
+            assert!(
+                matches!(&ev[0], EventRead::Event { seq: 1, event: Event::Status { status: TrainingStatus::Running, message }, .. } if *message == format!("started {name}"))
+            );
+            assert!(
+                matches!(&ev[1], EventRead::Event { seq: 2, event: Event::Epoch { average_loss, average_accuracy, .. }, .. } if *average_loss == 0.25 && *average_accuracy == 0.75)
+            );
+            assert_eq!(r.writer_state(u64::MAX), WriterState::Closed);
+        }
+    }
+
+    #[test]
+    fn python_copies_a_batch_only_when_the_agent_will_read_it() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let mut child = python(dir.path(), &["auto"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Lines::new(&mut child);
+        let mut stdin = child.stdin.take().unwrap();
+        let mut r = Reader::open(Path::new(&lines.next())).unwrap();
+        r.attach(0.01).unwrap(); // after each read, the next is 100 s away
+        writeln!(stdin, "attached").unwrap();
+        assert_eq!(lines.next(), "[false, true]");
+        let mut f = Frame::default();
+        assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::New);
+        assert_eq!((f.batch_idx, f.images.unwrap().count), (1, 2));
+        writeln!(stdin, "read").unwrap();
+        assert_eq!(lines.next(), "false");
+        let h = r.header();
+        assert_eq!(
+            (h.batches_seen, h.frames_published, h.frames_skipped),
+            (3, 1, 2)
+        );
+        assert_eq!(r.progress().unwrap().batch_idx, 2);
+        writeln!(stdin, "end").unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn a_missing_library_names_every_path_tried() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let mut cmd = python(dir.path(), &["load"]);
+        cmd.env("TRAINWATCH_LIB", "/nonexistent/libtrainwatch.so");
+        // cargo puts target/*/deps on the loader path; a trainer has no such luck.
+        cmd.env_remove("LD_LIBRARY_PATH");
+        let out = output_bounded(cmd);
+        assert_eq!(out.status.code(), Some(3));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("/nonexistent/libtrainwatch.so (TRAINWATCH_LIB)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("python/trainwatch/libtrainwatch.so (beside the package)"),
+            "{err}"
+        );
+        assert!(err.contains("(system library path)"), "{err}");
+    }
+}
+
+// ---------------------------------------------------------------- c abi
+
+mod c_abi {
+    use super::*;
+
+    /// include/trainwatch.h matches the library: a C trainer publishes,
+    /// Rust reads every field.
+    #[test]
+    fn a_c_trainer_publishes_through_the_header() {
+        let build = tempfile::tempdir().unwrap();
+        let exe = build.path().join("publish");
+        let lib = lib_path();
+        let libdir = lib.parent().unwrap();
+        // Link against the exact file found (its name may carry a hash).
+        let mut cc = Process::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()));
+        cc.arg("-Wall")
+            .arg("-Werror")
+            .arg("-I")
+            .arg(util::repo_root().join("include"))
+            .arg(util::repo_root().join("tests/c/publish.c"))
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", libdir.display()))
+            .arg("-o")
+            .arg(&exe);
+        let out = match cc.output() {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("skipped: no C compiler ({e})");
+                return;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "cc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = shm_dir();
+        let mut run = Process::new(&exe);
+        run.arg(dir.path());
+        let out = output_bounded(run);
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join("c_run");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim(),
+            path.to_str().unwrap()
+        );
+        let mut r = Reader::open(&path).unwrap();
+        let c = r.config();
+        assert_eq!(
+            (
+                c.model_name.as_str(),
+                c.dataset_name.as_str(),
+                c.class_names.len()
+            ),
+            ("lenet", "mnist", 2)
+        );
+        assert_eq!(
+            (c.total_epochs, c.batches_per_epoch, c.batch_size),
+            (3, 7, 2)
+        );
+        let mut f = Frame::default();
+        assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::New);
+        assert_eq!((f.epoch, f.batch_idx, f.loss), (2, 6, 0.125));
+        assert_eq!(
+            (f.predictions(), f.confidences(), f.labels()),
+            (&[1, 0][..], &[0.75, 0.5][..], &[1, 1][..])
+        );
+        let d = f.images.unwrap();
+        assert_eq!(
+            d,
+            TensorDesc {
+                normalization: Some(Normalization {
+                    mean: [0.5, 0.25, 0.125],
+                    std: [2.0, 4.0, 8.0]
+                }),
+                ..desc(DType::U8, Layout::Nchw, 2, 3, 2, 2)
+            }
+        );
+        let want: Vec<u8> = (0..24).map(|i| i * 3).collect();
+        assert_eq!(f.image_bytes(), &want[..]);
+        assert_eq!(seqs(&all_events(&mut r)), vec![1, 2]);
+        assert_eq!(r.writer_state(u64::MAX), WriterState::Closed);
+    }
+}
+
+// ---------------------------------------------------------------- inspect
+
+mod inspect {
+    use super::*;
+
+    fn inspect(args: &[&str]) -> Output {
+        let mut cmd = Process::new(util::trainwatch_bin());
+        cmd.arg("inspect").args(args);
+        output_bounded(cmd)
+    }
+
+    #[test]
+    fn shows_header_config_frame_events_and_control() {
+        let dir = shm_dir();
+        let (_, path) = valid_image(dir.path());
+        let out = inspect(&[path.to_str().unwrap()]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        for want in [
+            "format v1",
+            "model resnet18, dataset cifar10, 10 epochs x 500 batches of 64, 3 classes [cat, dog, ünïcode]",
+            "newest   frame 2: epoch 1 batch 1",
+            "images 2 x 3x8x8 u8 NCHW",
+            "#1 status RUNNING \"go\"",
+            "#2 epoch 0: loss 0.5000, accuracy 0.7500",
+            "control  0 written, 0 applied",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        let out = inspect(&["--json", path.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["writer_state"]["state"], "live");
+        assert_eq!(v["newest_frame"]["images"]["bytes"], 384);
+        assert_eq!(v["pending_events"].as_array().unwrap().len(), 3);
+        assert_eq!(v["config"]["class_names"][2], "ünïcode");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_one_line_naming_the_field() {
+        let dir = shm_dir();
+        let path = dir.path().join("junk");
+        std::fs::write(&path, pattern(8192, 1)).unwrap();
+        let out = inspect(&[path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(65));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1);
+        assert!(
+            err.contains(&format!("segment {}: header magic is 0x", path.display())),
+            "{err}"
+        );
+        let out = inspect(&[dir.path().join("nope").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(66));
+    }
+
+    #[test]
+    fn watch_reports_repeatedly() {
+        let dir = shm_dir();
+        let (_, path) = valid_image(dir.path());
+        let out = inspect(&[
+            "--json",
+            "--watch",
+            "--interval-ms",
+            "10",
+            "--iterations",
+            "3",
+            path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- stress
+
+mod stress {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// Frame i holds 1 + i % 16 images whose bytes, loss, indices and
+    /// predictions are all functions of i: a torn read would mix two.
+    #[test]
+    fn concurrent_reads_are_never_torn() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.frame_slots = 2; // the writer reuses a slot as soon as possible
+        o.event_slots = 16;
+        let d1 = desc(DType::U8, Layout::Nchw, 1, 3, 16, 16);
+        o.frame_capacity = 16 * d1.image_bytes() as u64;
+        let mut w = Writer::create(&config("stress"), &o).unwrap();
+        let path = w.path().to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The reader decides when enough was checked; the writer runs until told.
+        let (min_frames, min_time) = (300u64, Duration::from_millis(800));
+
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 * d1.image_bytes()];
+                let (mut frames, mut events) = (0u64, 0u64);
+                while !stop.load(Ordering::Acquire) {
+                    let i = frames + 1;
+                    let n = 1 + (i % 16) as u32;
+                    let d = TensorDesc { count: n, ..d1 };
+                    let len = d.total_bytes();
+                    for (j, b) in buf[..len].iter_mut().enumerate() {
+                        *b = (i as usize).wrapping_mul(131).wrapping_add(j) as u8;
+                    }
+                    let p = [i as i32; 4];
+                    let b = Batch {
+                        epoch: i as u32,
+                        batch_idx: (i * 3) as u32,
+                        loss: i as f32,
+                        predictions: &p,
+                        confidences: &[i as f32; 4],
+                        labels: &p,
+                        images: Some(Images {
+                            desc: d,
+                            data: &buf[..len],
+                        }),
+                    };
+                    w.publish_frame(&b).unwrap();
+                    frames = i;
+                    if i % 4 == 0 {
+                        events += 1;
+                        w.publish_epoch(events as u32, events as f32, 0.0);
+                    }
+                }
+                (frames, events, w)
+            })
+        };
+
+        let mut r = Reader::open(&path).unwrap();
+        let mut f = Frame::default();
+        let (mut checked, mut busy, mut last) = (0u64, 0u64, 0u64);
+        let (mut seen, mut missed, mut next_seq) = (0u64, 0u64, 1u64);
+        let mut drain = |r: &mut Reader| {
+            while let Some(e) = r.next_event().unwrap() {
+                match e {
+                    EventRead::Event {
+                        seq,
+                        event:
+                            Event::Epoch {
+                                epoch,
+                                average_loss,
+                                ..
+                            },
+                        ..
+                    } => {
+                        assert_eq!(seq, next_seq, "events out of order");
+                        assert_eq!(
+                            (u64::from(epoch), average_loss),
+                            (seq, seq as f32),
+                            "torn event"
+                        );
+                        seen += 1;
+                        next_seq += 1;
+                    }
+                    EventRead::Missed { first, count } => {
+                        assert_eq!(first, next_seq);
+                        missed += count;
+                        next_seq += count;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let start = Instant::now();
+        let mut polls = 0u64;
+        while checked < min_frames || start.elapsed() < min_time {
+            assert!(
+                start.elapsed() < TEST_TIMEOUT,
+                "only {checked} frames checked in time"
+            );
+            polls += 1;
+            match r.latest_frame(&mut f).unwrap() {
+                FrameRead::New => {
+                    let i = f.frame_no;
+                    assert!(i > last, "frames go forward");
+                    last = i;
+                    assert_eq!(
+                        (f.epoch, f.batch_idx, f.loss),
+                        (i as u32, (i * 3) as u32, i as f32),
+                        "torn metadata"
+                    );
+                    assert_eq!(f.predictions(), &[i as i32; 4]);
+                    assert_eq!(f.confidences(), &[i as f32; 4]);
+                    let d = f.images.unwrap();
+                    assert_eq!(d.count, 1 + (i % 16) as u32, "torn descriptor");
+                    for (j, b) in f.image_bytes().iter().enumerate() {
+                        assert_eq!(
+                            *b,
+                            (i as usize).wrapping_mul(131).wrapping_add(j) as u8,
+                            "torn bytes in frame {i}"
+                        );
+                    }
+                    checked += 1;
+                }
+                FrameRead::Busy => busy += 1,
+                FrameRead::Nothing | FrameRead::Unchanged => {}
+            }
+            // Drain rarely so the small event ring gets lapped sometimes.
+            if polls.is_multiple_of(256) {
+                drain(&mut r);
+            }
+        }
+        stop.store(true, Ordering::Release);
+        let (frames, events, _w) = writer.join().unwrap();
+        drain(&mut r);
+        eprintln!("stress: {frames} frames published, {checked} read and checked, {busy} busy; {events} events, {seen} read, {missed} missed");
+        assert_eq!(seen + missed, events, "every event read or counted missed");
+    }
+}
+
+// ---------------------------------------------------------------- allocation
+
+mod hot_paths {
+    use super::*;
+
+    #[test]
+    fn publishing_and_reading_frames_do_not_allocate() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("alloc"), &opts(dir.path())).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        r.attach(1000.0).unwrap();
+        let d = desc(DType::F32, Layout::Nchw, 4, 3, 8, 8);
+        let data = pattern(d.total_bytes(), 2);
+        let mut f = Frame::default();
+        let preds = [1, 2, 3, 4];
+        let b = batch(
+            0,
+            0,
+            Some(Images {
+                desc: d,
+                data: &data,
+            }),
+            &preds,
+        );
+        w.publish_frame(&b).unwrap();
+        r.latest_frame(&mut f).unwrap(); // sizes the buffer once
+        let before = allocs();
+        for _ in 0..100 {
+            w.publish_frame(&b).unwrap();
+            w.publish_batch(&b).unwrap();
+            w.record_progress(0, 1, 0.5);
+            assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::New);
+            r.progress().unwrap();
+            w.publish_epoch(1, 0.5, 0.5);
+        }
+        assert_eq!(allocs() - before, 0, "allocations on the hot path");
+    }
+}
