@@ -9,6 +9,12 @@
 //! - [`tensor`] — how a batch of sample images is described (dtype, layout,
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
+//! - [`frame`] — tensor → JPEG: convert (dtype, layout, normalization →
+//!   8-bit gray/RGB, vectorized), downscale to the negotiated maximum, encode
+//!   (bundled libjpeg-turbo by default, pure-Rust jpeg-encoder as the
+//!   alternative) into a fixed pool of output memory handed out as
+//!   `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
+//!   sized from config at start-up; a batch in steady state allocates nothing.
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions) and the few
 //!   helpers every peer needs (timestamps, JPEG header parsing for
@@ -25,5 +31,6 @@
 //!   with errors that name the file and what is wrong with it.
 #![deny(unsafe_code)]
 
+pub mod frame;
 pub mod proto;
 pub mod tensor;
