@@ -3,7 +3,7 @@
 //!
 //! Each image goes through **convert** (dtype/layout/normalization → 8-bit
 //! gray or RGB, vectorized safe Rust), **resize** (only when larger than the
-//! negotiated maximum; fast_image_resize, SIMD on x86_64 and aarch64) and
+//! negotiated maximum; a cached-table fixed-point resampler that vectorizes) and
 //! **encode** (libjpeg-turbo, bundled and static, or the pure-Rust
 //! jpeg-encoder) into a fixed [pool](pool) of output memory. The JPEGs come
 //! out as `bytes::Bytes` sharing that memory, so the gRPC layer sends them
@@ -120,8 +120,6 @@ pub enum FrameError {
         "JPEG output pool exhausted: all {slots} slots hold unsent images (needed {need} bytes)"
     )]
     PoolExhausted { slots: usize, need: usize },
-    #[error("resize failed: {0}")]
-    Resize(String),
     #[error("JPEG encoding with {backend} failed: {message}")]
     Encode { backend: Backend, message: String },
     #[error("could not start frame worker threads: {0}")]

@@ -109,7 +109,7 @@ impl FramePipeline {
             .map(|_| {
                 Ok(Mutex::new(Lane {
                     encoder: Encoder::new(config.backend, config.quality)?,
-                    resizer: Resizer::default(),
+                    resizer: Resizer::new(config.max_source_dimension, out_dim),
                     pixels: vec![0; source_len],
                     resized: vec![0; sq(out_dim) * 3],
                 }))
@@ -292,7 +292,7 @@ impl Job<'_> {
                 out,
                 (width, height),
                 channels,
-            )?;
+            );
             out
         };
         let need = max_jpeg_len(width, height, channels);
