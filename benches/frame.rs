@@ -1,6 +1,7 @@
 //! Frame pipeline throughput: µs per 16-image batch (convert + encode, f32
 //! NCHW ImageNet-normalized input, q85) per backend, on the caller's thread
-//! and on the worker pool. `scripts/bench_frame.sh` runs it beside the Pillow
+//! and on the worker pool; plus the default backend from u8 NHWC input
+//! (group `frame_u8`), which is what Pillow encodes from. `scripts/bench_frame.sh` runs it beside the Pillow
 //! reference on the same images and prints the comparison table.
 //!
 //! Images: `$TRAINWATCH_BENCH_IMAGES/<shape>.u8` (N x H x W x C u8, written by
@@ -87,6 +88,33 @@ fn bench(c: &mut Criterion) {
             }
         }
         group.finish();
+
+        // The same images as u8 NHWC, the form Pillow encodes from: isolates
+        // the encoder from the f32 conversion.
+        let (desc, data) =
+            images::tensor_from_pixels(&srcs, w, h, ch, DType::U8, Layout::Nhwc, None);
+        let mut group = c.benchmark_group(format!("frame_u8/{name}"));
+        group.throughput(Throughput::Elements(BATCH as u64 * (h * w) as u64));
+        let pipeline = FramePipeline::new(FrameConfig {
+            backend: backends[0],
+            workers: 1,
+            max_images: BATCH,
+            max_dimension: 512,
+            max_source_dimension: 512,
+            ..FrameConfig::default()
+        })
+        .expect("bench config is valid");
+        let mut batch = EncodedBatch::with_capacity(BATCH);
+        let id = BenchmarkId::new(backends[0].name(), "workers=1");
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                pipeline
+                    .encode_batch_into(&desc, black_box(&data), BATCH, 0, &mut batch)
+                    .expect("batch encodes");
+                black_box(batch.len())
+            })
+        });
+        group.finish();
     }
 }
 
@@ -95,7 +123,7 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+        .measurement_time(Duration::from_secs(2));
     targets = bench
 }
 criterion_main!(benches);

@@ -91,9 +91,9 @@ fn convert_planar_rgb(dtype: DType, affine: &Affine, src: &[u8], dst: &mut [u8],
             );
         }
         let out = &mut dst[start * 3..(start + n) * 3];
-        match out.as_mut_array::<{ 3 * CHUNK }>() {
-            Some(out) => interleave(&tmp, out),
-            None => {
+        match <&mut [u8; 3 * CHUNK]>::try_from(&mut *out) {
+            Ok(out) => interleave(&tmp, out),
+            Err(_) => {
                 for (i, px) in out.chunks_exact_mut(3).enumerate() {
                     px.copy_from_slice(&[tmp[0][i], tmp[1][i], tmp[2][i]]);
                 }
@@ -213,12 +213,14 @@ fn f16_chunk(
 
 /// `round(clamp(v, 0, 255))`, ties to even; NaN becomes 0.
 #[inline(always)]
+// Not `clamp`: it keeps a NaN (with whatever payload the tensor had), max()
+// turns it into 0.
+#[allow(clippy::manual_clamp)]
 fn to_u8(v: f32) -> u8 {
     /// 2^23: adding it to a value in [0, 256) leaves that value, rounded to
     /// the nearest integer, in the low mantissa bits. Unlike an `as` cast
     /// (saturating, NaN-checked, scalar on x86_64) this vectorizes.
     const ROUNDER: f32 = 8_388_608.0;
-    // max() drops a NaN (→ 0) before the upper clamp.
     (v.max(0.0).min(255.0) + ROUNDER).to_bits() as u8
 }
 

@@ -1,6 +1,8 @@
 //! Synthetic natural-looking images and the tensors a trainer would publish
 //! for them, plus JPEG decoding and comparison for the frame tests.
 
+use std::f32::consts::TAU;
+
 use trainwatch::tensor::{DType, Layout, Normalization, TensorDesc};
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
@@ -54,7 +56,7 @@ pub fn natural_image(width: u32, height: u32, channels: u32, seed: u64) -> Vec<u
             .map(|_| Wave {
                 fx: rng.range(0.3, 2.5),
                 fy: rng.range(0.3, 2.5),
-                phase: rng.range(0.0, 6.28),
+                phase: rng.range(0.0, TAU),
                 amp: rng.range(5.0, 20.0),
             })
             .collect();
@@ -81,7 +83,7 @@ pub fn natural_image(width: u32, height: u32, channels: u32, seed: u64) -> Vec<u
             for (c, (base, gx, gy, waves)) in planes.iter().enumerate() {
                 let mut f = base + gx * u + gy * v;
                 for wv in waves {
-                    f += wv.amp * (6.283 * (wv.fx * u + wv.fy * v) + wv.phase).sin();
+                    f += wv.amp * (TAU * (wv.fx * u + wv.fy * v) + wv.phase).sin();
                 }
                 for (bx, by, r, col) in &blobs {
                     let d2 = ((u - bx).powi(2) + (v - by).powi(2)) / (r * r);
