@@ -224,6 +224,139 @@ fn to_u8(v: f32) -> u8 {
     (v.max(0.0).min(255.0) + ROUNDER).to_bits() as u8
 }
 
+/// Bytes of the Y, Cb and Cr planes of a `width` x `height` 4:2:0 image:
+/// Y padded to even sides (libjpeg-turbo reads whole 2x2 blocks), Cb and Cr
+/// a quarter of that each.
+pub fn yuv420_len(width: u32, height: u32) -> usize {
+    6 * (width as usize).div_ceil(2) * (height as usize).div_ceil(2)
+}
+
+/// Converts one NCHW 3-channel image of `desc` straight into JPEG's YCbCr
+/// 4:2:0 planes (`yuv`: Y `2*ceil(w/2) x 2*ceil(h/2)` with an odd last row
+/// or column repeated, then Cb and Cr `ceil(w/2) x ceil(h/2)`, rows packed),
+/// in the same pass that undoes the normalization.
+///
+/// Feeding libjpeg-turbo planes skips its RGB → YCbCr conversion and chroma
+/// downsampling, and writes half the bytes an interleaved RGB image would:
+/// the f32 tensor is read once, at memory speed. Chroma is the mean of each
+/// 2x2 block (edge samples repeat for odd sizes), computed before rounding.
+pub fn convert_nchw_to_yuv420(desc: &TensorDesc, affine: &Affine, src: &[u8], yuv: &mut [u8]) {
+    let (w, h) = (desc.width as usize, desc.height as usize);
+    let size = desc.dtype.size();
+    debug_assert_eq!(desc.layout, Layout::Nchw);
+    debug_assert_eq!(src.len(), 3 * w * h * size);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let yw = 2 * cw;
+    let (y_plane, chroma) = yuv[..yuv420_len(desc.width, desc.height)].split_at_mut(4 * cw * ch);
+    let (cb_plane, cr_plane) = chroma.split_at_mut(cw * ch);
+    // [row of the pair][channel][x] in 0..=255, not yet rounded.
+    let mut rgb = [[[0.0f32; CHUNK]; 3]; 2];
+    let mut luma = [0u8; CHUNK];
+    let (mut cb, mut cr) = ([0u8; CHUNK / 2], [0u8; CHUNK / 2]);
+    for cy in 0..ch {
+        // Source rows of the pair; an odd last row pairs with itself.
+        let rows = [2 * cy, (2 * cy + 1).min(h - 1)];
+        let mut x0 = 0;
+        while x0 < w {
+            let n = CHUNK.min(w - x0);
+            let n_even = n + n % 2;
+            for (k, (pair, &row)) in rgb.iter_mut().zip(&rows).enumerate() {
+                for (c, values) in pair.iter_mut().enumerate() {
+                    let start = (c * w * h + row * w + x0) * size;
+                    decode_clamped(
+                        desc.dtype,
+                        &src[start..start + n * size],
+                        affine.scale[c],
+                        affine.offset[c],
+                        values,
+                    );
+                    // An odd last column pairs with itself for chroma.
+                    if n % 2 == 1 {
+                        values[n] = values[n - 1];
+                    }
+                }
+                luma_chunk(pair, &mut luma);
+                let y0 = (2 * cy + k) * yw + x0;
+                y_plane[y0..y0 + n_even].copy_from_slice(&luma[..n_even]);
+            }
+            chroma_chunk(&rgb, &mut cb, &mut cr);
+            let (c0, cn) = (cy * cw + x0 / 2, n_even / 2);
+            cb_plane[c0..c0 + cn].copy_from_slice(&cb[..cn]);
+            cr_plane[c0..c0 + cn].copy_from_slice(&cr[..cn]);
+            x0 += n;
+        }
+    }
+}
+
+// JFIF (full-range BT.601) YCbCr, as libjpeg computes it from RGB.
+#[inline(always)]
+fn luma_chunk(rgb: &[[f32; CHUNK]; 3], out: &mut [u8; CHUNK]) {
+    for i in 0..CHUNK {
+        out[i] = to_u8(0.299 * rgb[0][i] + 0.587 * rgb[1][i] + 0.114 * rgb[2][i]);
+    }
+}
+
+#[inline(always)]
+fn chroma_chunk(rgb: &[[[f32; CHUNK]; 3]; 2], cb: &mut [u8; CHUNK / 2], cr: &mut [u8; CHUNK / 2]) {
+    for i in 0..CHUNK / 2 {
+        let avg = |c: usize| {
+            0.25 * (rgb[0][c][2 * i]
+                + rgb[0][c][2 * i + 1]
+                + rgb[1][c][2 * i]
+                + rgb[1][c][2 * i + 1])
+        };
+        let (r, g, b) = (avg(0), avg(1), avg(2));
+        cb[i] = to_u8(128.0 - 0.168_736 * r - 0.331_264 * g + 0.5 * b);
+        cr[i] = to_u8(128.0 + 0.5 * r - 0.418_688 * g - 0.081_312 * b);
+    }
+}
+
+/// Decodes up to `CHUNK` contiguous elements into `out` as
+/// `clamp(x * scale + offset, 0, 255)` (a NaN becomes 0).
+#[inline(always)]
+fn decode_clamped(dtype: DType, src: &[u8], scale: f32, offset: f32, out: &mut [f32; CHUNK]) {
+    let full;
+    let bytes: &[u8] = if src.len() == CHUNK * dtype.size() {
+        src
+    } else {
+        let mut padded = [0u8; 4 * CHUNK];
+        padded[..src.len()].copy_from_slice(src);
+        full = padded;
+        &full[..CHUNK * dtype.size()]
+    };
+    match dtype {
+        DType::U8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = clamp255(b as f32 * scale + offset);
+            }
+        }
+        DType::F32 => {
+            let (words, _) = bytes.as_chunks::<4>();
+            for (o, &b) in out.iter_mut().zip(words) {
+                *o = clamp255(f32::from_le_bytes(b) * scale + offset);
+            }
+        }
+        DType::F16 => {
+            let (halves, _) = bytes.as_chunks::<2>();
+            let mut bits = [0u16; CHUNK];
+            for (o, &b) in bits.iter_mut().zip(halves) {
+                *o = u16::from_le_bytes(b);
+            }
+            let h: &[f16] = bits.reinterpret_cast();
+            h.convert_to_f32_slice(out);
+            for o in out.iter_mut() {
+                *o = clamp255(*o * scale + offset);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::manual_clamp)] // max() turns a NaN into 0, clamp() keeps it
+fn clamp255(v: f32) -> f32 {
+    v.max(0.0).min(255.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
