@@ -116,61 +116,6 @@ impl Encoder {
         }
     }
 
-    /// Whether [`encode_yuv420`](Self::encode_yuv420) is available: the
-    /// converter then writes YCbCr planes and the encoder skips its own
-    /// color conversion and downsampling.
-    pub fn takes_yuv420(&self) -> bool {
-        match self {
-            #[cfg(feature = "turbojpeg")]
-            Encoder::TurboJpeg { .. } => true,
-            Encoder::JpegEncoder { .. } => false,
-        }
-    }
-
-    /// Encodes 4:2:0 planes (`yuv`: Y, Cb, Cr as
-    /// [`convert_nchw_to_yuv420`](super::convert::convert_nchw_to_yuv420)
-    /// writes them) into `out`; returns the JPEG's length.
-    pub fn encode_yuv420(
-        &mut self,
-        yuv: &[u8],
-        width: u32,
-        height: u32,
-        out: &mut [u8],
-    ) -> Result<usize, FrameError> {
-        match self {
-            #[cfg(feature = "turbojpeg")]
-            Encoder::TurboJpeg { compressor, gray } => {
-                let (w, h) = (width as usize, height as usize);
-                let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-                let (y_plane, chroma) = yuv.split_at(4 * cw * ch);
-                let (u_plane, v_plane) = chroma.split_at(cw * ch);
-                let image = turbojpeg::YuvPlanesImage {
-                    y_plane,
-                    u_plane,
-                    v_plane: &v_plane[..cw * ch],
-                    width: w,
-                    height: h,
-                    y_stride: 2 * cw,
-                    u_stride: cw,
-                    v_stride: cw,
-                    subsamp: turbojpeg::Subsamp::Sub2x2,
-                };
-                // The call sets the handle's subsampling to 4:2:0.
-                *gray = false;
-                compressor
-                    .compress_yuv_planes_to_slice(&image, out)
-                    .map_err(turbo_err)
-            }
-            Encoder::JpegEncoder { .. } => {
-                let _ = (yuv, width, height, out);
-                Err(FrameError::Encode {
-                    backend: Backend::JpegEncoder,
-                    message: "YCbCr plane input is not supported".to_owned(),
-                })
-            }
-        }
-    }
-
     /// Encodes interleaved gray (`channels` 1) or RGB (3) `pixels` into
     /// `out` and returns the JPEG's length. Color is 4:2:0, gray stays one
     /// component.

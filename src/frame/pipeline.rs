@@ -6,13 +6,13 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use rayon::prelude::*;
 
-use super::convert::{convert_image, convert_nchw_to_yuv420, yuv420_len, Affine};
+use super::convert::{convert_image, Affine};
 use super::encode::{max_jpeg_len, Encoder};
 use super::pool::BufferPool;
 use super::resize::{target_size, Resizer};
 use super::{FrameConfig, FrameError, MAX_IMAGES_LIMIT, MAX_JPEG_DIMENSION};
 use crate::proto::ImageData;
-use crate::tensor::{DType, Layout, TensorDesc};
+use crate::tensor::{DType, TensorDesc};
 
 /// Largest `max_dimension` / `max_source_dimension` accepted: one 8192²
 /// RGB convert buffer is already 192 MiB per worker.
@@ -88,8 +88,6 @@ struct Lane {
     pixels: Vec<u8>,
     /// Downscaled image, `max_dimension`² RGB.
     resized: Vec<u8>,
-    /// YCbCr 4:2:0 planes of an NCHW RGB image that needs no resize.
-    yuv: Vec<u8>,
 }
 
 /// Turns batch tensors into JPEGs with buffers allocated once, at start-up.
@@ -114,7 +112,6 @@ impl FramePipeline {
                     resizer: Resizer::new(config.max_source_dimension, out_dim),
                     pixels: vec![0; source_len],
                     resized: vec![0; sq(out_dim) * 3],
-                    yuv: vec![0; yuv420_len(out_dim, out_dim)],
                 }))
             })
             .collect::<Result<Vec<_>, FrameError>>()?;
@@ -281,27 +278,11 @@ impl Job<'_> {
             resizer,
             pixels,
             resized,
-            yuv,
         } = lane;
-        let (width, height) = self.out_size;
-        let resize = (width, height) != (desc.width, desc.height);
-        let need = max_jpeg_len(width, height, channels);
-        if !resize && channels == 3 && desc.layout == Layout::Nchw && encoder.takes_yuv420() {
-            // The common PyTorch case: straight to the encoder's planes.
-            let yuv = &mut yuv[..yuv420_len(width, height)];
-            convert_nchw_to_yuv420(desc, &self.affine, src, yuv);
-            let bytes = self
-                .pool
-                .write_with(need, |out| encoder.encode_yuv420(yuv, width, height, out))?;
-            return Ok(EncodedImage {
-                bytes,
-                width,
-                height,
-            });
-        }
         let pixels = &mut pixels[..src_px];
         convert_image(desc, &self.affine, src, pixels);
-        let image: &[u8] = if !resize {
+        let (width, height) = self.out_size;
+        let image: &[u8] = if (width, height) == (desc.width, desc.height) {
             pixels
         } else {
             let out = &mut resized[..width as usize * height as usize * channels as usize];
@@ -314,6 +295,7 @@ impl Job<'_> {
             );
             out
         };
+        let need = max_jpeg_len(width, height, channels);
         let bytes = self.pool.write_with(need, |out| {
             encoder.encode(image, width, height, channels, out)
         })?;
