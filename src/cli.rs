@@ -168,15 +168,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers now (so a signal that comes right
+/// after start-up is not fatal) and resolves when one arrives.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }
 
 /// `trainwatch server`.
@@ -198,6 +201,13 @@ pub fn server(args: ServerArgs) -> ExitCode {
         }
     };
     rt.block_on(async {
+        let signal = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("trainwatch server: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
         let running = match Server::start(&settings).await {
             Ok(r) => r,
             Err(e) => {
@@ -224,7 +234,7 @@ pub fn server(args: ServerArgs) -> ExitCode {
             "trainwatch server listening"
         );
         tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = signal => {}
             _ = running.stopped() => tracing::error!("a listener stopped; shutting down"),
         }
         match running.shutdown(settings.shutdown_grace).await {

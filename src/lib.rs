@@ -13,6 +13,12 @@
 //! - [`tensor`] — how a batch of sample images is described (dtype, layout,
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
+//! - [`frame`] — tensor → JPEG: convert (dtype, layout, normalization →
+//!   8-bit gray/RGB, vectorized), downscale to the negotiated maximum, encode
+//!   (bundled libjpeg-turbo by default, pure-Rust jpeg-encoder as the
+//!   alternative) into a fixed pool of output memory handed out as
+//!   `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
+//!   sized from config at start-up; a batch in steady state allocates nothing.
 //! - [`agent`] — `trainwatch agent`: the device-side service. Today its
 //!   reconnect policy (backoff with full jitter and a cap); the session
 //!   streaming follows with the shared-memory reader.
@@ -37,6 +43,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod frame;
 pub mod proto;
 pub mod server;
 pub mod shm;

@@ -221,27 +221,26 @@ mod stream {
         let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
         register(&mut c, "big").await;
         let mut s = Stream::open(&mut c).await;
-        let sender = {
-            let tx = s.sender();
-            tokio::spawn(async move {
-                for i in 0..1000u32 {
-                    let b = batch(i / 100, i % 100, 16);
-                    tx.send(request("big", Payload::BatchData(b)))
-                        .await
-                        .unwrap();
-                }
-            })
-        };
-        for i in 0..1000u32 {
+        // Like an agent, keep a bounded number of batches unacknowledged
+        // (under the session's buffer of 100), so that a slow machine shows
+        // as latency, not BUFFER_FULL.
+        let (mut sent, mut acked) = (0u32, 0u32);
+        while acked < 1000 {
+            while sent < 1000 && sent - acked < 50 {
+                let b = batch(sent / 100, sent % 100, 16);
+                s.send(request("big", Payload::BatchData(b))).await;
+                sent += 1;
+            }
             let r = s.recv().await;
             let a = ack(&r);
+            let i = acked;
             assert_eq!(
                 (a.epoch, a.batch_idx, a.success, a.kind),
                 (i / 100, i % 100, true, AckKind::Batch as i32),
                 "ack {i}"
             );
+            acked += 1;
         }
-        sender.await.unwrap();
         let st = get_json(server.http_addr, "/api/sessions/big").await;
         assert_eq!(st["batches_received"], 1000);
         assert_eq!(st["last_batch"]["epoch"], 9);

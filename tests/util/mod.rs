@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real processes, real sockets.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

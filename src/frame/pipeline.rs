@@ -1,0 +1,358 @@
+//! [`FramePipeline`]: validates a batch once, then runs convert → resize →
+//! encode per image, on the caller's thread or on the worker pool.
+
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use super::convert::{convert_image, Affine};
+use super::encode::{max_jpeg_len, Encoder};
+use super::pool::BufferPool;
+use super::resize::{target_size, Resizer};
+use super::{FrameConfig, FrameError, MAX_IMAGES_LIMIT, MAX_JPEG_DIMENSION};
+use crate::proto::ImageData;
+use crate::tensor::{DType, TensorDesc};
+
+/// Largest `max_dimension` / `max_source_dimension` accepted: one 8192²
+/// RGB convert buffer is already 192 MiB per worker.
+const DIMENSION_LIMIT: u32 = 8192;
+/// More encoding threads than this only steals cores from the trainer.
+const WORKERS_LIMIT: usize = 16;
+
+/// One JPEG, ready to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedImage {
+    /// The JPEG file; shares pooled memory that returns to the pool when the
+    /// last clone is dropped.
+    pub bytes: Bytes,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl From<EncodedImage> for ImageData {
+    fn from(image: EncodedImage) -> Self {
+        ImageData {
+            image_bytes: image.bytes,
+        }
+    }
+}
+
+/// The JPEGs of one batch, in tensor order. Reuse one across calls to
+/// [`FramePipeline::encode_batch_into`] to keep the hot path allocation-free.
+#[derive(Debug, Default)]
+pub struct EncodedBatch {
+    images: Vec<EncodedImage>,
+}
+
+impl EncodedBatch {
+    pub fn with_capacity(max_images: usize) -> EncodedBatch {
+        EncodedBatch {
+            images: Vec::with_capacity(max_images),
+        }
+    }
+
+    pub fn images(&self) -> &[EncodedImage] {
+        &self.images
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Hands the images over (e.g. into `BatchData.images`), keeping this
+    /// batch's capacity for the next call.
+    pub fn drain(&mut self) -> impl Iterator<Item = EncodedImage> + '_ {
+        self.images.drain(..)
+    }
+
+    pub fn into_images(self) -> Vec<EncodedImage> {
+        self.images
+    }
+
+    /// Drops the images (their pool memory becomes free once no clone is left).
+    pub fn clear(&mut self) {
+        self.images.clear();
+    }
+}
+
+/// One worker's buffers and codec state, allocated at start-up.
+struct Lane {
+    encoder: Encoder,
+    resizer: Resizer,
+    /// Converted source image, `max_source_dimension`² RGB.
+    pixels: Vec<u8>,
+    /// Downscaled image, `max_dimension`² RGB.
+    resized: Vec<u8>,
+}
+
+/// Turns batch tensors into JPEGs with buffers allocated once, at start-up.
+pub struct FramePipeline {
+    config: FrameConfig,
+    /// One per worker thread (one in all when encoding on the caller's thread).
+    lanes: Vec<Mutex<Lane>>,
+    pool: BufferPool,
+    threads: Option<rayon::ThreadPool>,
+}
+
+impl FramePipeline {
+    /// Validates `config` and allocates every buffer the pipeline will use.
+    pub fn new(config: FrameConfig) -> Result<FramePipeline, FrameError> {
+        validate(&config)?;
+        let source_len = sq(config.max_source_dimension) * 3;
+        let out_dim = config.max_dimension.min(config.max_source_dimension);
+        let lanes = (0..config.workers)
+            .map(|_| {
+                Ok(Mutex::new(Lane {
+                    encoder: Encoder::new(config.backend, config.quality)?,
+                    resizer: Resizer::new(config.max_source_dimension, out_dim),
+                    pixels: vec![0; source_len],
+                    resized: vec![0; sq(out_dim) * 3],
+                }))
+            })
+            .collect::<Result<Vec<_>, FrameError>>()?;
+        let pool = BufferPool::new(
+            config.pool_batches * config.max_images,
+            max_jpeg_len(out_dim, out_dim, 3),
+        );
+        let threads = if config.workers > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(config.workers)
+                .thread_name(|i| format!("trainwatch-frame-{i}"))
+                .build()
+                .map_err(|e| FrameError::Workers(e.to_string()))?;
+            Some(pool)
+        } else {
+            None
+        };
+        Ok(FramePipeline {
+            config,
+            lanes,
+            pool,
+            threads,
+        })
+    }
+
+    pub fn config(&self) -> &FrameConfig {
+        &self.config
+    }
+
+    /// Output slots holding no live JPEG (all of them once every
+    /// [`EncodedImage`] handed out has been dropped).
+    pub fn idle_slots(&self) -> usize {
+        self.pool.idle_slots()
+    }
+
+    /// Output slots in all.
+    pub fn slots(&self) -> usize {
+        self.pool.slots()
+    }
+
+    /// Encodes the first `min(desc.count, max_images, config.max_images)`
+    /// images of the batch `data` (laid out as `desc` says), each downscaled
+    /// to fit `max_dim` (0: the config's `max_dimension`; never above it).
+    pub fn encode_batch(
+        &self,
+        desc: &TensorDesc,
+        data: &[u8],
+        max_images: usize,
+        max_dim: u32,
+    ) -> Result<EncodedBatch, FrameError> {
+        let mut batch = EncodedBatch::with_capacity(self.config.max_images);
+        self.encode_batch_into(desc, data, max_images, max_dim, &mut batch)?;
+        Ok(batch)
+    }
+
+    /// [`encode_batch`](Self::encode_batch) into a reused `batch` (cleared
+    /// first): the allocation-free form for the agent's frame loop.
+    pub fn encode_batch_into(
+        &self,
+        desc: &TensorDesc,
+        data: &[u8],
+        max_images: usize,
+        max_dim: u32,
+        batch: &mut EncodedBatch,
+    ) -> Result<(), FrameError> {
+        batch.clear();
+        let count = self.check_tensor(desc, data)?;
+        let n = count.min(max_images).min(self.config.max_images);
+        let max_dim = match max_dim {
+            0 => self.config.max_dimension,
+            d => d.min(self.config.max_dimension),
+        };
+        let job = Job {
+            desc,
+            affine: Affine::for_desc(desc),
+            data,
+            image_len: desc.image_bytes(),
+            out_size: target_size(desc.width, desc.height, max_dim),
+            pool: &self.pool,
+        };
+        batch.images.resize(n, EncodedImage::default());
+        let result = match &self.threads {
+            None => {
+                let mut lane = lock(&self.lanes[0]);
+                batch
+                    .images
+                    .iter_mut()
+                    .enumerate()
+                    .try_for_each(|(i, slot)| {
+                        *slot = job.run(i, &mut lane)?;
+                        Ok(())
+                    })
+            }
+            Some(threads) => threads.install(|| {
+                batch
+                    .images
+                    .par_iter_mut()
+                    .enumerate()
+                    .try_for_each(|(i, slot)| {
+                        let worker = rayon::current_thread_index().unwrap_or(0);
+                        let mut lane = lock(&self.lanes[worker % self.lanes.len()]);
+                        *slot = job.run(i, &mut lane)?;
+                        Ok(())
+                    })
+            }),
+        };
+        if result.is_err() {
+            batch.clear();
+        }
+        result
+    }
+
+    /// Checks `desc` against the config and `data`; returns its image count.
+    fn check_tensor(&self, desc: &TensorDesc, data: &[u8]) -> Result<usize, FrameError> {
+        if desc.channels != 1 && desc.channels != 3 {
+            return Err(FrameError::UnsupportedChannels {
+                channels: desc.channels,
+            });
+        }
+        let max = self.config.max_source_dimension;
+        if !(1..=max).contains(&desc.width) || !(1..=max).contains(&desc.height) {
+            return Err(FrameError::BadImageSize {
+                width: desc.width,
+                height: desc.height,
+                max,
+            });
+        }
+        if desc.dtype == DType::U8 && desc.normalization.is_some() {
+            return Err(FrameError::NormalizedInteger { dtype: desc.dtype });
+        }
+        let expected = desc.total_bytes();
+        if data.len() < expected {
+            return Err(FrameError::ShortTensor {
+                actual: data.len(),
+                expected,
+                count: desc.count as usize,
+                layout: desc.layout,
+                dtype: desc.dtype,
+            });
+        }
+        Ok(desc.count as usize)
+    }
+}
+
+/// What every image of one batch shares.
+struct Job<'a> {
+    desc: &'a TensorDesc,
+    affine: Affine,
+    data: &'a [u8],
+    image_len: usize,
+    out_size: (u32, u32),
+    pool: &'a BufferPool,
+}
+
+impl Job<'_> {
+    /// Convert → resize (if needed) → encode image `i` into the pool.
+    fn run(&self, i: usize, lane: &mut Lane) -> Result<EncodedImage, FrameError> {
+        let desc = self.desc;
+        let channels = desc.channels;
+        let src = &self.data[i * self.image_len..(i + 1) * self.image_len];
+        let src_px = desc.width as usize * desc.height as usize * channels as usize;
+        let Lane {
+            encoder,
+            resizer,
+            pixels,
+            resized,
+        } = lane;
+        let pixels = &mut pixels[..src_px];
+        convert_image(desc, &self.affine, src, pixels);
+        let (width, height) = self.out_size;
+        let image: &[u8] = if (width, height) == (desc.width, desc.height) {
+            pixels
+        } else {
+            let out = &mut resized[..width as usize * height as usize * channels as usize];
+            resizer.resize(
+                pixels,
+                (desc.width, desc.height),
+                out,
+                (width, height),
+                channels,
+            );
+            out
+        };
+        let need = max_jpeg_len(width, height, channels);
+        let bytes = self.pool.write_with(need, |out| {
+            encoder.encode(image, width, height, channels, out)
+        })?;
+        Ok(EncodedImage {
+            bytes,
+            width,
+            height,
+        })
+    }
+}
+
+fn validate(c: &FrameConfig) -> Result<(), FrameError> {
+    let bad = |key: &'static str, value: String, reason: &'static str| {
+        Err(FrameError::InvalidConfig { key, value, reason })
+    };
+    if !(1..=100).contains(&c.quality) {
+        return bad("quality", c.quality.to_string(), "expected 1..=100");
+    }
+    if !(1..=DIMENSION_LIMIT).contains(&c.max_dimension) {
+        return bad(
+            "max_dimension",
+            c.max_dimension.to_string(),
+            "expected 1..=8192",
+        );
+    }
+    if !(1..=DIMENSION_LIMIT.min(MAX_JPEG_DIMENSION)).contains(&c.max_source_dimension) {
+        return bad(
+            "max_source_dimension",
+            c.max_source_dimension.to_string(),
+            "expected 1..=8192",
+        );
+    }
+    if !(1..=MAX_IMAGES_LIMIT).contains(&c.max_images) {
+        return bad("max_images", c.max_images.to_string(), "expected 1..=64");
+    }
+    if !(1..=WORKERS_LIMIT).contains(&c.workers) {
+        return bad("workers", c.workers.to_string(), "expected 1..=16");
+    }
+    if !(1..=16).contains(&c.pool_batches) {
+        return bad(
+            "pool_batches",
+            c.pool_batches.to_string(),
+            "expected 1..=16",
+        );
+    }
+    if !c.backend.is_available() {
+        return Err(FrameError::BackendUnavailable(c.backend));
+    }
+    Ok(())
+}
+
+fn sq(d: u32) -> usize {
+    d as usize * d as usize
+}
+
+/// A panicking worker poisons only its own lane's mutex; the buffers inside
+/// are plain bytes that the next image overwrites, so keep using them.
+fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
+    lane.lock().unwrap_or_else(|p| p.into_inner())
+}
