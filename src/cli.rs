@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::config::{ConfigError, EnvMap, Overrides, ServerSettings};
+use crate::config::{AgentSettings, ConfigError, EnvMap, Overrides, ServerSettings};
 use crate::server::Server;
 
 /// `EX_USAGE`: the configuration or the command line is wrong.
@@ -148,6 +148,181 @@ fn write_certs(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
         written.push(path);
     }
     Ok(written)
+}
+
+#[derive(Args, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML config file (keys as in systemd/agent.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The central server: https://HOST:PORT (http:// only with --insecure).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Talk to the server in plaintext (TLS is the default).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Directory of the trainers' segments [default: /dev/shm/trainwatch].
+    #[arg(long, value_name = "DIR")]
+    pub shm_dir: Option<PathBuf>,
+    /// CA certificate that signed the server's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// This device's certificate for mutual TLS (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// This device's private key for mutual TLS (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+    /// Most frames per second streamed per run [default: 60].
+    #[arg(long, value_name = "N")]
+    pub max_fps: Option<f64>,
+    /// Device part of session ids [default: host name + machine id].
+    #[arg(long, value_name = "ID")]
+    pub device_id: Option<String>,
+    /// Serve Prometheus text at http://ADDR/metrics (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<String>,
+    /// Test hook: while this file exists the main loop is wedged (it stops
+    /// feeding the systemd watchdog).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub debug_wedge_file: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    fn overrides(&self) -> Overrides {
+        let mut o: Overrides = Vec::new();
+        let path = |p: &PathBuf| p.display().to_string().into();
+        if let Some(v) = &self.server {
+            o.push(("server", v.clone().into()));
+        }
+        if self.insecure {
+            o.push(("insecure", true.into()));
+        }
+        if let Some(v) = &self.shm_dir {
+            o.push(("shm_dir", path(v)));
+        }
+        if let Some(v) = &self.ca_cert {
+            o.push(("tls.ca_cert", path(v)));
+        }
+        if let Some(v) = &self.client_cert {
+            o.push(("tls.client_cert", path(v)));
+        }
+        if let Some(v) = &self.client_key {
+            o.push(("tls.client_key", path(v)));
+        }
+        if let Some(v) = self.max_fps {
+            o.push(("max_fps", v.into()));
+        }
+        if let Some(v) = &self.device_id {
+            o.push(("device_id", v.clone().into()));
+        }
+        if let Some(v) = &self.health_listen {
+            o.push(("health.listen", v.clone().into()));
+        }
+        o
+    }
+
+    /// The validated settings: defaults → file → environment → these flags.
+    pub fn settings(&self, env: &EnvMap) -> Result<AgentSettings, ConfigError> {
+        AgentSettings::load(self.config.as_deref(), env, self.overrides())
+    }
+}
+
+/// Tells systemd about the agent (when started by it): READY=1 after the
+/// first scan, WATCHDOG=1 from healthy passes of the main loop.
+struct Systemd {
+    watchdog: Option<std::time::Duration>,
+    last_ping: Option<std::time::Instant>,
+    wedge_file: Option<PathBuf>,
+}
+
+impl crate::agent::Lifecycle for Systemd {
+    fn ready(&mut self) {
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("streaming runs"),
+        ]);
+        tracing::info!("ready");
+    }
+
+    fn alive(&mut self) {
+        if let Some(f) = &self.wedge_file {
+            // The test hook: block this thread, as a wedged loop would.
+            while f.exists() {
+                std::thread::park_timeout(std::time::Duration::from_millis(50));
+            }
+        }
+        let Some(period) = self.watchdog else { return };
+        // Twice per watchdog period, as sd_watchdog_enabled(3) advises.
+        if self.last_ping.is_none_or(|t| t.elapsed() >= period / 2) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            self.last_ping = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// `trainwatch agent`.
+pub fn agent(args: AgentArgs) -> ExitCode {
+    let env: EnvMap = std::env::vars().collect();
+    let settings = match args.settings(&env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trainwatch agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trainwatch agent: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut systemd = Systemd {
+        watchdog: sd_notify::watchdog_enabled(),
+        last_ping: None,
+        wedge_file: args.debug_wedge_file.clone(),
+    };
+    rt.block_on(async {
+        tracing::info!(
+            server = %settings.server.url,
+            shm_dir = %settings.shm_dir.display(),
+            device_id = %settings.device_id,
+            "trainwatch agent starting"
+        );
+        let agent = crate::agent::Agent::new(settings);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("trainwatch agent: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let signal = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                signal.await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                stop.cancel();
+            })
+        };
+        let result = agent.run(stop, &mut systemd).await;
+        signal.abort();
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trainwatch agent: {e:#}");
+                let code = if e.is_config() {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_FAILURE
+                };
+                ExitCode::from(code)
+            }
+        }
+    })
 }
 
 /// Logs to stderr; `TRAINWATCH_LOG` (or `RUST_LOG`) sets the filter.

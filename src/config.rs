@@ -454,6 +454,18 @@ struct RawAgent {
     tls: RawAgentTls,
     reconnect: RawReconnect,
     health: RawHealth,
+    frames: RawFrames,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrames {
+    quality: u32,
+    /// 0: a quarter of the cores, 1 to 4.
+    workers: u32,
+    backend: String,
+    max_source_dimension: u32,
+    pool_batches: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -515,6 +527,9 @@ pub struct AgentSettings {
     pub health_log_interval: Duration,
     /// Prometheus text endpoint (loopback only), off when `None`.
     pub health_listen: Option<SocketAddr>,
+    /// The frame pipeline's buffers and threads; the server's ServerConfig
+    /// lowers the image count and size per session.
+    pub frames: crate::frame::FrameConfig,
 }
 
 impl AgentSettings {
@@ -536,6 +551,17 @@ impl AgentSettings {
             ("reconnect.factor", 2.0.into()),
             ("reconnect.liveness_intervals", 3u64.into()),
             ("health.log_interval_s", 60u64.into()),
+            (
+                "frames.quality",
+                u64::from(crate::frame::DEFAULT_QUALITY).into(),
+            ),
+            ("frames.workers", 0u64.into()),
+            ("frames.backend", "auto".into()),
+            (
+                "frames.max_source_dimension",
+                u64::from(crate::frame::DEFAULT_MAX_SOURCE_DIMENSION).into(),
+            ),
+            ("frames.pool_batches", 4u64.into()),
         ];
         let raw: RawAgent = layered(&defaults, file, AGENT_ENV_PREFIX, env, overrides)?;
         Self::validate(raw)
@@ -618,7 +644,9 @@ impl AgentSettings {
             }
         };
         let tls_domain = raw.tls.domain.unwrap_or_else(|| server.host.clone());
+        let frames = frame_config(&raw.frames)?;
         Ok(AgentSettings {
+            frames,
             tls: crate::tls::ClientTlsFiles {
                 ca_cert: raw.tls.ca_cert,
                 client_cert: raw.tls.client_cert,
@@ -658,6 +686,52 @@ impl AgentSettings {
             health_listen,
         })
     }
+}
+
+/// The frame pipeline's configuration, validated by the pipeline's own rules
+/// and reported under the `frames.` keys.
+fn frame_config(raw: &RawFrames) -> Result<crate::frame::FrameConfig, ConfigError> {
+    use crate::frame::{Backend, FrameConfig, FrameError};
+    let backend = match raw.backend.as_str() {
+        "auto" => Backend::default_for_build(),
+        name => name.parse::<Backend>().map_err(|e| {
+            ConfigError::invalid("frames.backend", format!("{name:?}"), e.to_string())
+        })?,
+    };
+    let c = FrameConfig {
+        quality: u8::try_from(raw.quality).unwrap_or(0),
+        workers: match raw.workers {
+            0 => crate::frame::default_workers(),
+            n => n as usize,
+        },
+        backend,
+        max_source_dimension: raw.max_source_dimension,
+        pool_batches: raw.pool_batches as usize,
+        ..FrameConfig::default()
+    };
+    c.validate().map_err(|e| match e {
+        FrameError::InvalidConfig { key, value, reason } => {
+            let key = match key {
+                "quality" => "frames.quality",
+                "workers" => "frames.workers",
+                "max_source_dimension" => "frames.max_source_dimension",
+                "pool_batches" => "frames.pool_batches",
+                _ => "frames",
+            };
+            let value = if key == "frames.quality" {
+                raw.quality.to_string()
+            } else {
+                value
+            };
+            ConfigError::invalid(key, value, reason)
+        }
+        other => ConfigError::invalid(
+            "frames.backend",
+            format!("{:?}", raw.backend),
+            other.to_string(),
+        ),
+    })?;
+    Ok(c)
 }
 
 /// `https://host:port` (or `http://` with `insecure`) → endpoint.

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the central MetricsService (gRPC) and its HTTP API.
     Server(cli::ServerArgs),
+    /// Stream the training runs in shared memory to the central server.
+    Agent(cli::AgentArgs),
     /// Show a shared-memory segment: header, config, newest frame, events, control.
     Inspect(trainwatch::shm::inspect::InspectArgs),
     /// Make a CA, a server certificate and client certificates (PEM files).
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Server(args) => cli::server(args),
+        Command::Agent(args) => cli::agent(args),
         Command::Certs(args) => cli::certs(args),
         Command::Inspect(args) => ExitCode::from(trainwatch::shm::inspect::run(
             &args,

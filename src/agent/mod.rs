@@ -1,8 +1,245 @@
 //! `trainwatch agent`: discovers training runs in shared memory and streams
 //! each as a session to the central MetricsService, carrying control
 //! commands back.
+//!
+//! The main loop rescans the segment directory every `scan_interval`: a new
+//! segment gets its own session task ([`session::run`]); a segment that
+//! cannot be read is reported once (again only if the file changes) and
+//! never disturbs the others; a finished run's segment is removed after
+//! `finished_grace`. The loop tells systemd it is ready after its first
+//! scan and keeps the watchdog fed while it runs. All sessions share one
+//! gRPC channel and one frame pipeline.
 
 pub mod backoff;
 pub mod channel;
 pub mod health;
 pub mod link;
+pub mod session;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentSettings;
+use crate::frame::FramePipeline;
+use health::AgentStats;
+use session::{SessionContext, SessionEnd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Channel(#[from] channel::ChannelError),
+    #[error("frame pipeline: {0}")]
+    Frames(#[from] crate::frame::FrameError),
+    #[error("health endpoint {addr}: {source}")]
+    Health {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("segment directory {path}: {source}")]
+    ShmDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// Errors a user fixes in configuration (exit 64).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Channel(_) | AgentError::Frames(_) | AgentError::Health { .. }
+        )
+    }
+}
+
+/// What the agent knows about one file in the segment directory.
+enum Known {
+    /// Being streamed by a session task.
+    Streaming,
+    /// Finished at this instant; removed after the grace period.
+    Finished(Instant),
+    /// Rejected; remembered by its modification time so that it is reported
+    /// once, and looked at again only when it changes.
+    Rejected(Option<SystemTime>),
+}
+
+/// Hooks for the process around the agent (systemd notification, tests).
+pub trait Lifecycle: Send {
+    /// The configuration is valid and the first scan is done.
+    fn ready(&mut self) {}
+    /// The main loop completed one healthy pass.
+    fn alive(&mut self) {}
+}
+
+/// No notifications.
+pub struct NoLifecycle;
+impl Lifecycle for NoLifecycle {}
+
+pub struct Agent {
+    settings: Arc<AgentSettings>,
+    stats: Arc<AgentStats>,
+}
+
+impl Agent {
+    pub fn new(settings: AgentSettings) -> Agent {
+        Agent {
+            settings: Arc::new(settings),
+            stats: Arc::new(AgentStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<AgentStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `stop` fires; then stops every session and returns.
+    pub async fn run(
+        &self,
+        stop: CancellationToken,
+        lifecycle: &mut dyn Lifecycle,
+    ) -> Result<(), AgentError> {
+        let s = &self.settings;
+        let channel = channel::connect_lazy(s)?;
+        let pipeline = Arc::new(FramePipeline::new(s.frames.clone())?);
+        if let Some(addr) = s.health_listen {
+            let bound = health::serve(addr, self.stats.clone(), stop.clone())
+                .await
+                .map_err(|source| AgentError::Health { addr, source })?;
+            tracing::info!(%bound, "health endpoint (Prometheus text at /metrics)");
+        }
+        let ctx = Arc::new(SessionContext {
+            settings: s.clone(),
+            channel,
+            pipeline,
+            stats: self.stats.clone(),
+        });
+        let mut known: HashMap<PathBuf, Known> = HashMap::new();
+        let mut tasks: JoinSet<(PathBuf, SessionEnd)> = JoinSet::new();
+        let sessions_stop = stop.child_token();
+        let mut scan = tokio::time::interval(s.scan_interval);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut log = tokio::time::interval(s.health_log_interval);
+        log.tick().await;
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = scan.tick() => {
+                    self.scan(&ctx, &mut known, &mut tasks, &sessions_stop)?;
+                    if first {
+                        first = false;
+                        lifecycle.ready();
+                    }
+                    lifecycle.alive();
+                }
+                Some(done) = tasks.join_next() => {
+                    if let Ok((path, end)) = done {
+                        self.session_ended(&mut known, path, end);
+                    }
+                }
+                _ = log.tick() => {
+                    tracing::info!(stats = %self.stats.summary(), "agent health");
+                }
+            }
+        }
+        sessions_stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        self.stats.sessions_active.store(0, Relaxed);
+        Ok(())
+    }
+
+    fn session_ended(&self, known: &mut HashMap<PathBuf, Known>, path: PathBuf, end: SessionEnd) {
+        self.stats.sessions_active.fetch_sub(1, Relaxed);
+        match end {
+            SessionEnd::Finished => {
+                known.insert(path, Known::Finished(Instant::now()));
+            }
+            SessionEnd::Stopped => {
+                known.remove(&path);
+            }
+            SessionEnd::Rejected(e) => {
+                self.stats.segments_rejected.fetch_add(1, Relaxed);
+                tracing::error!(segment = %path.display(), error = %e, "segment skipped");
+                let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                known.insert(path, Known::Rejected(mtime));
+            }
+        }
+    }
+
+    /// One pass over the segment directory.
+    fn scan(
+        &self,
+        ctx: &Arc<SessionContext>,
+        known: &mut HashMap<PathBuf, Known>,
+        tasks: &mut JoinSet<(PathBuf, SessionEnd)>,
+        stop: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        let dir = &self.settings.shm_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            // Not there yet (tmpfiles creates it at boot): nothing to stream.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                known.retain(|_, k| matches!(k, Known::Streaming));
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(AgentError::ShmDir {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        };
+        let mut present = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_file()) || !session::is_segment_name(&path) {
+                continue;
+            }
+            present.push(path.clone());
+            match known.get(&path) {
+                Some(Known::Streaming) => continue,
+                Some(Known::Finished(at)) => {
+                    if at.elapsed() >= self.settings.finished_grace {
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {
+                                tracing::info!(segment = %path.display(), "finished run's segment removed")
+                            }
+                            Err(e) => {
+                                tracing::warn!(segment = %path.display(), error = %e, "cannot remove finished segment")
+                            }
+                        }
+                        known.remove(&path);
+                    }
+                    continue;
+                }
+                Some(Known::Rejected(mtime)) => {
+                    let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    if now == *mtime {
+                        continue;
+                    }
+                }
+                None => {}
+            }
+            known.insert(path.clone(), Known::Streaming);
+            self.stats.sessions_active.fetch_add(1, Relaxed);
+            let ctx = ctx.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let end = session::run(path.clone(), ctx, stop).await;
+                (path, end)
+            });
+        }
+        // Forget files that are gone (except those still streaming: a
+        // trainer may unlink its segment while the agent drains it).
+        known.retain(|p, k| matches!(k, Known::Streaming) || present.contains(p));
+        Ok(())
+    }
+}

@@ -64,6 +64,13 @@ pub struct FrameConfig {
     pub backend: Backend,
 }
 
+impl FrameConfig {
+    /// Checks every value against the pipeline's limits, allocating nothing.
+    pub fn validate(&self) -> Result<(), FrameError> {
+        pipeline::validate(self)
+    }
+}
+
 impl Default for FrameConfig {
     fn default() -> Self {
         FrameConfig {

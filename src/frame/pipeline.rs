@@ -307,7 +307,9 @@ impl Job<'_> {
     }
 }
 
-fn validate(c: &FrameConfig) -> Result<(), FrameError> {
+/// Checks a configuration without allocating anything (config loading uses
+/// it; [`FramePipeline::new`] checks again).
+pub(crate) fn validate(c: &FrameConfig) -> Result<(), FrameError> {
     let bad = |key: &'static str, value: String, reason: &'static str| {
         Err(FrameError::InvalidConfig { key, value, reason })
     };

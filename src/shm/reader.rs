@@ -678,6 +678,37 @@ impl Reader {
         self.event_cursor = acked.min(self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire));
     }
 
+    /// Moves the read position to just after event `after` (the server has
+    /// applied up to it), within what was written. Events the ring no
+    /// longer holds are reported by the next [`next_event`](Self::next_event)
+    /// as missed.
+    pub fn seek_events(&mut self, after: u64) {
+        let written = self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
+        self.event_cursor = after.min(written);
+    }
+
+    /// How many events the writer has published.
+    pub fn events_written(&self) -> u64 {
+        self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire)
+    }
+
+    /// The status of the newest status event the ring still holds.
+    pub fn last_status(&self) -> Option<TrainingStatus> {
+        let written = self.events_written();
+        let oldest = (written + 1)
+            .saturating_sub(u64::from(self.geo.event_slots))
+            .max(1);
+        (oldest..=written)
+            .rev()
+            .find_map(|n| match self.read_event(n) {
+                Ok(Some(EventRead::Event {
+                    event: Event::Status { status, .. },
+                    ..
+                })) => Some(status),
+                _ => None,
+            })
+    }
+
     /// Writes a command for the trainer. One agent writes a segment's
     /// control ring.
     pub fn send_command(
