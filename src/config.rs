@@ -840,8 +840,20 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(s.http_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
-            (s.limits, s.history, s.dashboard, s.max_sessions, s.shutdown_grace),
-            (d.limits, d.history, d.dashboard, d.max_sessions, d.shutdown_grace)
+            (
+                s.limits,
+                s.history,
+                s.dashboard,
+                s.max_sessions,
+                s.shutdown_grace
+            ),
+            (
+                d.limits,
+                d.history,
+                d.dashboard,
+                d.max_sessions,
+                d.shutdown_grace
+            )
         );
         assert_eq!(
             s.tls.unwrap().cert,
