@@ -30,9 +30,9 @@ use trainwatch::server::{RunningServer, Server};
 use util::grpc::{self, request, Stream};
 use util::{repo_root, TEST_TIMEOUT};
 
-/// The browser tests measure latency: one at a time, so they do not share
-/// the CI machine's two cores with each other.
-static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The live test measures latency: the browser tests and the heavy push
+/// tests run one at a time, so they do not share the CI machine's two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Longest a whole browser script may run (chromium start-up included).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -231,12 +231,17 @@ impl Trainer {
         self.tx.send(r).await.unwrap();
     }
 
-    /// The next control command; fails on an error response or timeout.
-    async fn command(&mut self) -> ControlCommand {
-        let p = tokio::time::timeout(SCRIPT_TIMEOUT, self.responses.recv())
-            .await
-            .expect("no control command reached the stream")
-            .expect("stream reader ended");
+    /// The next control command; fails on an error response, a failure of
+    /// the browser script, or timeout.
+    async fn command(&mut self, browser: &mut Browser) -> ControlCommand {
+        let p = tokio::time::timeout(SCRIPT_TIMEOUT, async {
+            tokio::select! {
+                p = self.responses.recv() => p.expect("stream reader ended"),
+                e = browser.expect("no such key") => panic!("browser: {e}"),
+            }
+        })
+        .await
+        .expect("no control command reached the stream");
         match p {
             metrics_response::Payload::Command(c) => c,
             other => panic!("expected a control command, got {other:?}"),
@@ -338,7 +343,7 @@ fn texts(v: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_session_view_shows_what_was_published_and_controls_the_run() {
-    let _one = BROWSER.lock().await;
+    let _one = SERIAL.lock().await;
     let server = start("127.0.0.1:0", None).await;
     let id = "jetson-01:resnet18";
     let mut trainer = Trainer::start(server.grpc_addr, id).await;
@@ -381,13 +386,13 @@ async fn live_session_view_shows_what_was_published_and_controls_the_run() {
 
     // Pause clicked in the page reaches the trainer's stream; the page shows
     // PAUSED once the trainer reports it.
-    let pause = trainer.command().await;
+    let pause = trainer.command(&mut browser).await;
     assert_eq!(pause.r#type(), CommandType::PauseTraining);
     trainer
         .event(status(TrainingStatus::Paused, "paused from the dashboard"))
         .await;
     // Stop, confirmed, with the grace period chosen in the page.
-    let stop = trainer.command().await;
+    let stop = trainer.command(&mut browser).await;
     assert_eq!(stop.r#type(), CommandType::StopTraining);
     assert_eq!(
         stop.parameters.get("grace_period_s").map(String::as_str),
@@ -464,11 +469,14 @@ async fn live_session_view_shows_what_was_published_and_controls_the_run() {
     assert_eq!(r["stop"]["status"], "COMPLETED");
     let history = texts(&r["history"]).join("\n");
     assert!(history.contains("started"), "{history}");
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
 }
 
 async fn guarded(token: Option<&str>) -> (Value, Arc<trainwatch::server::session::Session>) {
-    let _one = BROWSER.lock().await;
+    let _one = SERIAL.lock().await;
     // Not loopback: control needs the token, or is off without one.
     let server = start("0.0.0.0:0", token).await;
     let id = "lab-07:vit";
@@ -480,7 +488,10 @@ async fn guarded(token: Option<&str>) -> (Value, Arc<trainwatch::server::session
     let r = browser.expect("result").await;
     let session = server.registry().get(id).unwrap();
     drop(trainer);
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
     (r, session)
 }
 
@@ -567,7 +578,10 @@ async fn page_and_assets_are_embedded_and_locked_down() {
     assert_eq!((status, body.as_str()), (200, r#"{"mode":"open"}"#));
     let (status, _, _) = raw_get(addr, "/api/sessions/nope/events").await;
     assert_eq!(status, 404);
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
 }
 
 /// GET → (status, lower-cased head, body).
@@ -620,6 +634,7 @@ mod push {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_viewer_gets_at_most_max_push_hz_and_always_the_newest_frame() {
+        let _one = SERIAL.lock().await;
         let mut settings = ServerSettings::local_insecure();
         settings.dashboard.max_push_hz = 10;
         settings.limits.buffer_size = 1000;
@@ -650,11 +665,15 @@ mod push {
             Some(&300),
             "the newest frame arrives: {frames:?}"
         );
-        server.shutdown(Duration::from_secs(10)).await.unwrap();
+        server
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("clean shutdown");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_viewer_slows_neither_ingest_nor_other_viewers() {
+        let _one = SERIAL.lock().await;
         let mut settings = ServerSettings::local_insecure();
         settings.dashboard.max_push_hz = 240;
         let server = Server::start(&settings).await.unwrap();
@@ -701,6 +720,9 @@ mod push {
             "no error on the stream"
         );
         drop(stalled);
-        server.shutdown(Duration::from_secs(10)).await.unwrap();
+        server
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("clean shutdown");
     }
 }

@@ -34,7 +34,9 @@ async function main() {
     timeout,
   });
   const page = browser.pages()[0] || (await browser.newPage());
-  page.setDefaultTimeout(timeout);
+  // Each wait fails well before the script's deadline, naming its step.
+  page.setDefaultTimeout(Math.max(5000, timeout - 30000));
+  globalThis.page = page;
   const consoleErrors = [];
   page.on('console', (m) => {
     if (m.type() === 'error') consoleErrors.push(m.text());
@@ -164,7 +166,17 @@ main()
     clearTimeout(deadline);
   })
   .catch(async (e) => {
-    emit({ error: String((e && e.stack) || e) });
+    let state = null;
+    try {
+      state = await globalThis.page.evaluate(() => ({
+        state: window.trainwatch.debug && window.trainwatch.debug(),
+        paints: window.trainwatch.paints, frame: window.trainwatch.frame,
+        loss_points: document.getElementById('loss-chart').dataset.points,
+        status: document.getElementById('s-status').textContent,
+        conn: document.getElementById('conn').textContent,
+      }));
+    } catch (_) { /* no page */ }
+    emit({ error: String((e && e.stack) || e) + '\npage: ' + JSON.stringify(state) });
     try { if (browser) await browser.close(); } catch (_) { /* gone */ }
     rmSync(profile, { recursive: true, force: true });
     process.exit(1);

@@ -153,6 +153,7 @@
     let scheduled = false;
     const pending = []; // commands waiting to be seen applied
     let stopBanner = null;
+    tw.debug = () => ({ decoding, scheduled, pending: pendingFrame && pendingFrame.seq, loss: S.loss.length });
 
     // Tiles are built once; each update swaps decoded images and labels.
     const tiles = [];
@@ -538,18 +539,25 @@
       return next;
     }
 
+    // Status records seen lately, with when they arrived: the trainer may
+    // apply a command before the page has the POST's answer.
+    const recent = [];
     function applied(records) {
       for (const rec of records) {
-        for (const p of pending) {
-          if (!p.done && EXPECT[p.type](rec.status)) {
-            p.done = true;
-            p.li.className = 'applied';
-            p.li.textContent = `${p.label} #${p.id}: applied by the trainer at ${clock(rec.t_ms)} (status ${rec.status}${rec.message ? ': ' + rec.message : ''})`;
-            tw.commands.push({ id: p.id, type: p.type, applied: rec.status });
-            if (p.type === 'STOP_TRAINING') endStopBanner('The trainer has stopped.');
-            msg('ok', `${p.label} applied: status ${rec.status}.`);
-          }
-        }
+        recent.push({ rec, seenAt: performance.now() });
+        if (recent.length > 50) recent.shift();
+        for (const p of pending) match(p, rec);
+      }
+    }
+
+    function match(p, rec) {
+      if (!p.done && EXPECT[p.type](rec.status)) {
+        p.done = true;
+        p.li.className = 'applied';
+        p.li.textContent = `${p.label} #${p.id}: applied by the trainer at ${clock(rec.t_ms)} (status ${rec.status}${rec.message ? ': ' + rec.message : ''})`;
+        tw.commands.push({ id: p.id, type: p.type, applied: rec.status });
+        if (p.type === 'STOP_TRAINING') endStopBanner('The trainer has stopped.');
+        msg('ok', `${p.label} applied: status ${rec.status}.`);
       }
     }
 
@@ -557,6 +565,7 @@
       const headers = { 'Content-Type': 'application/json' };
       if (token()) headers.Authorization = 'Bearer ' + token();
       let r, body;
+      const clickedAt = performance.now();
       try {
         r = await fetch(base + '/commands', {
           method: 'POST', headers, cache: 'no-store', credentials: 'same-origin',
@@ -577,8 +586,10 @@
       const li = el('li', null, `${label} #${body.command_id}: ${body.delivered ? 'sent to the agent' : 'held until the agent reconnects'}, waiting for the trainer…`);
       $('c-log').prepend(li);
       while ($('c-log').children.length > 8) $('c-log').lastChild.remove();
-      pending.push({ id: body.command_id, type: body.type, label, li, done: false });
+      const p = { id: body.command_id, type: body.type, label, li, done: false };
+      pending.push(p);
       msg('', `${label} sent; waiting for the trainer to apply it.`);
+      for (const x of recent) if (x.seenAt >= clickedAt) match(p, x.rec);
       return body;
     }
 
@@ -591,7 +602,8 @@
       if (!Number.isFinite(g) || g < 0 || g > 3600) return msg('error', 'Grace period: 0 to 3600 seconds.');
       $('stop-confirm').hidden = true;
       const r = await send('STOP_TRAINING', { grace_period_s: String(g) }, 'Stop');
-      if (r) startStopBanner(g);
+      const p = r && pending.find((x) => x.id === r.command_id);
+      if (p && !p.done) startStopBanner(g);
     });
     $('c-lr-send').addEventListener('click', () => {
       const v = Number($('c-lr').value);
