@@ -254,10 +254,14 @@ impl Trainer {
 struct Browser {
     child: Child,
     lines: mpsc::UnboundedReceiver<Value>,
+    /// Chromium's profile, removed when the test ends however it ends.
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
-    fn start(args: Value) -> Browser {
+    fn start(mut args: Value) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        args["profile"] = profile.path().to_str().unwrap().into();
         let chromium = std::env::var_os("TRAINWATCH_CHROMIUM")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -294,7 +298,11 @@ impl Browser {
                 }
             }
         });
-        Browser { child, lines }
+        Browser {
+            child,
+            lines,
+            _profile: profile,
+        }
     }
 
     /// The next line that has `key`; an `error` line fails the test.

@@ -1,6 +1,6 @@
 // Drives Debian's chromium (never a downloaded browser) against a running
 // trainwatch server, for tests/dashboard.rs. One argument: a JSON object
-//   {url, session, scenario: "live" | "guard", frames, token?, screenshot?, timeout_ms}
+//   {url, session, scenario: "live" | "guard", frames, token?, screenshot?, profile?, timeout_ms}
 // Writes JSON lines on stdout: {"ready": true} once the session view is open
 // (the test then feeds frames), and last {"result": {...}}. Every wait is
 // bounded; a failure prints {"error": "..."} and exits 1.
@@ -14,10 +14,15 @@ const args = JSON.parse(process.argv[2] || '{}');
 const timeout = args.timeout_ms || 60000;
 const emit = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 
-const profile = mkdtempSync(join(tmpdir(), 'trainwatch-chromium-'));
+// A fresh profile: the test's temp dir (it removes it even if this process
+// is killed), else one of our own.
+const ownProfile = !args.profile;
+const profile = args.profile || mkdtempSync(join(tmpdir(), 'trainwatch-chromium-'));
+const cleanup = () => { if (ownProfile) rmSync(profile, { recursive: true, force: true }); };
 let browser;
 const deadline = setTimeout(() => {
   emit({ error: `browser script ran past ${timeout} ms` });
+  cleanup();
   process.exit(1);
 }, timeout + 5000);
 
@@ -162,7 +167,7 @@ async function main() {
 main()
   .then(async () => {
     await browser.close();
-    rmSync(profile, { recursive: true, force: true });
+    cleanup();
     clearTimeout(deadline);
   })
   .catch(async (e) => {
@@ -178,6 +183,6 @@ main()
     } catch (_) { /* no page */ }
     emit({ error: String((e && e.stack) || e) + '\npage: ' + JSON.stringify(state) });
     try { if (browser) await browser.close(); } catch (_) { /* gone */ }
-    rmSync(profile, { recursive: true, force: true });
+    cleanup();
     process.exit(1);
   });
