@@ -2,7 +2,8 @@
 # The one command that runs the whole test suite on a fresh machine:
 #   ./scripts/test.sh            (extra args go to `cargo test`)
 # It makes .venv with the Python packages the cross-language tests use
-# (python/requirements-dev.txt), then runs `cargo test` with it.
+# (python/requirements-dev.txt), installs the browser tests' npm packages
+# (tests/browser, `npm ci`), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TRAINWATCH_VENV:-.venv}
@@ -18,5 +19,14 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$SUM" ]; then
   echo "$SUM" > "$STAMP"
 fi
 export TRAINWATCH_PYTHON="$PWD/$VENV/bin/python"
+# The dashboard's browser tests drive Chromium with playwright-core: install
+# it from the lock file when missing or when the lock file changed.
+BROWSER_DIR=tests/browser
+BSTAMP="$BROWSER_DIR/node_modules/.package-lock.sha256"
+BSUM=$(sha256sum "$BROWSER_DIR/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$BSTAMP" 2>/dev/null)" != "$BSUM" ]; then
+  (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$BSUM" > "$BSTAMP"
+fi
 # Library, binary and integration tests (doc-tests: none; benches: `cargo bench`).
 exec cargo test --lib --bins --tests "$@"

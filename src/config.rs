@@ -149,6 +149,7 @@ struct RawServer {
     tls: RawServerTls,
     limits: RawLimits,
     history: RawHistory,
+    dashboard: RawDashboard,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +168,12 @@ struct RawLimits {
     heartbeat_interval_ms: u32,
     buffer_size: u32,
     max_message_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDashboard {
+    max_push_hz: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +245,23 @@ impl Default for History {
     }
 }
 
+/// The live dashboard on the HTTP listener.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dashboard {
+    /// Most updates per second pushed to one browser viewing a session;
+    /// changes in between are coalesced into the next update.
+    pub max_push_hz: u32,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        // Twice a typical screen's refresh would be wasted; 30 keeps the
+        // coalescing delay under 34 ms, well within the 100 ms budget from
+        // a batch's receipt to its paint.
+        Dashboard { max_push_hz: 30 }
+    }
+}
+
 /// Validated settings of `trainwatch server`.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
@@ -250,6 +274,7 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub limits: Limits,
     pub history: History,
+    pub dashboard: Dashboard,
 }
 
 impl ServerSettings {
@@ -265,6 +290,7 @@ impl ServerSettings {
             shutdown_grace: Duration::from_secs(5),
             limits: Limits::default(),
             history: History::default(),
+            dashboard: Dashboard::default(),
         }
     }
 
@@ -300,6 +326,10 @@ impl ServerSettings {
             ("history.loss_points", (h.loss_points as u64).into()),
             ("history.epochs", (h.epochs as u64).into()),
             ("history.status_events", (h.status_events as u64).into()),
+            (
+                "dashboard.max_push_hz",
+                u64::from(Dashboard::default().max_push_hz).into(),
+            ),
         ];
         let raw: RawServer = layered(&defaults, file, SERVER_ENV_PREFIX, env, overrides)?;
         Self::validate(raw)
@@ -430,6 +460,9 @@ impl ServerSettings {
             )?),
             limits,
             history,
+            dashboard: Dashboard {
+                max_push_hz: in_range("dashboard.max_push_hz", raw.dashboard.max_push_hz, 1, 240)?,
+            },
         })
     }
 }
@@ -881,8 +914,20 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(s.http_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
-            (s.limits, s.history, s.max_sessions, s.shutdown_grace),
-            (d.limits, d.history, d.max_sessions, d.shutdown_grace)
+            (
+                s.limits,
+                s.history,
+                s.dashboard,
+                s.max_sessions,
+                s.shutdown_grace
+            ),
+            (
+                d.limits,
+                d.history,
+                d.dashboard,
+                d.max_sessions,
+                d.shutdown_grace
+            )
         );
         assert_eq!(
             s.tls.unwrap().cert,

@@ -1,10 +1,12 @@
-//! `trainwatch server`: the central MetricsService and its HTTP API.
+//! `trainwatch server`: the central MetricsService, its HTTP API and the
+//! live dashboard.
 //!
 //! [`Server::start`] binds both listeners (gRPC, with TLS unless configured
 //! otherwise, and HTTP), and returns a [`RunningServer`] with the bound
 //! addresses and the session [`Registry`]; [`RunningServer::shutdown`] stops
 //! accepting, ends every stream and waits for the tasks up to a grace period.
 
+pub mod dashboard;
 pub mod http;
 pub mod service;
 pub mod session;
@@ -133,13 +135,15 @@ impl Server {
             r
         });
 
-        let app = http::router(
+        let control = http::ControlPolicy {
+            token: settings.http_token.clone(),
+            loopback: http_addr.ip().is_loopback(),
+        };
+        let app = http::router(registry.clone(), control.clone()).merge(dashboard::router(
             registry.clone(),
-            http::ControlPolicy {
-                token: settings.http_token.clone(),
-                loopback: http_addr.ip().is_loopback(),
-            },
-        );
+            control,
+            settings.dashboard,
+        ));
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let r = axum::serve(http_listener, app)

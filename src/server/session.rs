@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock as StdRwLock};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, RwLock};
+use tokio::sync::{mpsc, watch, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{History, Limits};
@@ -224,6 +224,27 @@ pub struct Session {
     /// validation without the state lock.
     classes: AtomicUsize,
     commands: Mutex<CommandRoute>,
+    /// Change notification for the dashboard (see [`Changes`]).
+    changes: Changes,
+}
+
+/// Version counters bumped after every applied message: one per session and
+/// one shared by the registry (any session changed, or one came or went).
+/// The dashboard's push streams wait on them and coalesce; the apply task
+/// pays two uncontended counter bumps and no allocation, and does no work
+/// per viewer.
+#[derive(Clone)]
+struct Changes {
+    session: watch::Sender<u64>,
+    registry: watch::Sender<u64>,
+}
+
+impl Changes {
+    fn bump(&self) {
+        let inc = |v: &mut u64| *v = v.wrapping_add(1);
+        self.session.send_modify(inc);
+        self.registry.send_modify(inc);
+    }
 }
 
 /// Where a session's control commands go: the response half of the stream
@@ -360,6 +381,16 @@ impl Session {
     pub fn queue_depth(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
     }
+
+    /// Notifies on each change of this session's state (a counter).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.session.subscribe()
+    }
+
+    /// Resolves when the session has been evicted (or the server stops).
+    pub async fn closed(&self) {
+        self.cancel.cancelled().await
+    }
 }
 
 /// Why a registration was refused.
@@ -383,6 +414,8 @@ pub struct Registry {
     pub history: History,
     max_sessions: usize,
     shutdown: CancellationToken,
+    /// Bumped when any session changes, registers or is evicted.
+    changes: watch::Sender<u64>,
 }
 
 impl Registry {
@@ -398,7 +431,19 @@ impl Registry {
             history,
             max_sessions,
             shutdown,
+            changes: watch::Sender::new(0),
         }
+    }
+
+    /// Notifies on each change of any session, and when one registers or is
+    /// evicted (a counter).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Cancelled when the server stops.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -446,6 +491,7 @@ impl Registry {
         st.last_seen_ms = now;
         let last_event_seq = st.last_event_seq;
         drop(st);
+        session.changes.bump();
         Ok(Registered {
             session,
             resumed,
@@ -501,6 +547,10 @@ impl Registry {
             finished: Default::default(),
             classes: AtomicUsize::new(0),
             commands: Mutex::new(CommandRoute::default()),
+            changes: Changes {
+                session: watch::Sender::new(0),
+                registry: self.changes.clone(),
+            },
         });
         map.insert(id.to_string(), session.clone());
         tokio::spawn(apply_task(session.clone(), rx, self.history));
@@ -517,6 +567,7 @@ async fn apply_task(session: Arc<Session>, mut rx: mpsc::Receiver<Ingest>, histo
             item = rx.recv() => match item { Some(i) => i, None => return },
         };
         let (reply, ack) = apply(&session, item, &history).await;
+        session.changes.bump();
         if let (Some(reply), Some(ack)) = (reply, ack) {
             // The stream may be gone (client disconnected); the data is
             // applied all the same and a resend is deduplicated.

@@ -165,6 +165,15 @@ impl Stream {
             .expect("stream ended")
     }
 
+    /// The next response within `wait`; `None` when none came or the
+    /// stream ended.
+    pub async fn next_within(&mut self, wait: std::time::Duration) -> Option<MetricsResponse> {
+        tokio::time::timeout(wait, self.rx.message())
+            .await
+            .ok()
+            .and_then(|r| r.ok().flatten())
+    }
+
     /// Sends and waits for the one answer the request gets.
     pub async fn call(&mut self, req: MetricsRequest) -> MetricsResponse {
         self.send(req).await;

@@ -1,0 +1,643 @@
+// trainwatch dashboard: overview at /, one run at /sessions/{id}.
+// Plain JS, no library: live data arrives by Server-Sent Events and is drawn
+// at most once per animation frame (newest wins). Everything a trainer or
+// agent sends (ids, class names, messages) is shown with textContent, never
+// parsed as HTML.
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = 'trainwatch.token';
+  const TILES = 16;
+  const LATENCY_KEEP = 2000;
+
+  // Receipt → paint latencies (ms) of painted frames, for the page's own
+  // figure and for the browser test.
+  const tw = (window.trainwatch = { latencies: [], paints: 0, frame: null, commands: [] });
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  const na = (v, f) => (v === null || v === undefined || Number.isNaN(v) ? 'n/a' : f(v));
+  const num = (d) => (v) => v.toFixed(d);
+  const pct = (v) => v.toFixed(0) + ' %';
+  const mb = (v) => (v >= 1024 ? (v / 1024).toFixed(1) + ' GiB' : v.toFixed(0) + ' MiB');
+  function dur(s) {
+    s = Math.max(0, Math.round(s));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    if (h) return `${h} h ${String(m).padStart(2, '0')} min`;
+    if (m) return `${m} min ${String(r).padStart(2, '0')} s`;
+    return `${r} s`;
+  }
+  function ago(ms) {
+    const s = Math.max(0, ms / 1000);
+    if (s < 2) return 'just now';
+    if (s < 120) return `${Math.round(s)} s ago`;
+    if (s < 7200) return `${Math.round(s / 60)} min ago`;
+    return `${Math.round(s / 3600)} h ago`;
+  }
+  const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
+  const nowMs = () => performance.timeOrigin + performance.now();
+  function percentile(xs, p) {
+    if (!xs.length) return null;
+    const s = [...xs].sort((a, b) => a - b);
+    return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+  }
+
+  function setConn(state, text) {
+    const c = $('conn');
+    c.className = 'conn ' + state;
+    c.textContent = text;
+  }
+
+  // ------------------------------------------------------------ token --
+  function token() {
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  }
+  function showTokenState() {
+    $('token-state').textContent = token() ? 'token set for this tab' : 'no token';
+  }
+  $('token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const v = $('token').value.trim();
+    if (v) sessionStorage.setItem(TOKEN_KEY, v);
+    $('token').value = '';
+    showTokenState();
+  });
+  $('token-clear').addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showTokenState();
+  });
+  showTokenState();
+
+  // --------------------------------------------------------- overview --
+  function overview() {
+    $('overview').hidden = false;
+    document.title = 'trainwatch — runs';
+    let rows = [];
+    let skew = 0; // server clock − local clock, from the last event
+    const es = new EventSource('/api/events');
+    es.onopen = () => setConn('live', 'live');
+    es.onerror = () => setConn('down', 'reconnecting…');
+    es.addEventListener('sessions', (ev) => {
+      const d = JSON.parse(ev.data);
+      skew = d.server_ms - Date.now();
+      rows = d.sessions;
+      render();
+    });
+    function progress(cur, total) {
+      const td = el('td');
+      if (cur === null || cur === undefined) {
+        td.textContent = 'n/a';
+        return td;
+      }
+      td.append(total ? `${cur + 1} / ${total}` : `${cur + 1}`);
+      if (total) {
+        const bar = el('span', 'bar');
+        const fill = el('span');
+        fill.style.width = Math.min(100, ((cur + 1) / total) * 100) + '%';
+        bar.append(fill);
+        td.append(bar);
+      }
+      return td;
+    }
+    function render() {
+      const tb = $('runs');
+      tb.replaceChildren();
+      $('no-runs').hidden = rows.length > 0;
+      for (const r of rows) {
+        const tr = el('tr');
+        tr.dataset.id = r.id;
+        const name = el('td');
+        const a = el('a', null, r.id);
+        a.href = '/sessions/' + encodeURIComponent(r.id);
+        name.append(a);
+        const meta = [r.model_name, r.dataset_name, r.client].filter(Boolean).join(' · ');
+        if (meta) name.append(el('div', 'muted small', meta));
+        const st = el('td');
+        st.append(el('span', 'badge ' + r.status, r.status));
+        const fps = el('td', null, na(r.current_fps, num(1)));
+        const loss = el('td', null, na(r.last_loss, num(4)));
+        const seen = el('td', 'seen');
+        seen.dataset.ms = r.last_seen_ms;
+        tr.append(name, st, progress(r.epoch, r.total_epochs), progress(r.batch_idx, r.batches_per_epoch), fps, loss, seen);
+        tb.append(tr);
+      }
+      renderSeen();
+    }
+    function renderSeen() {
+      const now = Date.now() + skew;
+      for (const td of document.querySelectorAll('#runs td.seen')) {
+        td.textContent = ago(now - Number(td.dataset.ms));
+      }
+    }
+    setInterval(renderSeen, 1000);
+  }
+
+  // ---------------------------------------------------------- session --
+  function sessionView(id) {
+    $('session').hidden = false;
+    document.title = 'trainwatch — ' + id;
+    $('s-id').textContent = id;
+    const base = '/api/sessions/' + encodeURIComponent(id);
+    const S = {
+      config: null, loss: [], stride: 1, epochs: [], history: [], perf: null,
+      status: 'UNKNOWN', frame: null, skew: 0,
+    };
+    const dirty = { head: true, charts: true, perf: true, history: true };
+    let pendingFrame = null; // newest frame not yet shown
+    let decoding = false;
+    let scheduled = false;
+    const pending = []; // commands waiting to be seen applied
+    let stopBanner = null;
+    tw.debug = () => ({ decoding, scheduled, pending: pendingFrame && pendingFrame.seq, loss: S.loss.length });
+
+    // Tiles are built once; each update swaps decoded images and labels.
+    const tiles = [];
+    for (let i = 0; i < TILES; i++) {
+      const t = el('figure', 'tile');
+      const img = el('img');
+      img.alt = '';
+      const lbl = el('figcaption', 'lbl');
+      const pred = el('div', 'pred');
+      const mark = el('span', 'mark');
+      const predName = el('span', 'pname');
+      const conf = el('span', 'conf muted');
+      pred.append(mark, predName, ' ', conf);
+      const truth = el('div', 'truth');
+      lbl.append(pred, truth);
+      t.append(img, lbl);
+      t.hidden = true;
+      $('tiles').append(t);
+      tiles.push({ t, img, mark, predName, conf, truth });
+    }
+
+    const className = (c) => {
+      const names = S.config && S.config.class_names;
+      return names && c >= 0 && c < names.length ? names[c] : `class ${c}`;
+    };
+
+    function schedule() {
+      if (!scheduled) {
+        scheduled = true;
+        requestAnimationFrame(render);
+      }
+    }
+
+    const es = new EventSource(base + '/events');
+    es.onopen = () => setConn('live', 'live');
+    es.onerror = () => {
+      setConn('down', 'reconnecting…');
+      if (es.readyState === EventSource.CLOSED) checkGone();
+    };
+    es.addEventListener('update', (ev) => {
+      const d = JSON.parse(ev.data);
+      S.skew = d.server_ms - Date.now();
+      if (d.status !== S.status || d.status_message !== S.statusMessage) dirty.head = true;
+      S.status = d.status;
+      S.statusMessage = d.status_message;
+      S.client = d.client;
+      S.counters = d.counters;
+      if (d.config !== undefined) {
+        S.config = d.config;
+        dirty.head = dirty.charts = true;
+      }
+      if (d.loss) {
+        const pts = d.loss.points;
+        if (d.loss.reset) S.loss = pts;
+        else for (const p of pts) S.loss.push(p);
+        S.stride = d.loss.stride;
+        dirty.charts = true;
+      }
+      if (d.epochs) {
+        S.epochs = d.epochs;
+        dirty.charts = true;
+      }
+      if (d.status_history) {
+        const fresh = newRecords(S.history, d.status_history);
+        S.history = d.status_history;
+        dirty.history = true;
+        if (fresh.length) applied(fresh);
+      }
+      if (d.performance !== undefined) {
+        S.perf = d.performance;
+        dirty.perf = true;
+      }
+      if (d.frame) pendingFrame = d.frame;
+      dirty.perf = true;
+      schedule();
+    });
+
+    async function checkGone() {
+      try {
+        const r = await fetch(base, { cache: 'no-store' });
+        if (r.status === 404) {
+          $('s-gone').textContent = 'This session is no longer on the server (evicted, or the server restarted).';
+          $('s-gone').hidden = false;
+        }
+      } catch (_) { /* the server is down: the indicator says so */ }
+    }
+
+    function render() {
+      scheduled = false;
+      if (dirty.head) renderHead();
+      if (dirty.perf) renderPerf();
+      if (dirty.history) renderHistory();
+      if (dirty.charts) renderCharts();
+      dirty.head = dirty.perf = dirty.history = dirty.charts = false;
+      if (pendingFrame && !decoding) showFrame();
+    }
+
+    function renderHead() {
+      const b = $('s-status');
+      b.className = 'badge ' + S.status;
+      b.textContent = S.status;
+      const c = S.config;
+      const meta = [];
+      if (c) meta.push(`${c.model_name || 'model'} on ${c.dataset_name || 'dataset'}`, `batch size ${c.batch_size}`);
+      if (S.client) meta.push(`agent: ${S.client}`);
+      if (S.statusMessage) meta.push(`“${S.statusMessage}”`);
+      $('s-meta').textContent = meta.join(' · ');
+    }
+
+    function renderPerf() {
+      const p = S.perf || {};
+      const c = S.config;
+      const f = S.frame;
+      $('p-epoch').textContent = f ? (c && c.total_epochs ? `${f.epoch + 1} / ${c.total_epochs}` : `${f.epoch + 1}`) : 'n/a';
+      $('p-batch').textContent = f ? (c && c.batches_per_epoch ? `${f.batch_idx + 1} / ${c.batches_per_epoch}` : `${f.batch_idx + 1}`) : 'n/a';
+      $('p-fps').textContent = na(p.current_fps, num(1));
+      $('p-fps-avg').textContent = na(p.average_fps, num(1));
+      $('p-tpb').textContent = na(p.time_per_batch_ms, (v) => v.toFixed(1) + ' ms');
+      $('p-eta').textContent = na(p.estimated_time_remaining_sec, dur);
+      $('p-cpu').textContent = na(p.cpu_percent, pct);
+      $('p-ram').textContent = na(p.memory_mb, mb);
+      $('p-gpu').textContent = na(p.gpu_percent, pct);
+      $('p-gpumem').textContent = na(p.gpu_memory_mb, mb);
+      $('p-batches').textContent = S.counters ? String(S.counters.batches_received) : '0';
+      const l = tw.latencies;
+      $('p-lat').textContent = l.length
+        ? `p50 ${percentile(l, 50).toFixed(0)} ms · p99 ${percentile(l, 99).toFixed(0)} ms`
+        : 'n/a';
+    }
+
+    function renderHistory() {
+      const ol = $('history');
+      ol.replaceChildren();
+      for (let i = S.history.length - 1; i >= 0; i--) {
+        const r = S.history[i];
+        const li = el('li');
+        li.append(el('span', 't', clock(r.t_ms)), el('span', 'badge ' + r.status, r.status));
+        if (r.message) li.append(' ' + r.message);
+        ol.append(li);
+      }
+    }
+
+    // Decodes the newest frame's images off-screen, then swaps them in with
+    // their labels in one go and records when that was painted.
+    async function showFrame() {
+      const f = pendingFrame;
+      pendingFrame = null;
+      decoding = true;
+      const n = Math.min(TILES, f.images.length);
+      const imgs = [];
+      for (let i = 0; i < n; i++) {
+        const im = new Image();
+        im.alt = `sample ${i}`;
+        im.src = 'data:image/jpeg;base64,' + f.images[i];
+        imgs.push(im);
+      }
+      await Promise.all(imgs.map((im) => im.decode().catch(() => {})));
+      for (let i = 0; i < TILES; i++) {
+        const t = tiles[i];
+        if (i >= n) {
+          t.t.hidden = true;
+          continue;
+        }
+        const [pc, conf] = f.predictions[i] || [-1, 0];
+        const truth = f.ground_truth[i];
+        const right = pc === truth;
+        t.img.replaceWith(imgs[i]);
+        t.img = imgs[i];
+        t.t.hidden = false;
+        t.t.className = 'tile ' + (right ? 'right' : 'wrong');
+        t.mark.textContent = right ? '✓' : '✗';
+        t.mark.title = right ? 'right' : 'wrong';
+        t.predName.textContent = className(pc);
+        t.conf.textContent = (conf * 100).toFixed(0) + '%';
+        t.truth.textContent = 'true: ' + className(truth);
+        t.t.dataset.pred = pc;
+        t.t.dataset.truth = truth;
+      }
+      $('f-id').textContent = `epoch ${f.epoch + 1}, batch ${f.batch_idx + 1}, loss ${f.loss.toFixed(4)}`;
+      delete f.images; // keep the labels, free the base64
+      S.frame = f;
+      tw.frame = f;
+      renderPerf();
+      // The rAF callback runs just before the next paint; the task after it
+      // runs once that paint is done.
+      requestAnimationFrame(() => setTimeout(() => {
+        const lat = nowMs() - f.received_ms;
+        tw.latencies.push(lat);
+        if (tw.latencies.length > LATENCY_KEEP) tw.latencies.shift();
+        tw.paints++;
+        decoding = false;
+        if (pendingFrame) schedule();
+      }, 0));
+    }
+
+    // ----------------------------------------------------------- charts --
+    function setupCanvas(cv) {
+      const dpr = window.devicePixelRatio || 1;
+      const w = cv.clientWidth, h = cv.clientHeight;
+      if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
+        cv.width = Math.round(w * dpr);
+        cv.height = Math.round(h * dpr);
+      }
+      const g = cv.getContext('2d');
+      g.setTransform(dpr, 0, 0, dpr, 0, 0);
+      g.clearRect(0, 0, w, h);
+      g.font = '11px system-ui, "DejaVu Sans", sans-serif';
+      return { g, w, h };
+    }
+
+    function niceTicks(lo, hi, n) {
+      const span = hi - lo || 1;
+      const step0 = span / n;
+      const mag = Math.pow(10, Math.floor(Math.log10(step0)));
+      const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => span / s <= n) || mag * 10;
+      const out = [];
+      for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
+      return out;
+    }
+
+    // Axes and frame; returns functions mapping data to pixels.
+    function axes(g, w, h, x0, x1, y0, y1, yfmt, xTicks, xLabel) {
+      const L = 48, R = 10, T = 8, B = 28;
+      const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (w - L - R);
+      const sy = (y) => h - B - ((y - y0) / (y1 - y0 || 1)) * (h - T - B);
+      g.strokeStyle = '#e4e7ec';
+      g.fillStyle = '#667085';
+      g.lineWidth = 1;
+      g.textAlign = 'right';
+      g.textBaseline = 'middle';
+      for (const v of niceTicks(y0, y1, 5)) {
+        const y = Math.round(sy(v)) + 0.5;
+        g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke();
+        g.fillText(yfmt(v), L - 6, y);
+      }
+      g.textAlign = 'center';
+      g.textBaseline = 'top';
+      for (const [v, label] of xTicks) {
+        const x = Math.round(sx(v)) + 0.5;
+        g.beginPath(); g.moveTo(x, T); g.lineTo(x, h - B); g.stroke();
+        g.fillText(label, x, h - B + 5);
+      }
+      g.textAlign = 'right';
+      g.fillText(xLabel, w - R, h - 12);
+      g.strokeStyle = '#98a2b3';
+      g.beginPath(); g.moveTo(L + 0.5, T); g.lineTo(L + 0.5, h - B + 0.5); g.lineTo(w - R, h - B + 0.5); g.stroke();
+      return { sx, sy };
+    }
+
+    function empty(g, w, h, text) {
+      g.fillStyle = '#98a2b3';
+      g.textAlign = 'center';
+      g.textBaseline = 'middle';
+      g.fillText(text, w / 2, h / 2);
+    }
+
+    function renderCharts() {
+      lossChart();
+      accChart();
+    }
+
+    function lossChart() {
+      const cv = $('loss-chart');
+      const { g, w, h } = setupCanvas(cv);
+      const bpe = S.config && S.config.batches_per_epoch;
+      // x: batches since the start of the run when the epoch length is
+      // known, else the point's position.
+      const gx = bpe ? (p) => p[0] * bpe + p[1] : (_p, i) => i * S.stride;
+      const pts = S.loss;
+      cv.dataset.points = String(pts.length);
+      cv.dataset.epochPoints = String(bpe ? S.epochs.length : 0);
+      if (!pts.length) return empty(g, w, h, 'no batches yet');
+      let x0 = Infinity, x1 = -Infinity, y1 = 0, y0 = Infinity;
+      pts.forEach((p, i) => {
+        const x = gx(p, i);
+        x0 = Math.min(x0, x); x1 = Math.max(x1, x);
+        y0 = Math.min(y0, p[2]); y1 = Math.max(y1, p[2]);
+      });
+      for (const e of S.epochs) y1 = Math.max(y1, e.average_loss);
+      y0 = Math.min(0, y0);
+      y1 = y1 > 0 ? y1 * 1.08 : 1;
+      if (x1 === x0) x1 = x0 + 1;
+      let xt = [];
+      if (bpe) {
+        const e0 = Math.floor(x0 / bpe), e1 = Math.ceil(x1 / bpe);
+        const every = Math.max(1, Math.ceil((e1 - e0) / 8));
+        for (let e = e0; e <= e1; e += every) if (e * bpe >= x0 && e * bpe <= x1) xt.push([e * bpe, `epoch ${e + 1}`]);
+      } else {
+        xt = niceTicks(x0, x1, 6).map((v) => [v, String(v)]);
+      }
+      const { sx, sy } = axes(g, w, h, x0, x1, y0, y1, (v) => String(+v.toPrecision(3)), xt, bpe ? 'batches' : 'points');
+      g.strokeStyle = '#3b5bdb';
+      g.lineWidth = 1.5;
+      g.beginPath();
+      pts.forEach((p, i) => {
+        const x = sx(gx(p, i)), y = sy(p[2]);
+        if (i) g.lineTo(x, y); else g.moveTo(x, y);
+      });
+      g.stroke();
+      if (pts.length === 1) {
+        g.fillStyle = '#3b5bdb';
+        g.beginPath(); g.arc(sx(gx(pts[0], 0)), sy(pts[0][2]), 2.5, 0, 7); g.fill();
+      }
+      if (bpe && S.epochs.length) {
+        // Each epoch's average at the middle of its batches.
+        g.strokeStyle = '#e8590c';
+        g.fillStyle = '#e8590c';
+        g.setLineDash([4, 3]);
+        g.beginPath();
+        S.epochs.forEach((e, i) => {
+          const x = sx(Math.min(x1, Math.max(x0, e.epoch * bpe + bpe / 2))), y = sy(e.average_loss);
+          if (i) g.lineTo(x, y); else g.moveTo(x, y);
+        });
+        g.stroke();
+        g.setLineDash([]);
+        for (const e of S.epochs) {
+          g.beginPath();
+          g.arc(sx(Math.min(x1, Math.max(x0, e.epoch * bpe + bpe / 2))), sy(e.average_loss), 3.5, 0, 7);
+          g.fill();
+        }
+      }
+    }
+
+    function accChart() {
+      const cv = $('acc-chart');
+      const { g, w, h } = setupCanvas(cv);
+      const es = S.epochs;
+      cv.dataset.points = String(es.length);
+      if (!es.length) return empty(g, w, h, 'no epoch summaries yet');
+      const x0 = es[0].epoch + 1, x1 = Math.max(es[es.length - 1].epoch + 1, x0 + 1);
+      const xt = niceTicks(x0, x1, 8).filter((v) => Number.isInteger(v)).map((v) => [v, String(v)]);
+      const { sx, sy } = axes(g, w, h, x0 - 0.2, x1 + 0.2, 0, 1, (v) => (v * 100).toFixed(0) + '%', xt, 'epoch');
+      g.strokeStyle = '#1a7f37';
+      g.fillStyle = '#1a7f37';
+      g.lineWidth = 2;
+      g.beginPath();
+      es.forEach((e, i) => {
+        const x = sx(e.epoch + 1), y = sy(e.average_accuracy);
+        if (i) g.lineTo(x, y); else g.moveTo(x, y);
+      });
+      g.stroke();
+      for (const e of es) {
+        g.beginPath(); g.arc(sx(e.epoch + 1), sy(e.average_accuracy), 3.5, 0, 7); g.fill();
+      }
+    }
+    window.addEventListener('resize', () => { dirty.charts = true; schedule(); });
+
+    // ---------------------------------------------------------- control --
+    fetch('/api/control', { cache: 'no-store' })
+      .then((r) => r.json())
+      .then((c) => {
+        if (c.mode === 'disabled') {
+          msg('error', 'Control is disabled on this server: its HTTP listener is not loopback and no http_token is configured.');
+        } else if (c.mode === 'token' && !token()) {
+          msg('', 'This server needs the control token for Pause, Resume, Stop and changes: enter it under “Control token”.');
+          $('token-box').open = true;
+        }
+      })
+      .catch(() => {});
+
+    function msg(kind, text) {
+      const m = $('c-msg');
+      m.className = 'msg ' + kind;
+      m.textContent = text;
+    }
+
+    // Which new status records show that a command was applied.
+    const EXPECT = {
+      PAUSE_TRAINING: (s) => s === 'PAUSED',
+      RESUME_TRAINING: (s) => s === 'RUNNING',
+      STOP_TRAINING: (s) => s === 'COMPLETED' || s === 'FAILED',
+      CHANGE_LEARNING_RATE: () => true,
+      ADJUST_BATCH_SIZE: () => true,
+    };
+
+    function newRecords(prev, next) {
+      if (!prev.length) return [];
+      const last = prev[prev.length - 1];
+      for (let i = next.length - 1; i >= 0; i--) {
+        const r = next[i];
+        if (r.t_ms === last.t_ms && r.status === last.status && r.message === last.message) return next.slice(i + 1);
+      }
+      return next;
+    }
+
+    // Status records seen lately, with when they arrived: the trainer may
+    // apply a command before the page has the POST's answer.
+    const recent = [];
+    function applied(records) {
+      for (const rec of records) {
+        recent.push({ rec, seenAt: performance.now() });
+        if (recent.length > 50) recent.shift();
+        for (const p of pending) match(p, rec);
+      }
+    }
+
+    function match(p, rec) {
+      if (!p.done && EXPECT[p.type](rec.status)) {
+        p.done = true;
+        p.li.className = 'applied';
+        p.li.textContent = `${p.label} #${p.id}: applied by the trainer at ${clock(rec.t_ms)} (status ${rec.status}${rec.message ? ': ' + rec.message : ''})`;
+        tw.commands.push({ id: p.id, type: p.type, applied: rec.status });
+        if (p.type === 'STOP_TRAINING') endStopBanner('The trainer has stopped.');
+        msg('ok', `${p.label} applied: status ${rec.status}.`);
+      }
+    }
+
+    async function send(type, parameters, label) {
+      const headers = { 'Content-Type': 'application/json' };
+      if (token()) headers.Authorization = 'Bearer ' + token();
+      let r, body;
+      const clickedAt = performance.now();
+      try {
+        r = await fetch(base + '/commands', {
+          method: 'POST', headers, cache: 'no-store', credentials: 'same-origin',
+          body: JSON.stringify({ type, parameters }),
+        });
+        body = await r.json().catch(() => ({}));
+      } catch (e) {
+        msg('error', `${label}: cannot reach the server (${e.message}).`);
+        return null;
+      }
+      if (r.status !== 202) {
+        let text = `${label} refused (${r.status}): ${body.error || r.statusText}.`;
+        if (r.status === 401) text += ' Enter the control token under “Control token”.';
+        msg('error', text);
+        if (r.status === 401) $('token-box').open = true;
+        return null;
+      }
+      const li = el('li', null, `${label} #${body.command_id}: ${body.delivered ? 'sent to the agent' : 'held until the agent reconnects'}, waiting for the trainer…`);
+      $('c-log').prepend(li);
+      while ($('c-log').children.length > 8) $('c-log').lastChild.remove();
+      const p = { id: body.command_id, type: body.type, label, li, done: false };
+      pending.push(p);
+      msg('', `${label} sent; waiting for the trainer to apply it.`);
+      for (const x of recent) if (x.seenAt >= clickedAt) match(p, x.rec);
+      return body;
+    }
+
+    $('c-pause').addEventListener('click', () => send('PAUSE_TRAINING', {}, 'Pause'));
+    $('c-resume').addEventListener('click', () => send('RESUME_TRAINING', {}, 'Resume'));
+    $('c-stop').addEventListener('click', () => { $('stop-confirm').hidden = false; $('c-grace').focus(); });
+    $('c-stop-no').addEventListener('click', () => { $('stop-confirm').hidden = true; });
+    $('c-stop-yes').addEventListener('click', async () => {
+      const g = Number($('c-grace').value);
+      if (!Number.isFinite(g) || g < 0 || g > 3600) return msg('error', 'Grace period: 0 to 3600 seconds.');
+      $('stop-confirm').hidden = true;
+      const r = await send('STOP_TRAINING', { grace_period_s: String(g) }, 'Stop');
+      const p = r && pending.find((x) => x.id === r.command_id);
+      if (p && !p.done) startStopBanner(g);
+    });
+    $('c-lr-send').addEventListener('click', () => {
+      const v = Number($('c-lr').value);
+      if (!$('c-lr').value || !(v > 0 && v <= 10)) return msg('error', 'Learning rate: a number above 0, at most 10.');
+      send('CHANGE_LEARNING_RATE', { learning_rate: String(v) }, `Learning rate ${v}`);
+    });
+    $('c-bs-send').addEventListener('click', () => {
+      const v = Number($('c-bs').value);
+      if (!Number.isInteger(v) || v < 1) return msg('error', 'Batch size: a whole number, at least 1.');
+      send('ADJUST_BATCH_SIZE', { batch_size: String(v) }, `Batch size ${v}`);
+    });
+
+    // While the trainer checkpoints after STOP: the grace period, counting down.
+    function startStopBanner(grace) {
+      endStopBanner();
+      const until = Date.now() + grace * 1000;
+      const tick = () => {
+        const left = Math.max(0, (until - Date.now()) / 1000);
+        $('c-msg').className = 'msg stopping';
+        $('c-msg').textContent = left > 0
+          ? `Stopping: the trainer is checkpointing (grace period ${grace} s, ${Math.ceil(left)} s left).`
+          : `Stopping: the ${grace} s grace period is over; waiting for the trainer to report.`;
+      };
+      tick();
+      stopBanner = setInterval(tick, 500);
+    }
+    function endStopBanner(text) {
+      if (stopBanner) clearInterval(stopBanner);
+      stopBanner = null;
+      if (text) msg('ok', text);
+    }
+  }
+
+  const m = location.pathname.match(/^\/sessions\/(.+)$/);
+  if (m) sessionView(decodeURIComponent(m[1]));
+  else overview();
+})();

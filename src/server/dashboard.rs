@@ -1,0 +1,549 @@
+//! The live dashboard: a page on the HTTP listener, its assets embedded in
+//! the binary (no CDN: devices and labs are often offline), fed by
+//! Server-Sent Events.
+//!
+//! - `GET /`, `GET /sessions/{id}` — the page (overview, session view).
+//! - `GET /assets/…` — its script and style sheet.
+//! - `GET /api/events` — the overview: every session's row, pushed at most
+//!   [`OVERVIEW_HZ`] times a second while anything changes.
+//! - `GET /api/sessions/{id}/events` — one session: the first event carries
+//!   everything, later ones only what changed (the newest frame with its
+//!   images inline, new loss points, events), at most `max_push_hz` a second.
+//! - `GET /api/control` — whether control is open, needs the token, or is
+//!   disabled, so the page can say so before a click.
+//!
+//! Each push stream waits on the session's (or registry's) change counter
+//! and builds its next event only when the response body asks for it: a
+//! browser that reads slowly gets fewer, fresher events (coalesced), and one
+//! that stalls holds at most what the socket buffers already have. The state
+//! lock is held only to copy what changed (images by refcount); encoding
+//! happens after it is released, so viewers never slow ingest.
+//!
+//! Images travel inside the event, not as separate requests: the server
+//! keeps only the newest frame, and at tens of frames a second a separate
+//! fetch would often get a newer frame's images under the older one's labels.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::http::{ConfigJson, ControlPolicy};
+use super::session::{Frame, Registry, Session, SessionState};
+use crate::config::Dashboard;
+use crate::proto::{self, PerformanceData};
+
+/// Overview pushes per second: a table of runs read by a person needs no
+/// more, and each push reads every session.
+pub const OVERVIEW_HZ: u32 = 4;
+
+/// Push streams open at once, all viewers together. Each holds at most one
+/// event being written plus the socket's buffers; the cap bounds the sum.
+pub const MAX_STREAMS: usize = 64;
+
+/// The overview also refreshes this often without a change, so "last seen"
+/// follows heartbeats (which change no state).
+const OVERVIEW_REFRESH: Duration = Duration::from_secs(2);
+
+/// SSE comment sent on an idle stream so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// What the page may run and load: only its own files, images inline.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+#[derive(Clone)]
+struct Dash {
+    registry: Arc<Registry>,
+    control: Arc<ControlPolicy>,
+    session_gap: Duration,
+    streams: Arc<Semaphore>,
+}
+
+pub fn router(registry: Arc<Registry>, control: ControlPolicy, settings: Dashboard) -> Router {
+    let state = Dash {
+        registry,
+        control: Arc::new(control),
+        session_gap: Duration::from_secs(1) / settings.max_push_hz.max(1),
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+    };
+    Router::new()
+        .route("/", get(page))
+        .route("/sessions/{id}", get(page))
+        .route(
+            "/assets/app.js",
+            get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/assets/app.css",
+            get(|| asset(APP_CSS, "text/css; charset=utf-8")),
+        )
+        .route("/api/events", get(overview_events))
+        .route("/api/sessions/{id}/events", get(session_events))
+        .route("/api/control", get(control_mode))
+        .with_state(state)
+}
+
+fn hardened(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+async fn page() -> Response {
+    hardened(
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            INDEX_HTML,
+        )
+            .into_response(),
+    )
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    hardened(
+        (
+            [
+                (header::CONTENT_TYPE, content_type),
+                // The binary is the version: a new one may change them.
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+    )
+}
+
+async fn control_mode(State(d): State<Dash>) -> Response {
+    let mode = match (&d.control.token, d.control.loopback) {
+        (Some(_), _) => "token",
+        (None, true) => "open",
+        (None, false) => "disabled",
+    };
+    Json(serde_json::json!({ "mode": mode })).into_response()
+}
+
+fn too_many() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({
+            "error": format!("{MAX_STREAMS} dashboard streams are open, the server's limit; close a tab")
+        })),
+    )
+        .into_response()
+}
+
+fn sse<S>(stream: S) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    let mut r = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+// ------------------------------------------------------------- overview --
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    status: &'static str,
+    status_message: String,
+    client: String,
+    model_name: Option<String>,
+    dataset_name: Option<String>,
+    total_epochs: Option<u32>,
+    batches_per_epoch: Option<u32>,
+    epoch: Option<u32>,
+    batch_idx: Option<u32>,
+    last_loss: Option<f32>,
+    current_fps: Option<f32>,
+    batches_received: u64,
+    last_seen_ms: u64,
+}
+
+fn row(s: &Session, st: &SessionState) -> Row {
+    let c = st.config.as_ref();
+    let f = st.latest_frame.as_ref();
+    Row {
+        id: s.id.clone(),
+        status: st.status.as_str_name(),
+        status_message: st.status_message.clone(),
+        client: st.client_name.clone(),
+        model_name: c.map(|c| c.model_name.clone()),
+        dataset_name: c.map(|c| c.dataset_name.clone()),
+        total_epochs: c.map(|c| c.total_epochs),
+        batches_per_epoch: c.map(|c| c.batches_per_epoch),
+        epoch: f.map(|f| f.epoch),
+        batch_idx: f.map(|f| f.batch_idx),
+        last_loss: f.map(|f| f.loss),
+        current_fps: st.performance.as_ref().map(|p| p.current_fps),
+        batches_received: s.counters.batches_received.load(Relaxed),
+        last_seen_ms: s.last_seen_ms(),
+    }
+}
+
+async fn overview_events(State(d): State<Dash>) -> Response {
+    let Ok(permit) = d.streams.clone().try_acquire_owned() else {
+        return too_many();
+    };
+    let feed = OverviewFeed {
+        changes: d.registry.subscribe(),
+        registry: d.registry.clone(),
+        next_at: Instant::now(),
+        first: true,
+        _permit: permit,
+    };
+    let stop = d.registry.shutdown_token().clone().cancelled_owned();
+    sse(futures_util::stream::unfold(feed, OverviewFeed::next).take_until(stop))
+}
+
+struct OverviewFeed {
+    registry: Arc<Registry>,
+    changes: watch::Receiver<u64>,
+    next_at: Instant,
+    first: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OverviewFeed {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if !self.first {
+            // A closed sender cannot happen while the registry lives; a
+            // timeout is the periodic refresh.
+            let _ = tokio::time::timeout(OVERVIEW_REFRESH, self.changes.changed()).await;
+            tokio::time::sleep_until(self.next_at).await;
+        }
+        self.first = false;
+        self.changes.borrow_and_update();
+        self.next_at = Instant::now() + Duration::from_secs(1) / OVERVIEW_HZ;
+        let mut rows = Vec::new();
+        for s in self.registry.all() {
+            let st = s.state().read().await;
+            rows.push(row(&s, &st));
+        }
+        let body = serde_json::json!({ "server_ms": proto::now_ms(), "sessions": rows });
+        Some((
+            Ok(Event::default().event("sessions").data(body.to_string())),
+            self,
+        ))
+    }
+}
+
+// -------------------------------------------------------------- session --
+
+/// What one viewer has been sent already, so the next event carries only
+/// what changed.
+#[derive(Default)]
+struct Sent {
+    /// `batches_received` when the frame sent was current (0: none sent).
+    frame: u64,
+    loss_stride: u64,
+    loss_len: usize,
+    /// (registrations, events applied): config, epochs and status history
+    /// change only with these.
+    events: Option<(u64, u64)>,
+    performance_ms: Option<u64>,
+}
+
+struct SessionFeed {
+    session: Arc<Session>,
+    changes: watch::Receiver<u64>,
+    gap: Duration,
+    next_at: Instant,
+    first: bool,
+    sent: Sent,
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn session_events(State(d): State<Dash>, Path(id): Path<String>) -> Response {
+    let Some(session) = d.registry.get(&id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no session {id:?}") })),
+        )
+            .into_response();
+    };
+    let Ok(permit) = d.streams.clone().try_acquire_owned() else {
+        return too_many();
+    };
+    let feed = SessionFeed {
+        changes: session.subscribe(),
+        session,
+        gap: d.session_gap,
+        next_at: Instant::now(),
+        first: true,
+        sent: Sent::default(),
+        _permit: permit,
+    };
+    sse(futures_util::stream::unfold(feed, SessionFeed::next))
+}
+
+#[derive(Serialize)]
+struct FrameJson {
+    /// Batches received when this frame was the newest: its identity.
+    seq: u64,
+    epoch: u32,
+    batch_idx: u32,
+    loss: f32,
+    /// (predicted class, confidence) per image.
+    predictions: Vec<(i32, f32)>,
+    ground_truth: Vec<i32>,
+    /// JPEGs, base64.
+    images: Vec<String>,
+    sent_ms: u64,
+    received_ms: u64,
+}
+
+impl FrameJson {
+    fn new(seq: u64, f: Frame) -> Self {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        FrameJson {
+            seq,
+            epoch: f.epoch,
+            batch_idx: f.batch_idx,
+            loss: f.loss,
+            images: f.images.iter().map(|i| b64.encode(i)).collect(),
+            predictions: f.predictions,
+            ground_truth: f.ground_truth,
+            sent_ms: f.sent_ms,
+            received_ms: f.received_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LossJson {
+    /// True: `points` replace what the viewer has (the series was thinned).
+    reset: bool,
+    stride: u64,
+    /// (epoch, batch_idx, loss).
+    points: Vec<(u32, u32, f32)>,
+}
+
+/// Performance figures; `null` where the agent has no measurement.
+#[derive(Serialize)]
+struct PerfJson {
+    time_per_batch_ms: Option<f32>,
+    estimated_time_remaining_sec: Option<f32>,
+    current_fps: Option<f32>,
+    average_fps: Option<f32>,
+    cpu_percent: Option<f32>,
+    memory_mb: Option<f32>,
+    gpu_percent: Option<f32>,
+    gpu_memory_mb: Option<f32>,
+    timestamp_ms: u64,
+}
+
+impl From<&PerformanceData> for PerfJson {
+    fn from(p: &PerformanceData) -> Self {
+        // The seed's messages have no per-figure presence: resource figures
+        // are absent when `resource_usage` is; the rest are always sent.
+        let r = p.resource_usage.as_ref();
+        PerfJson {
+            time_per_batch_ms: Some(p.time_per_batch_ms),
+            estimated_time_remaining_sec: Some(p.estimated_time_remaining_sec),
+            current_fps: Some(p.current_fps),
+            average_fps: Some(p.average_fps),
+            cpu_percent: r.map(|r| r.cpu_percent),
+            memory_mb: r.map(|r| r.memory_mb),
+            gpu_percent: r.map(|r| r.gpu_percent),
+            gpu_memory_mb: r.map(|r| r.gpu_memory_mb),
+            timestamp_ms: p.timestamp_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EpochJson {
+    epoch: u32,
+    average_loss: f32,
+    average_accuracy: f32,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    status: &'static str,
+    message: String,
+    t_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Counts {
+    batches_received: u64,
+    batches_invalid: u64,
+    buffer_full: u64,
+    commands_sent: u64,
+    commands_dropped: u64,
+}
+
+#[derive(Serialize)]
+struct Update {
+    id: String,
+    server_ms: u64,
+    status: &'static str,
+    status_message: String,
+    client: String,
+    registered_ms: u64,
+    last_seen_ms: u64,
+    counters: Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frame: Option<FrameJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<LossJson>,
+    /// Present when it changed; `null` inside means not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    performance: Option<Option<PerfJson>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<Option<ConfigJson>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epochs: Option<Vec<EpochJson>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_history: Option<Vec<StatusJson>>,
+}
+
+impl SessionFeed {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if !self.first {
+            tokio::select! {
+                _ = self.session.closed() => return None,
+                r = self.changes.changed() => r.ok()?,
+            }
+            tokio::select! {
+                _ = self.session.closed() => return None,
+                _ = tokio::time::sleep_until(self.next_at) => {}
+            }
+        }
+        self.first = false;
+        self.changes.borrow_and_update();
+        self.next_at = Instant::now() + self.gap;
+        let update = self.snapshot().await;
+        let data = serde_json::to_string(&update).unwrap_or_default();
+        Some((Ok(Event::default().event("update").data(data)), self))
+    }
+
+    /// Copies what changed since the last event under the read lock, then
+    /// encodes it with the lock released.
+    async fn snapshot(&mut self) -> Update {
+        let s = &self.session;
+        let c = &s.counters;
+        let st = s.state().read().await;
+        let seq = c.batches_received.load(Relaxed);
+        let frame = if seq != self.sent.frame {
+            self.sent.frame = seq;
+            st.latest_frame.clone().map(|f| (seq, f))
+        } else {
+            None
+        };
+        let (stride, points) = (st.loss.stride(), st.loss.points());
+        let loss = if stride == self.sent.loss_stride && points.len() >= self.sent.loss_len {
+            let new = &points[self.sent.loss_len..];
+            (!new.is_empty()).then(|| LossJson {
+                reset: false,
+                stride,
+                points: new.iter().map(|p| (p.epoch, p.batch_idx, p.loss)).collect(),
+            })
+        } else {
+            Some(LossJson {
+                reset: true,
+                stride,
+                points: points
+                    .iter()
+                    .map(|p| (p.epoch, p.batch_idx, p.loss))
+                    .collect(),
+            })
+        };
+        self.sent.loss_stride = stride;
+        self.sent.loss_len = points.len();
+        let events = (
+            c.registrations.load(Relaxed),
+            c.events_applied.load(Relaxed),
+        );
+        let events_changed = self.sent.events != Some(events);
+        self.sent.events = Some(events);
+        let perf_ms = st.performance.as_ref().map(|p| p.timestamp_ms);
+        let performance = (self.sent.performance_ms != perf_ms || frame.is_some())
+            .then(|| st.performance.as_ref().map(PerfJson::from));
+        self.sent.performance_ms = perf_ms;
+        let update = Update {
+            id: s.id.clone(),
+            server_ms: proto::now_ms(),
+            status: st.status.as_str_name(),
+            status_message: st.status_message.clone(),
+            client: st.client_name.clone(),
+            registered_ms: st.registered_ms,
+            last_seen_ms: s.last_seen_ms(),
+            counters: Counts {
+                batches_received: seq,
+                batches_invalid: c.batches_invalid.load(Relaxed),
+                buffer_full: c.buffer_full.load(Relaxed),
+                commands_sent: c.commands_sent.load(Relaxed),
+                commands_dropped: c.commands_dropped.load(Relaxed),
+            },
+            frame: None,
+            loss,
+            performance,
+            config: events_changed.then(|| st.config.as_ref().map(ConfigJson::from)),
+            epochs: events_changed.then(|| {
+                st.epochs
+                    .iter()
+                    .map(|e| EpochJson {
+                        epoch: e.epoch,
+                        average_loss: e.average_loss,
+                        average_accuracy: e.average_accuracy,
+                    })
+                    .collect()
+            }),
+            status_history: events_changed.then(|| {
+                st.status_history
+                    .iter()
+                    .map(|r| StatusJson {
+                        status: r.status.as_str_name(),
+                        message: r.message.clone(),
+                        t_ms: r.t_ms,
+                    })
+                    .collect()
+            }),
+        };
+        drop(st);
+        // Base64 of up to max_batch_size JPEGs: outside the lock.
+        Update {
+            frame: frame.map(|(seq, f)| FrameJson::new(seq, f)),
+            ..update
+        }
+    }
+}

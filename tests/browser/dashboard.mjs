@@ -1,0 +1,188 @@
+// Drives Debian's chromium (never a downloaded browser) against a running
+// trainwatch server, for tests/dashboard.rs. One argument: a JSON object
+//   {url, session, scenario: "live" | "guard", frames, token?, screenshot?, profile?, timeout_ms}
+// Writes JSON lines on stdout: {"ready": true} once the session view is open
+// (the test then feeds frames), and last {"result": {...}}. Every wait is
+// bounded; a failure prints {"error": "..."} and exits 1.
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+
+const CHROMIUM = process.env.TRAINWATCH_CHROMIUM || '/usr/bin/chromium';
+const args = JSON.parse(process.argv[2] || '{}');
+const timeout = args.timeout_ms || 60000;
+const emit = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+
+// A fresh profile: the test's temp dir (it removes it even if this process
+// is killed), else one of our own.
+const ownProfile = !args.profile;
+const profile = args.profile || mkdtempSync(join(tmpdir(), 'trainwatch-chromium-'));
+const cleanup = () => { if (ownProfile) rmSync(profile, { recursive: true, force: true }); };
+let browser;
+const deadline = setTimeout(() => {
+  emit({ error: `browser script ran past ${timeout} ms` });
+  cleanup();
+  process.exit(1);
+}, timeout + 5000);
+
+async function main() {
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1360, height: 1020 },
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-default-apps', '--disable-extensions', '--metrics-recording-only',
+    ],
+    timeout,
+  });
+  const page = browser.pages()[0] || (await browser.newPage());
+  // Each wait fails well before the script's deadline, naming its step.
+  page.setDefaultTimeout(Math.max(5000, timeout - 30000));
+  globalThis.page = page;
+  const consoleErrors = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') consoleErrors.push(m.text());
+  });
+  page.on('pageerror', (e) => consoleErrors.push('pageerror: ' + e.message));
+  const text = (sel) => page.locator(sel).innerText();
+  const sessionUrl = `${args.url}/sessions/${encodeURIComponent(args.session)}`;
+  const result = { console_errors: consoleErrors };
+
+  if (args.scenario === 'live') {
+    // Overview: the run is listed, linked to its view.
+    await page.goto(args.url + '/');
+    await page.waitForFunction(
+      (id) => [...document.querySelectorAll('#runs tr')].some((tr) => tr.dataset.id === id),
+      args.session,
+    );
+    const row = page.locator('#runs tr', { has: page.getByRole('link', { name: args.session, exact: true }) });
+    result.overview = {
+      status: await row.locator('.badge').innerText(),
+      cells: await row.locator('td').allInnerTexts(),
+    };
+    await row.getByRole('link').click();
+    await page.waitForURL(sessionUrl);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    // No performance figures yet: absent, not zero.
+    result.before = {
+      cpu: await text('#p-cpu'), gpu: await text('#p-gpu'), fps: await text('#p-fps'), eta: await text('#p-eta'),
+    };
+    emit({ ready: true });
+
+    // The test feeds `frames` batches; wait until the last one is painted.
+    const last = args.frames - 1;
+    await page.waitForFunction(
+      (last) => window.trainwatch.frame && window.trainwatch.frame.seq >= last + 1 &&
+        document.getElementById('loss-chart').dataset.points === String(last + 1),
+      last,
+    );
+    await page.waitForFunction(() => document.getElementById('p-fps').textContent !== 'n/a');
+    result.frame = await page.evaluate(() => {
+      const f = window.trainwatch.frame;
+      return { epoch: f.epoch, batch_idx: f.batch_idx, seq: f.seq };
+    });
+    result.tiles = await page.$$eval('#tiles .tile:not([hidden])', (ts) => ts.map((t) => ({
+      natural_width: t.querySelector('img').naturalWidth,
+      complete: t.querySelector('img').complete,
+      pred: t.querySelector('.pname').textContent,
+      conf: t.querySelector('.conf').textContent,
+      truth: t.querySelector('.truth').textContent,
+      mark: t.querySelector('.mark').textContent,
+      right: t.classList.contains('right'),
+    })));
+    result.loss_points = Number(await page.getAttribute('#loss-chart', 'data-points'));
+    result.epoch_points = Number(await page.getAttribute('#loss-chart', 'data-epoch-points'));
+    result.acc_points = Number(await page.getAttribute('#acc-chart', 'data-points'));
+    result.perf = {
+      fps: await text('#p-fps'), fps_avg: await text('#p-fps-avg'), tpb: await text('#p-tpb'),
+      eta: await text('#p-eta'), cpu: await text('#p-cpu'), ram: await text('#p-ram'),
+      gpu: await text('#p-gpu'), gpu_mem: await text('#p-gpumem'), epoch: await text('#p-epoch'),
+      batch: await text('#p-batch'),
+    };
+    // Canvas pixels that are not background: the charts really drew.
+    result.chart_ink = await page.evaluate(() => ['loss-chart', 'acc-chart'].map((id) => {
+      const c = document.getElementById(id);
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        const [r, g, b, a] = [d[i], d[i + 1], d[i + 2], d[i + 3]];
+        if (a > 0 && (Math.abs(r - b) > 40 || Math.abs(g - b) > 40)) n++; // coloured: series, not grid
+      }
+      return n;
+    }));
+    const lat = await page.evaluate(() => window.trainwatch.latencies.slice());
+    const sorted = [...lat].sort((a, b) => a - b);
+    const pct = (p) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+    result.latency = { count: lat.length, p50: pct(50), p99: pct(99), max: sorted[sorted.length - 1] };
+    result.history = await page.locator('#history li').allInnerTexts();
+    if (args.screenshot) {
+      mkdirSync(dirname(args.screenshot), { recursive: true });
+      await page.screenshot({ path: args.screenshot, fullPage: true });
+    }
+
+    // Pause: the test answers the command with StatusUpdate PAUSED.
+    await page.getByRole('button', { name: 'Pause', exact: true }).click();
+    await page.waitForFunction(() => document.getElementById('s-status').textContent === 'PAUSED');
+    await page.waitForSelector('#c-log li.applied');
+    result.pause = { status: await text('#s-status'), log: await page.locator('#c-log li').allInnerTexts() };
+
+    // Stop asks first, then shows the grace period while the trainer
+    // checkpoints; the test answers with COMPLETED once it saw the command.
+    await page.getByRole('button', { name: 'Stop…' }).click();
+    await page.waitForSelector('#stop-confirm:not([hidden])');
+    await page.fill('#c-grace', '7');
+    await page.getByRole('button', { name: 'Stop training' }).click();
+    await page.waitForFunction(() => /grace period 7 s/.test(document.getElementById('c-msg').textContent));
+    result.stop_banner = await text('#c-msg');
+    emit({ stopping: true });
+    await page.waitForFunction(() => document.getElementById('s-status').textContent === 'COMPLETED');
+    result.stop = { status: await text('#s-status'), msg: await text('#c-msg') };
+  } else if (args.scenario === 'guard') {
+    await page.goto(sessionUrl);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    result.notice = await text('#c-msg');
+    await page.getByRole('button', { name: 'Pause', exact: true }).click();
+    await page.waitForFunction(() => /refused/.test(document.getElementById('c-msg').textContent));
+    result.refused = await text('#c-msg');
+    if (args.token) {
+      // Supply the token through the page, then control works.
+      if (!(await page.locator('#token-box').evaluate((d) => d.open))) await page.click('#token-box summary');
+      await page.fill('#token', args.token);
+      await page.getByRole('button', { name: 'Save' }).click();
+      result.token_state = await text('#token-state');
+      await page.getByRole('button', { name: 'Pause', exact: true }).click();
+      await page.waitForFunction(() => /sent to the agent/.test(document.getElementById('c-log').textContent));
+      result.accepted = await page.locator('#c-log li').first().innerText();
+      result.stored = await page.evaluate(() => sessionStorage.getItem('trainwatch.token') !== null);
+    }
+  } else {
+    throw new Error(`unknown scenario ${args.scenario}`);
+  }
+  emit({ result });
+}
+
+main()
+  .then(async () => {
+    await browser.close();
+    cleanup();
+    clearTimeout(deadline);
+  })
+  .catch(async (e) => {
+    let state = null;
+    try {
+      state = await globalThis.page.evaluate(() => ({
+        state: window.trainwatch.debug && window.trainwatch.debug(),
+        paints: window.trainwatch.paints, frame: window.trainwatch.frame,
+        loss_points: document.getElementById('loss-chart').dataset.points,
+        status: document.getElementById('s-status').textContent,
+        conn: document.getElementById('conn').textContent,
+      }));
+    } catch (_) { /* no page */ }
+    emit({ error: String((e && e.stack) || e) + '\npage: ' + JSON.stringify(state) });
+    try { if (browser) await browser.close(); } catch (_) { /* gone */ }
+    cleanup();
+    process.exit(1);
+  });

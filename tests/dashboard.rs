@@ -1,0 +1,736 @@
+//! The live dashboard in a real browser: Debian's chromium driven by
+//! playwright-core (tests/browser/dashboard.mjs) against the real server,
+//! fed over real gRPC by the test client. Needs `/usr/bin/chromium` (or
+//! `TRAINWATCH_CHROMIUM`) and `npm ci` in tests/browser — scripts/test.sh
+//! does the latter, .ci/run installs the former.
+//!
+//! `TRAINWATCH_SCREENSHOT=docs/dashboard.png ./scripts/test.sh --test dashboard`
+//! also saves the session view as the README's picture.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use trainwatch::config::ServerSettings;
+use trainwatch::proto::{
+    self, control_command::CommandType, metrics_request::Payload, metrics_response, BatchData,
+    ControlCommand, EpochData, ImageData, PerformanceData, Prediction, ResourceUsage, SessionInfo,
+    StatusUpdate, TrainingConfig, TrainingStatus,
+};
+use trainwatch::server::{RunningServer, Server};
+use util::grpc::{self, request, Stream};
+use util::{repo_root, TEST_TIMEOUT};
+
+/// The live test measures latency: the browser tests and the heavy push
+/// tests run one at a time, so they do not share the CI machine's two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Longest a whole browser script may run (chromium start-up included).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+
+const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+const BATCHES_PER_EPOCH: u32 = 50;
+/// Frames fed while the session view is open: ~4 s at 50 frames/s, enough
+/// samples for a p99.
+const FRAMES: u32 = 200;
+const TILES: usize = 16;
+
+fn training_config() -> TrainingConfig {
+    TrainingConfig {
+        total_epochs: 5,
+        batches_per_epoch: BATCHES_PER_EPOCH,
+        batch_size: 64,
+        model_name: "resnet18".into(),
+        dataset_name: "cifar10".into(),
+        class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// What frame `k` publishes for tile `i`: (predicted, confidence, truth).
+/// About three in four are right; the rest name the wrong class.
+fn label(k: u32, i: usize) -> (i32, f32, i32) {
+    let truth = (i % 10) as i32;
+    let pred = if (i as u32 + k).is_multiple_of(4) {
+        (truth + 1 + (k % 9) as i32) % 10
+    } else {
+        truth
+    };
+    let conf = 0.40 + ((i as u32 * 7 + k * 3) % 59) as f32 / 100.0;
+    (pred, conf, truth)
+}
+
+fn loss(k: u32) -> f32 {
+    2.3 * (-(k as f32) / 80.0).exp() + 0.05 * ((k % 7) as f32 / 7.0)
+}
+
+/// A 32x32 JPEG per tile, coloured by its true class (the screenshot
+/// should show something like a dataset's samples).
+fn tile_images() -> Vec<bytes::Bytes> {
+    (0..TILES)
+        .map(|i| {
+            let c = (i % 10) as f32;
+            let (w, h) = (32u16, 32u16);
+            let mut px = Vec::with_capacity(32 * 32 * 3);
+            for y in 0..h {
+                for x in 0..w {
+                    let (dx, dy) = (x as f32 - 15.5, y as f32 - 15.5);
+                    let inside = if i % 2 == 0 {
+                        dx * dx + dy * dy < 90.0 + 6.0 * c
+                    } else {
+                        dx.abs() < 8.0 + c / 2.0 && dy.abs() < 8.0 + c / 2.0
+                    };
+                    let hue = c / 10.0 * std::f32::consts::TAU;
+                    let v = |phase: f32| ((hue + phase).sin() * 0.5 + 0.5) * 200.0 + 40.0;
+                    if inside {
+                        px.extend([v(0.0) as u8, v(2.1) as u8, v(4.2) as u8]);
+                    } else {
+                        let g = (x + y) as u8 * 2 + 30;
+                        px.extend([g, g, g / 2 + 40]);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            jpeg_encoder::Encoder::new(&mut out, 90)
+                .encode(&px, w, h, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            out.into()
+        })
+        .collect()
+}
+
+fn frame(k: u32, images: &[bytes::Bytes]) -> BatchData {
+    BatchData {
+        epoch: k / BATCHES_PER_EPOCH,
+        batch_idx: k % BATCHES_PER_EPOCH,
+        images: images
+            .iter()
+            .map(|b| ImageData {
+                image_bytes: b.clone(),
+            })
+            .collect(),
+        predictions: (0..TILES)
+            .map(|i| {
+                let (p, c, _) = label(k, i);
+                Prediction {
+                    predicted_class: p,
+                    confidence: c,
+                }
+            })
+            .collect(),
+        ground_truth: (0..TILES).map(|i| label(k, i).2).collect(),
+        batch_loss: loss(k),
+    }
+}
+
+fn performance(k: u32) -> PerformanceData {
+    let left = (5 * BATCHES_PER_EPOCH - k) as f32;
+    PerformanceData {
+        time_per_batch_ms: 20.0,
+        total_time_for_epoch_sec: 1.0,
+        estimated_time_remaining_sec: left / 50.0,
+        current_fps: 48.0 + (k % 5) as f32,
+        average_fps: 50.0,
+        resource_usage: Some(ResourceUsage {
+            cpu_percent: 87.5,
+            memory_mb: 2048.0,
+            gpu_percent: 63.0,
+            gpu_memory_mb: 3100.0,
+        }),
+        timestamp_ms: proto::now_ms(),
+    }
+}
+
+fn status(s: TrainingStatus, message: &str) -> Payload {
+    Payload::StatusUpdate(StatusUpdate {
+        status: s as i32,
+        message: message.into(),
+        config: None,
+        timestamp_ms: proto::now_ms(),
+    })
+}
+
+/// A session registered and streaming; non-ack responses (commands,
+/// errors) arrive on `responses`.
+struct Trainer {
+    id: String,
+    tx: mpsc::Sender<proto::MetricsRequest>,
+    responses: mpsc::UnboundedReceiver<metrics_response::Payload>,
+    seq: u64,
+}
+
+impl Trainer {
+    async fn start(grpc: SocketAddr, id: &str) -> Trainer {
+        let mut c = grpc::connect_plain(grpc).await.unwrap();
+        let r = c
+            .register_training_session(SessionInfo {
+                session_id: id.into(),
+                client_name: "trainwatch-agent".into(),
+                client_version: "0.1.0".into(),
+                config: Some(training_config()),
+                timestamp_ms: proto::now_ms(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.success, "{}", r.message);
+        let mut s = Stream::open(&mut c).await;
+        let tx = s.sender();
+        let (out, responses) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _client = c;
+            while let Some(r) = s.next_within(Duration::from_secs(3600)).await {
+                match r.payload {
+                    Some(metrics_response::Payload::Ack(_)) | None => {}
+                    Some(p) => {
+                        if out.send(p).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut t = Trainer {
+            id: id.into(),
+            tx,
+            responses,
+            seq: 0,
+        };
+        t.event(status(TrainingStatus::Running, "started")).await;
+        t
+    }
+
+    async fn send(&self, p: Payload) {
+        self.tx.send(request(&self.id, p)).await.unwrap();
+    }
+
+    /// A lossless event, numbered.
+    async fn event(&mut self, p: Payload) {
+        self.seq += 1;
+        let mut r = request(&self.id, p);
+        r.event_seq = self.seq;
+        self.tx.send(r).await.unwrap();
+    }
+
+    /// The next control command; fails on an error response, a failure of
+    /// the browser script, or timeout.
+    async fn command(&mut self, browser: &mut Browser) -> ControlCommand {
+        let p = tokio::time::timeout(SCRIPT_TIMEOUT, async {
+            tokio::select! {
+                p = self.responses.recv() => p.expect("stream reader ended"),
+                e = browser.expect("no such key") => panic!("browser: {e}"),
+            }
+        })
+        .await
+        .expect("no control command reached the stream");
+        match p {
+            metrics_response::Payload::Command(c) => c,
+            other => panic!("expected a control command, got {other:?}"),
+        }
+    }
+}
+
+/// The browser script as a child process, its JSON lines on a channel;
+/// killed when dropped.
+struct Browser {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    /// Chromium's profile, removed when the test ends however it ends.
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start(mut args: Value) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        args["profile"] = profile.path().to_str().unwrap().into();
+        let chromium = std::env::var_os("TRAINWATCH_CHROMIUM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+        assert!(
+            chromium.exists(),
+            "the dashboard tests need Chromium at {} (Debian: apt-get install chromium; \
+             .ci/run installs it) or TRAINWATCH_CHROMIUM pointing at one",
+            chromium.display()
+        );
+        let dir = repo_root().join("tests/browser");
+        assert!(
+            dir.join("node_modules/playwright-core").exists(),
+            "tests/browser/node_modules is missing: run `npm ci` in tests/browser \
+             (./scripts/test.sh does it)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("dashboard.mjs"))
+            .arg(args.to_string())
+            .env("TRAINWATCH_CHROMIUM", &chromium)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node (Node.js 20+ is needed for the browser tests)");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        let _ = tx.send(v);
+                    }
+                    Err(_) => eprintln!("browser: {line}"),
+                }
+            }
+        });
+        Browser {
+            child,
+            lines,
+            _profile: profile,
+        }
+    }
+
+    /// The next line that has `key`; an `error` line fails the test.
+    async fn expect(&mut self, key: &str) -> Value {
+        loop {
+            let v = tokio::time::timeout(SCRIPT_TIMEOUT, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("browser script sent no {key:?} in time"))
+                .unwrap_or_else(|| panic!("browser script ended before {key:?}"));
+            if let Some(e) = v.get("error") {
+                panic!("browser script failed: {}", e.as_str().unwrap_or_default());
+            }
+            if let Some(x) = v.get(key) {
+                return x.clone();
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(http_listen: &str, token: Option<&str>) -> RunningServer {
+    let mut s = ServerSettings::local_insecure();
+    s.http_listen = http_listen.parse().unwrap();
+    s.http_token = token.map(String::from);
+    Server::start(&s).await.expect("server starts")
+}
+
+fn url(server: &RunningServer) -> String {
+    // Bound to 0.0.0.0 or 127.0.0.1: the browser goes through loopback.
+    format!("http://127.0.0.1:{}", server.http_addr.port())
+}
+
+fn texts(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_session_view_shows_what_was_published_and_controls_the_run() {
+    let _one = SERIAL.lock().await;
+    let server = start("127.0.0.1:0", None).await;
+    let id = "jetson-01:resnet18";
+    let mut trainer = Trainer::start(server.grpc_addr, id).await;
+    let screenshot = std::env::var_os("TRAINWATCH_SCREENSHOT").map(|p| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            repo_root().join(p)
+        }
+    });
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": id, "scenario": "live", "frames": FRAMES,
+        "screenshot": screenshot, "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    browser.expect("ready").await;
+
+    // ~50 frames a second, epoch summaries and performance figures among them.
+    let images = tile_images();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for k in 0..FRAMES {
+        tick.tick().await;
+        trainer.send(Payload::BatchData(frame(k, &images))).await;
+        if k % 10 == 0 {
+            trainer.send(Payload::PerformanceData(performance(k))).await;
+        }
+        if (k + 1) % BATCHES_PER_EPOCH == 0 {
+            let e = k / BATCHES_PER_EPOCH;
+            let from = e * BATCHES_PER_EPOCH;
+            let avg = (from..=k).map(loss).sum::<f32>() / BATCHES_PER_EPOCH as f32;
+            trainer
+                .event(Payload::EpochData(EpochData {
+                    epoch: e,
+                    average_loss: avg,
+                    average_accuracy: 0.35 + 0.12 * e as f32,
+                }))
+                .await;
+        }
+    }
+
+    // Pause clicked in the page reaches the trainer's stream; the page shows
+    // PAUSED once the trainer reports it.
+    let pause = trainer.command(&mut browser).await;
+    assert_eq!(pause.r#type(), CommandType::PauseTraining);
+    trainer
+        .event(status(TrainingStatus::Paused, "paused from the dashboard"))
+        .await;
+    // Stop, confirmed, with the grace period chosen in the page.
+    let stop = trainer.command(&mut browser).await;
+    assert_eq!(stop.r#type(), CommandType::StopTraining);
+    assert_eq!(
+        stop.parameters.get("grace_period_s").map(String::as_str),
+        Some("7")
+    );
+    browser.expect("stopping").await;
+    trainer
+        .event(status(
+            TrainingStatus::Completed,
+            "stopped after checkpoint",
+        ))
+        .await;
+    let r = browser.expect("result").await;
+
+    assert!(
+        r["console_errors"].as_array().unwrap().is_empty(),
+        "console errors: {}",
+        r["console_errors"]
+    );
+    assert_eq!(r["overview"]["status"], "RUNNING", "{}", r["overview"]);
+    for (what, v) in r["before"].as_object().unwrap() {
+        assert_eq!(v, "n/a", "{what} before any performance data");
+    }
+    // The 16 tiles show the last frame: decoded images, its labels.
+    let last = FRAMES - 1;
+    assert_eq!(r["frame"]["seq"], u64::from(FRAMES), "{}", r["frame"]);
+    assert_eq!(r["frame"]["batch_idx"], last % BATCHES_PER_EPOCH);
+    let tiles = r["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), TILES);
+    for (i, t) in tiles.iter().enumerate() {
+        let (p, c, truth) = label(last, i);
+        assert!(t["natural_width"].as_u64().unwrap() > 0, "tile {i}: {t}");
+        assert_eq!(t["pred"], CLASSES[p as usize], "tile {i}: {t}");
+        assert_eq!(t["conf"], format!("{:.0}%", c * 100.0), "tile {i}: {t}");
+        assert_eq!(
+            t["truth"],
+            format!("true: {}", CLASSES[truth as usize]),
+            "tile {i}: {t}"
+        );
+        assert_eq!(t["right"], p == truth, "tile {i}: {t}");
+        assert_eq!(t["mark"], if p == truth { "✓" } else { "✗" });
+    }
+    // Charts drew every published point; FPS and resources are shown.
+    assert_eq!(r["loss_points"], u64::from(FRAMES));
+    assert_eq!(r["epoch_points"], u64::from(FRAMES / BATCHES_PER_EPOCH));
+    assert_eq!(r["acc_points"], u64::from(FRAMES / BATCHES_PER_EPOCH));
+    for (n, ink) in r["chart_ink"].as_array().unwrap().iter().enumerate() {
+        assert!(ink.as_u64().unwrap() > 100, "chart {n} drew nothing");
+    }
+    let fps: f64 = r["perf"]["fps"].as_str().unwrap().parse().unwrap();
+    assert!(fps > 0.0, "{}", r["perf"]);
+    assert_eq!(r["perf"]["gpu"], "63 %", "{}", r["perf"]);
+    assert_eq!(r["perf"]["ram"], "2.0 GiB", "{}", r["perf"]);
+    assert_eq!(r["perf"]["epoch"], "4 / 5");
+    // Receipt of a batch by the server → its tiles painted.
+    let lat = &r["latency"];
+    let (p50, p99) = (lat["p50"].as_f64().unwrap(), lat["p99"].as_f64().unwrap());
+    eprintln!(
+        "receipt→paint over {} painted frames: p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
+        lat["count"],
+        lat["max"].as_f64().unwrap()
+    );
+    assert!(lat["count"].as_u64().unwrap() >= 20, "{lat}");
+    assert!(
+        p99 <= 100.0,
+        "receipt→paint p99 {p99:.1} ms > 100 ms: {lat}"
+    );
+    // Control: applied, as the trainer reported it.
+    assert_eq!(r["pause"]["status"], "PAUSED");
+    let log = texts(&r["pause"]["log"]).join("\n");
+    assert!(log.contains("applied by the trainer"), "{log}");
+    let banner = r["stop_banner"].as_str().unwrap();
+    assert!(banner.contains("checkpointing"), "{banner}");
+    assert_eq!(r["stop"]["status"], "COMPLETED");
+    let history = texts(&r["history"]).join("\n");
+    assert!(history.contains("started"), "{history}");
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+async fn guarded(token: Option<&str>) -> (Value, Arc<trainwatch::server::session::Session>) {
+    let _one = SERIAL.lock().await;
+    // Not loopback: control needs the token, or is off without one.
+    let server = start("0.0.0.0:0", token).await;
+    let id = "lab-07:vit";
+    let trainer = Trainer::start(server.grpc_addr, id).await;
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": id, "scenario": "guard", "token": token,
+        "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    let r = browser.expect("result").await;
+    let session = server.registry().get(id).unwrap();
+    drop(trainer);
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+    (r, session)
+}
+
+/// Console errors other than the browser's own note on a refused request.
+fn unexpected_errors(r: &Value) -> Vec<String> {
+    texts(&r["console_errors"])
+        .into_iter()
+        .filter(|e| {
+            !(e.contains("Failed to load resource") && (e.contains("401") || e.contains("403")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_control_needs_the_token_which_the_page_can_supply() {
+    let token = "dashboard-test-token-0123456789";
+    let (r, session) = guarded(Some(token)).await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    let refused = r["refused"].as_str().unwrap();
+    assert!(
+        refused.contains("refused (401)") && refused.contains("token"),
+        "{refused}"
+    );
+    assert!(r["stored"].as_bool().unwrap());
+    let accepted = r["accepted"].as_str().unwrap();
+    assert!(accepted.contains("sent to the agent"), "{accepted}");
+    // Only the request with the token became a command.
+    assert_eq!(
+        session
+            .counters
+            .commands_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_without_a_token_control_is_refused_and_the_page_says_so() {
+    let (r, session) = guarded(None).await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    let notice = r["notice"].as_str().unwrap();
+    assert!(notice.contains("Control is disabled"), "{notice}");
+    let refused = r["refused"].as_str().unwrap();
+    assert!(
+        refused.contains("refused (403)") && refused.contains("not loopback"),
+        "{refused}"
+    );
+    assert_eq!(
+        session
+            .counters
+            .commands_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_and_assets_are_embedded_and_locked_down() {
+    let server = start("127.0.0.1:0", None).await;
+    let addr = server.http_addr;
+    for (path, ctype) in [
+        ("/", "text/html"),
+        ("/sessions/x", "text/html"),
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
+        let (status, head, _) = raw_get(addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            head.contains(&format!("content-type: {ctype}")),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("content-security-policy: default-src 'none'"),
+            "{path}: {head}"
+        );
+    }
+    let (_, _, body) = raw_get(addr, "/").await;
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "page loads nothing from elsewhere"
+    );
+    let (status, _, body) = raw_get(addr, "/api/control").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"mode":"open"}"#));
+    let (status, _, _) = raw_get(addr, "/api/sessions/nope/events").await;
+    assert_eq!(status, 404);
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+/// GET → (status, lower-cased head, body).
+async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, head.to_ascii_lowercase(), body.to_string())
+    })
+    .await
+    .expect("GET timed out")
+}
+
+/// Live push, seen from a plain socket: rate, coalescing, stalled viewers.
+mod push {
+    use super::*;
+
+    /// Opens `path` as an event stream; returns the socket after the head.
+    async fn open(addr: SocketAddr, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    }
+
+    /// Reads events for `span`; returns the `data:` lines' JSON.
+    async fn events_for(s: &mut TcpStream, span: Duration) -> Vec<Value> {
+        let mut buf = Vec::new();
+        let end = tokio::time::Instant::now() + span;
+        let mut chunk = vec![0u8; 1 << 16];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut chunk)).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_viewer_gets_at_most_max_push_hz_and_always_the_newest_frame() {
+        let _one = SERIAL.lock().await;
+        let mut settings = ServerSettings::local_insecure();
+        settings.dashboard.max_push_hz = 10;
+        settings.limits.buffer_size = 1000;
+        let server = Server::start(&settings).await.unwrap();
+        let trainer = Trainer::start(server.grpc_addr, "fast").await;
+        let mut viewer = open(server.http_addr, "/api/sessions/fast/events").await;
+        let images = tile_images();
+        // 300 frames as fast as the stream takes them, during ~1 s of viewing.
+        let feed = async {
+            for k in 0..300 {
+                trainer.send(Payload::BatchData(frame(k, &images))).await;
+            }
+        };
+        let (_, events) = tokio::join!(feed, events_for(&mut viewer, Duration::from_millis(1500)));
+        let frames: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.get("frame").map(|f| f["seq"].as_u64().unwrap()))
+            .collect();
+        // 1.5 s at 10/s, plus the first event at once.
+        assert!(
+            events.len() <= 17,
+            "{} events in 1.5 s at max_push_hz = 10",
+            events.len()
+        );
+        assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+        assert_eq!(
+            frames.last(),
+            Some(&300),
+            "the newest frame arrives: {frames:?}"
+        );
+        server
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("clean shutdown");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_viewer_slows_neither_ingest_nor_other_viewers() {
+        let _one = SERIAL.lock().await;
+        let mut settings = ServerSettings::local_insecure();
+        settings.dashboard.max_push_hz = 240;
+        let server = Server::start(&settings).await.unwrap();
+        let mut trainer = Trainer::start(server.grpc_addr, "s").await;
+        // Stalled viewers: they never read a byte.
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            stalled.push(open(server.http_addr, "/api/sessions/s/events").await);
+        }
+        // Big frames so the stalled sockets fill up quickly.
+        let big = vec![grpc::jpeg(384, 384); TILES];
+        let started = std::time::Instant::now();
+        for k in 0..300 {
+            trainer.send(Payload::BatchData(frame(k, &big))).await;
+        }
+        let session = server.registry().get("s").unwrap();
+        let applied = async {
+            while session
+                .counters
+                .batches_received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < 300
+            {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(TEST_TIMEOUT, applied)
+            .await
+            .expect("ingest stalled");
+        let took = started.elapsed();
+        assert_eq!(
+            session
+                .counters
+                .buffer_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        // A live viewer still gets the newest frame at once.
+        let mut live = open(server.http_addr, "/api/sessions/s/events").await;
+        let first = events_for(&mut live, Duration::from_millis(1500)).await;
+        assert_eq!(first[0]["frame"]["seq"], 300, "took {took:?}");
+        assert!(
+            trainer.responses.try_recv().is_err(),
+            "no error on the stream"
+        );
+        drop(stalled);
+        server
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("clean shutdown");
+    }
+}
