@@ -1,5 +1,5 @@
-//! The agent's one gRPC channel to the server, shared by every session
-//! (HTTP/2 multiplexes their streams over one TLS connection).
+//! The agent's gRPC channels to the server: one per session attempt, so a
+//! connection that died with its stream is never reused.
 //!
 //! Keepalive is set for peers we did not write: grpc-core servers (the
 //! seed's Python server) answer HTTP/2 pings sent more often than every

@@ -8,7 +8,8 @@
 //! never disturbs the others; a finished run's segment is removed after
 //! `finished_grace`. The loop tells systemd it is ready after its first
 //! scan and keeps the watchdog fed while it runs. All sessions share one
-//! gRPC channel and one frame pipeline.
+//! frame pipeline; each has its own connection, so a dead one is replaced
+//! with the stream that ran on it.
 
 pub mod backoff;
 pub mod channel;
@@ -107,7 +108,9 @@ impl Agent {
         lifecycle: &mut dyn Lifecycle,
     ) -> Result<(), AgentError> {
         let s = &self.settings;
-        let channel = channel::connect_lazy(s)?;
+        // Fail at start on a URL or TLS file that cannot work; sessions make
+        // their own connections from the same settings.
+        channel::connect_lazy(s)?;
         let pipeline = Arc::new(FramePipeline::new(s.frames.clone())?);
         if let Some(addr) = s.health_listen {
             let bound = health::serve(addr, self.stats.clone(), stop.clone())
@@ -117,7 +120,6 @@ impl Agent {
         }
         let ctx = Arc::new(SessionContext {
             settings: s.clone(),
-            channel,
             pipeline,
             stats: self.stats.clone(),
         });

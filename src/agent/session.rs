@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use super::backoff::Backoff;
 use super::health::AgentStats;
@@ -55,7 +54,6 @@ const LOGGED_FAULT_KINDS: usize = 32;
 /// What every session shares.
 pub struct SessionContext {
     pub settings: Arc<AgentSettings>,
-    pub channel: Channel,
     pub pipeline: Arc<FramePipeline>,
     pub stats: Arc<AgentStats>,
 }
@@ -202,7 +200,13 @@ impl Session {
     /// Registers, streams until something ends the stream, and says why.
     async fn attempt(&mut self, stop: &CancellationToken) -> Attempt {
         let settings = self.ctx.settings.clone();
-        let mut client = super::channel::client(&self.ctx.channel, 64 << 20);
+        // A fresh connection per attempt: the one a dead stream ran on may be
+        // dead too (a black hole keeps a TCP connection open for minutes).
+        let channel = match super::channel::connect_lazy(&settings) {
+            Ok(c) => c,
+            Err(e) => return failed(&e.to_string(), false),
+        };
+        let mut client = super::channel::client(&channel, 64 << 20);
         let info = SessionInfo {
             session_id: self.id.clone(),
             client_name: "trainwatch-agent".into(),

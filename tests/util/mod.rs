@@ -32,7 +32,9 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+pub mod blackhole;
 pub mod grpc;
 pub mod http;
 pub mod proc;
+pub mod procs;
 pub mod python;

@@ -19,9 +19,16 @@ impl ServerProc {
     /// ARGS set them) and waits for its `listening` line.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> ServerProc {
         let mut cmd = Command::new(trainwatch_bin());
-        cmd.arg("server")
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.arg("server");
+        for (flag, default) in [
+            ("--listen", "127.0.0.1:0"),
+            ("--http-listen", "127.0.0.1:0"),
+        ] {
+            if !args.contains(&flag) {
+                cmd.args([flag, default]);
+            }
+        }
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

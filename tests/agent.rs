@@ -1,0 +1,376 @@
+//! The agent end to end and under faults: a real `trainwatch agent`
+//! process, real Python trainers publishing through shared memory, a real
+//! server (in-process or as a process) over loopback gRPC.
+
+mod util;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use trainwatch::config::ServerSettings;
+use trainwatch::server::{RunningServer, Server};
+use util::http::{get, get_json, post_json};
+use util::proc::ServerProc;
+use util::procs::{eventually, AgentProc, Trainer};
+
+async fn start_server(heartbeat_ms: u32) -> RunningServer {
+    let mut s = ServerSettings::local_insecure();
+    s.limits.heartbeat_interval_ms = heartbeat_ms;
+    Server::start(&s).await.expect("server starts")
+}
+
+async fn stop(server: RunningServer) {
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The one session whose id contains `run`, once it exists.
+async fn session(http: SocketAddr, run: &str) -> Value {
+    let needle = format!(":{run}:");
+    eventually(&format!("session for run {run}"), || async {
+        let list = get_json(http, "/api/sessions").await;
+        let id = list["sessions"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"].as_str().is_some_and(|i| i.contains(&needle)))?["id"]
+            .as_str()?
+            .to_string();
+        Some(get_json(http, &format!("/api/sessions/{id}")).await)
+    })
+    .await
+}
+
+/// Waits until the run's session satisfies `pred`; returns its detail.
+async fn session_where(
+    http: SocketAddr,
+    run: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let id = session(http, run).await["id"].as_str().unwrap().to_string();
+    eventually(what, || async {
+        let d = get_json(http, &format!("/api/sessions/{id}")).await;
+        pred(&d).then_some(d)
+    })
+    .await
+}
+
+fn statuses(d: &Value) -> Vec<String> {
+    d["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn epochs(d: &Value) -> Vec<u64> {
+    d["epoch_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+/// The agent's Prometheus counter `name`, read from its health endpoint.
+async fn agent_metric(health: SocketAddr, name: &str) -> u64 {
+    let (status, body) = get(health, "/metrics").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let full = format!("trainwatch_agent_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&full))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn shm_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").expect("a temp dir under /dev/shm")
+}
+
+mod streaming {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_streams_frames_epochs_and_statuses_to_the_server() {
+        let server = start_server(2000).await;
+        let shm = shm_dir();
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let mut trainer = Trainer::start(
+            shm.path(),
+            "cifar",
+            &["--epochs", "3", "--batches-per-epoch", "30", "--fps", "60"],
+        );
+        trainer.wait_exit();
+        let d = session_where(server.http_addr, "cifar", "run COMPLETED", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        assert_eq!(epochs(&d), vec![0, 1, 2], "{d}");
+        assert_eq!(statuses(&d), vec!["RUNNING", "COMPLETED"]);
+        assert_eq!(d["counters"]["events_duplicate"], 0);
+        assert_eq!(d["counters"]["batches_invalid"], 0);
+        assert!(
+            d["batches_received"].as_u64().unwrap() >= 10,
+            "{}",
+            d["batches_received"]
+        );
+        assert_eq!(d["config"]["class_names"][9], "truck");
+        let last = &d["last_batch"];
+        assert_eq!(last["images"], 16);
+        let truth: Vec<u64> = last["ground_truth"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(truth, (0..16).map(|i| i % 10).collect::<Vec<u64>>());
+        // The images are JPEGs of the published 32x32 tensors.
+        let id = d["id"].as_str().unwrap();
+        let (status, jpeg) = get(server.http_addr, &format!("/api/sessions/{id}/images/3")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            trainwatch::server::validate::jpeg_dimensions(&jpeg),
+            Ok((32, 32))
+        );
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pause_resume_and_stop_reach_the_trainer_and_its_status_comes_back() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let mut trainer =
+            Trainer::start(shm.path(), "ctl", &["--run-until-stopped", "--fps", "100"]);
+        let d = session_where(http, "ctl", "RUNNING", |d| d["status"] == "RUNNING").await;
+        let id = d["id"].as_str().unwrap().to_string();
+        let path = format!("/api/sessions/{id}/commands");
+
+        let (st, v) = post_json(http, &path, &[], &json!({"type": "pause"})).await;
+        assert_eq!(st, 202, "{v}");
+        let cmd = trainer.wait_for("PAUSE", |v| v["command"] == "PAUSE_TRAINING");
+        assert_eq!(cmd["params"]["command_id"], "1");
+        session_where(http, "ctl", "PAUSED", |d| d["status"] == "PAUSED").await;
+
+        post_json(
+            http,
+            &path,
+            &[],
+            &json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": "0.01"}}),
+        )
+        .await;
+        let lr = trainer.wait_for("learning rate", |v| v["command"] == "CHANGE_LEARNING_RATE");
+        assert_eq!(lr["params"]["learning_rate"], "0.01");
+
+        post_json(http, &path, &[], &json!({"type": "resume"})).await;
+        trainer.wait_for("RESUME", |v| v["command"] == "RESUME_TRAINING");
+        session_where(http, "ctl", "RUNNING again", |d| statuses(d).len() == 3).await;
+
+        // STOP without a grace period gets the agent's default (30 s).
+        post_json(http, &path, &[], &json!({"type": "stop"})).await;
+        let stop_cmd = trainer.wait_for("STOP", |v| v["command"] == "STOP_TRAINING");
+        assert_eq!(stop_cmd["params"]["grace_period_s"], "30");
+        trainer.wait_exit();
+        let d = session_where(http, "ctl", "COMPLETED", |d| d["status"] == "COMPLETED").await;
+        assert_eq!(
+            statuses(&d),
+            vec!["RUNNING", "PAUSED", "RUNNING", "COMPLETED"]
+        );
+        stop(server).await;
+    }
+}
+
+mod faults {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_trainer_ends_failed_and_other_runs_go_on() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let mut victim = Trainer::start(shm.path(), "victim", &["--run-until-stopped"]);
+        let mut other = Trainer::start(shm.path(), "other", &["--run-until-stopped"]);
+        victim.wait_for("an epoch", |v| v.get("epoch").is_some());
+        session_where(http, "victim", "victim epoch", |d| {
+            d["epochs"].as_u64() >= Some(1)
+        })
+        .await;
+        victim.kill();
+        let d = session_where(http, "victim", "victim FAILED", |d| d["status"] == "FAILED").await;
+        assert_eq!(d["status_message"], "trainer process exited");
+        // The other run is still streaming.
+        let before = session(http, "other").await["batches_received"]
+            .as_u64()
+            .unwrap();
+        session_where(http, "other", "other keeps streaming", |d| {
+            d["batches_received"].as_u64().unwrap() > before + 20
+        })
+        .await;
+        assert_eq!(session(http, "other").await["status"], "RUNNING");
+        other.kill();
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_segment_is_reported_once_and_skipped() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        // Random bytes, and a truncated real header.
+        std::fs::write(
+            shm.path().join("garbage"),
+            (0..50_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        std::fs::write(shm.path().join("short"), b"TRNWATCH").unwrap();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let health_s = health.to_string();
+        let _agent = AgentProc::start_insecure(
+            server.grpc_addr,
+            shm.path(),
+            &["--health-listen", &health_s],
+        );
+        let mut good = Trainer::start(shm.path(), "good", &["--epochs", "2"]);
+        good.wait_exit();
+        session_where(http, "good", "good COMPLETED", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        eventually("both bad segments counted", || async {
+            (agent_metric(health, "segments_rejected_total").await == 2).then_some(())
+        })
+        .await;
+        // Rescans do not report them again.
+        let d = session(http, "good").await;
+        assert_eq!(d["counters"]["batches_invalid"], 0);
+        assert_eq!(
+            get_json(http, "/api/sessions").await["sessions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(agent_metric(health, "segments_rejected_total").await, 2);
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_restart_loses_no_event_and_doubles_none() {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["--insecure", "--listen", &listen];
+        let env = [("TRAINWATCH_SERVER_LIMITS__HEARTBEAT_INTERVAL_MS", "200")];
+        let server = ServerProc::start(&args, &env);
+        let grpc: SocketAddr = listen.parse().unwrap();
+        let shm = shm_dir();
+        let _agent = AgentProc::start_insecure(grpc, shm.path(), &[]);
+        let mut trainer = Trainer::start(
+            shm.path(),
+            "durable",
+            &["--epochs", "6", "--batches-per-epoch", "25", "--fps", "50"],
+        );
+        trainer.wait_for("epoch 1", |v| v["epoch"] == 1);
+        session_where(server.http, "durable", "epochs before the outage", |d| {
+            d["epochs"].as_u64() >= Some(1)
+        })
+        .await;
+        drop(server); // SIGKILL: all its state is gone.
+        trainer.wait_for("epoch 3 during the outage", |v| v["epoch"] == 3);
+        let server = ServerProc::start(&args, &env);
+        trainer.wait_exit();
+        let d = session_where(server.http, "durable", "COMPLETED after restart", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        assert_eq!(
+            epochs(&d),
+            vec![0, 1, 2, 3, 4, 5],
+            "every epoch exactly once"
+        );
+        assert_eq!(statuses(&d), vec!["RUNNING", "COMPLETED"]);
+        assert_eq!(d["counters"]["events_duplicate"], 0);
+        assert!(
+            d["batches_received"].as_u64().unwrap() > 0,
+            "frames resumed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_restart_loses_no_event_and_doubles_none() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let mut trainer = Trainer::start(
+            shm.path(),
+            "steady",
+            &["--epochs", "8", "--batches-per-epoch", "20", "--fps", "80"],
+        );
+        session_where(http, "steady", "an epoch", |d| {
+            d["epochs"].as_u64() >= Some(1)
+        })
+        .await;
+        agent.kill();
+        trainer.wait_for("epoch 4 without an agent", |v| v["epoch"] == 4);
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        trainer.wait_exit();
+        let d = session_where(http, "steady", "COMPLETED", |d| d["status"] == "COMPLETED").await;
+        assert_eq!(epochs(&d), (0..8).collect::<Vec<u64>>());
+        assert_eq!(statuses(&d), vec!["RUNNING", "COMPLETED"]);
+        assert_eq!(
+            d["counters"]["registrations"], 2,
+            "the restarted agent resumed the session"
+        );
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_network_black_hole_is_detected_and_recovered() {
+        let server = start_server(200).await;
+        let http = server.http_addr;
+        let proxy = util::blackhole::Proxy::start(server.grpc_addr).await;
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let health_s = health.to_string();
+        let _agent =
+            AgentProc::start_insecure(proxy.addr, shm.path(), &["--health-listen", &health_s]);
+        let _trainer = Trainer::start(shm.path(), "far", &["--run-until-stopped", "--fps", "30"]);
+        session_where(http, "far", "streaming", |d| {
+            d["batches_received"].as_u64() >= Some(5)
+        })
+        .await;
+        assert_eq!(agent_metric(health, "reconnects_total").await, 0);
+
+        proxy.black_hole(true);
+        // Liveness window: 3 heartbeat intervals of 200 ms.
+        eventually("the agent notices the black hole", || async {
+            (agent_metric(health, "reconnects_total").await >= 1).then_some(())
+        })
+        .await;
+        proxy.black_hole(false);
+        let before = session(http, "far").await["batches_received"]
+            .as_u64()
+            .unwrap();
+        session_where(http, "far", "frames flow again", |d| {
+            d["batches_received"].as_u64().unwrap() > before + 10
+        })
+        .await;
+        stop(server).await;
+    }
+}
