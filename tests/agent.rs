@@ -374,3 +374,167 @@ mod faults {
         stop(server).await;
     }
 }
+
+mod peers {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// The seed's own kind of server (grpcio, acks batches only, never a
+    /// heartbeat), as a process; its JSON lines arrive on a channel.
+    struct SeedServer {
+        child: std::process::Child,
+        lines: std::sync::mpsc::Receiver<Value>,
+        port: u16,
+        _stubs: tempfile::TempDir,
+    }
+
+    impl SeedServer {
+        fn start() -> SeedServer {
+            let stubs = tempfile::tempdir().unwrap();
+            util::python::protoc(
+                &util::repo_root().join("tests/python/seed_metrics.proto"),
+                stubs.path(),
+            );
+            let mut child = Command::new(util::python())
+                .arg(util::repo_root().join("tests/python/seed_server.py"))
+                .arg(stubs.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let (tx, lines) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                        let _ = tx.send(v);
+                    }
+                }
+            });
+            let ready = lines
+                .recv_timeout(util::TEST_TIMEOUT)
+                .expect("seed server ready");
+            let port = ready["ready"].as_u64().unwrap() as u16;
+            SeedServer {
+                child,
+                lines,
+                port,
+                _stubs: stubs,
+            }
+        }
+
+        fn drain(&self) -> Vec<Value> {
+            self.lines.try_iter().collect()
+        }
+    }
+
+    impl Drop for SeedServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn against_a_seed_grpcio_server_a_30_s_pause_causes_no_reconnect_loop() {
+        let seed = SeedServer::start();
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let health_s = health.to_string();
+        let addr = SocketAddr::from(([127, 0, 0, 1], seed.port));
+        let _agent = AgentProc::start_insecure(addr, shm.path(), &["--health-listen", &health_s]);
+        // 30 batches, a 30 s pause with only heartbeats (which the seed
+        // server never answers), then 30 more.
+        let mut trainer = Trainer::start(
+            shm.path(),
+            "paused",
+            &[
+                "--epochs",
+                "1",
+                "--batches-per-epoch",
+                "60",
+                "--fps",
+                "30",
+                "--pause-after",
+                "30",
+                "--pause-seconds",
+                "30",
+            ],
+        );
+        trainer.wait_exit_within(Duration::from_secs(90));
+        eventually(
+            "the seed server acknowledged batches after the pause",
+            || async { (agent_metric(health, "frames_acked_total").await >= 40).then_some(()) },
+        )
+        .await;
+        let lines = seed.drain();
+        let registrations = lines
+            .iter()
+            .filter(|v| v.get("registered").is_some())
+            .count();
+        let streams = lines.iter().filter(|v| v["stream"] == "open").count();
+        assert_eq!((registrations, streams), (1, 1), "{lines:?}");
+        assert_eq!(agent_metric(health, "reconnects_total").await, 0);
+        assert!(agent_metric(health, "frames_sent_total").await >= 40);
+    }
+}
+
+mod systemd {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    fn next_notification(sock: &UnixDatagram, within: Duration) -> Option<String> {
+        sock.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        sock.recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_then_watchdog_pings_that_stop_when_the_main_loop_is_wedged() {
+        let server = start_server(2000).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sock_path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        let wedge = dir.path().join("wedge");
+        let shm = shm_dir();
+        let url = format!("http://{}", server.grpc_addr);
+        let _agent = AgentProc::start(
+            &[
+                "--insecure",
+                "--server",
+                &url,
+                "--shm-dir",
+                shm.path().to_str().unwrap(),
+                "--debug-wedge-file",
+                wedge.to_str().unwrap(),
+            ],
+            &[
+                ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+                // Pings every 150 ms at most (half the watchdog period).
+                ("WATCHDOG_USEC", "300000"),
+                ("TRAINWATCH_AGENT_SCAN_INTERVAL_MS", "20"),
+            ],
+        );
+        let first = next_notification(&sock, util::TEST_TIMEOUT).expect("a notification");
+        assert!(first.contains("READY=1"), "{first:?}");
+        for _ in 0..3 {
+            let n = next_notification(&sock, util::TEST_TIMEOUT).expect("a watchdog ping");
+            assert_eq!(n, "WATCHDOG=1");
+        }
+        // Wedge the main loop: at most one ping already on its way, then none
+        // for well over the watchdog period.
+        std::fs::write(&wedge, b"").unwrap();
+        let mut late = 0;
+        while next_notification(&sock, Duration::from_millis(900)).is_some() {
+            late += 1;
+            assert!(late <= 2, "pings went on while the loop was wedged");
+        }
+        std::fs::remove_file(&wedge).unwrap();
+        let n = next_notification(&sock, util::TEST_TIMEOUT).expect("pings resume");
+        assert_eq!(n, "WATCHDOG=1");
+        stop(server).await;
+    }
+}

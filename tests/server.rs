@@ -315,10 +315,14 @@ mod stream {
             })
             .collect();
         let refused = (6 - acked.len()) as u64;
+        // One of the six may have found the queue full before the stalled
+        // task took its one message, the next one room after: four or five
+        // are taken, in order, the first four always.
         assert!(
-            acked == [0, 1, 2, 3] || acked == [0, 1, 2, 3, 4],
+            (4..=5).contains(&acked.len()) && acked.windows(2).all(|w| w[0] < w[1]),
             "{acked:?}"
         );
+        assert_eq!(&acked[..4], &[0, 1, 2, 3], "{acked:?}");
         let r = s
             .call(request("slow", Payload::BatchData(batch(0, 6, 1))))
             .await;
@@ -658,17 +662,23 @@ mod seed_peers {
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
         assert_eq!(v["registered"], true, "{out}");
         assert_eq!(v["server_config"], serde_json::json!([16, 512, 2000, 100]));
-        // 20 batch acks in order, then the heartbeat's (batch_idx 0 to a
-        // seed peer, which does not know the ack kind).
-        let acks: Vec<u64> = v["acks"]
+        // 20 batch acks, and the heartbeat's (batch_idx 0 to a seed peer,
+        // which does not know the ack kind). Heartbeats are answered at once,
+        // batches once applied, so the heartbeat's may overtake the last.
+        let mut acks: Vec<u64> = v["acks"]
             .as_array()
             .unwrap()
             .iter()
             .map(|a| a.as_u64().unwrap())
             .collect();
-        let mut expected: Vec<u64> = (0..20).collect();
-        expected.push(0);
-        assert_eq!(acks, expected, "{out}");
+        let heartbeat = acks
+            .iter()
+            .skip(1)
+            .position(|&a| a == 0)
+            .expect("the heartbeat's ack")
+            + 1;
+        acks.remove(heartbeat);
+        assert_eq!(acks, (0..20).collect::<Vec<u64>>(), "{out}");
         assert_eq!(v["errors"][0]["code"], "INVALID_DATA", "{out}");
         assert!(
             v["errors"][0]["message"]

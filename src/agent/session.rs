@@ -248,17 +248,11 @@ impl Session {
         }
 
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-        let opened = tokio::select! {
-            _ = stop.cancelled() => return Attempt::Stopped,
-            r = tokio::time::timeout(super::channel::CONNECT_TIMEOUT * 2, client.stream_metrics(ReceiverStream::new(out_rx))) => r,
-        };
-        let mut inbound = match opened {
-            Err(_) => return failed("opening the stream timed out", false),
-            Ok(Err(status)) => {
-                return failed(&format!("opening the stream failed: {status}"), false)
-            }
-            Ok(Ok(r)) => r.into_inner(),
-        };
+        // Opened in the loop, not awaited here: a grpcio server (the seed's)
+        // sends its response headers only with its first answer, which comes
+        // only after our first batch.
+        let mut opening = Some(Box::pin(client.stream_metrics(ReceiverStream::new(out_rx))));
+        let mut inbound: Option<tonic::Streaming<proto::MetricsResponse>> = None;
         tracing::info!(
             session = %self.id,
             resumed = resp.resumed,
@@ -280,10 +274,27 @@ impl Session {
         loop {
             let now = Instant::now();
             // Answers from the server, without waiting.
-            loop {
+            if let Some(fut) = opening.as_mut() {
+                let polled = tokio::select! {
+                    biased;
+                    r = fut => Some(r),
+                    _ = std::future::ready(()) => None,
+                };
+                match polled {
+                    Some(Ok(r)) => {
+                        inbound = Some(r.into_inner());
+                        opening = None;
+                    }
+                    Some(Err(status)) => {
+                        return failed(&format!("opening the stream failed: {status}"), false)
+                    }
+                    None => {}
+                }
+            }
+            while let Some(stream) = inbound.as_mut() {
                 let msg = tokio::select! {
                     biased;
-                    m = inbound.message() => m,
+                    m = stream.message() => m,
                     _ = std::future::ready(()) => break,
                 };
                 let resp = match msg {

@@ -33,7 +33,10 @@ def main():
     ap.add_argument("--run-until-stopped", action="store_true",
                     help="keep training (epoch after epoch) until a STOP command")
     ap.add_argument("--no-complete", action="store_true", help="exit without COMPLETED")
-    ap.add_argument("--max-seconds", type=float, default=60.0)
+    ap.add_argument("--pause-after", type=int, default=0,
+                    help="after this many batches, report PAUSED and idle for --pause-seconds")
+    ap.add_argument("--pause-seconds", type=float, default=0.0)
+    ap.add_argument("--max-seconds", type=float, default=120.0)
     a = ap.parse_args()
 
     rng = np.random.default_rng(7)
@@ -85,6 +88,16 @@ def main():
                       loss=loss, layout="NCHW", mean=MEAN, std=STD)
             published += 1
             losses.append(loss)
+            if a.pause_after and published == a.pause_after:
+                pub.status("PAUSED", "pausing by itself")
+                say(status="PAUSED")
+                until = time.monotonic() + a.pause_seconds
+                while time.monotonic() < until:
+                    pub.heartbeat()
+                    time.sleep(0.05)
+                pub.status("RUNNING", "resumed by itself")
+                say(status="RUNNING")
+                next_t = time.monotonic()
             next_t += period
             delay = next_t - time.monotonic()
             if delay > 0:

@@ -97,13 +97,22 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// Waits for a child up to [`TEST_TIMEOUT`]; kills it and returns `None`
 /// when it has not exited by then.
-pub fn wait_timeout(mut child: Child) -> Option<std::process::ExitStatus> {
+pub fn wait_timeout(child: Child) -> Option<std::process::ExitStatus> {
+    wait_timeout_for(child, TEST_TIMEOUT)
+}
+
+/// Waits for a child up to `limit`; kills it and returns `None` when it has
+/// not exited by then.
+pub fn wait_timeout_for(
+    mut child: Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait());
     });
-    match rx.recv_timeout(TEST_TIMEOUT) {
+    match rx.recv_timeout(limit) {
         Ok(status) => Some(status.expect("wait for child")),
         Err(_) => {
             signal(pid, "KILL");

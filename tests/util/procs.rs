@@ -183,10 +183,15 @@ impl Trainer {
         }
     }
 
-    /// Waits for the trainer to exit by itself.
+    /// Waits (up to [`TEST_TIMEOUT`]) for the trainer to exit by itself.
     pub fn wait_exit(&mut self) {
+        self.wait_exit_within(TEST_TIMEOUT);
+    }
+
+    /// Waits up to `limit` for the trainer to exit by itself.
+    pub fn wait_exit_within(&mut self, limit: Duration) {
         let child = self.child.take().unwrap();
-        let status = super::proc::wait_timeout(child).expect("trainer did not exit");
+        let status = super::proc::wait_timeout_for(child, limit).expect("trainer did not exit");
         assert!(status.success(), "trainer failed: {status}");
     }
 }
