@@ -9,6 +9,11 @@
 //! - [`tensor`] — how a batch of sample images is described (dtype, layout,
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
+//! - [`telemetry`] — the agent's device figures: training rate, epoch time
+//!   and ETA from the trainer's publish timestamps (right even when frames
+//!   are dropped), and CPU/memory/GPU use from procfs, Jetson sysfs and NVML
+//!   (loaded at run time), each figure absent rather than 0 where the
+//!   machine does not provide it.
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions). Generated once
 //!   here so agent, server and tests share the types.
@@ -31,5 +36,6 @@ pub mod cli;
 pub mod config;
 pub mod proto;
 pub mod server;
+pub mod telemetry;
 pub mod tensor;
 pub mod tls;
