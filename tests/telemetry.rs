@@ -593,6 +593,13 @@ mod config {
     use super::*;
 
     #[test]
+    fn the_sampler_and_tracker_can_move_into_an_agent_task() {
+        fn send<T: Send + 'static>() {}
+        send::<ResourceSampler>();
+        send::<FpsTracker>();
+    }
+
+    #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         assert!(TelemetryConfig::default().validate().is_ok());
         let bad = |c: TelemetryConfig| c.validate().unwrap_err().to_string();

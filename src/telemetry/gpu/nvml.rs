@@ -42,7 +42,9 @@ impl NvmlGpu {
             Some(p) => vec![p.as_os_str()],
             None => DEFAULT_LIBRARIES.iter().map(OsStr::new).collect(),
         };
-        let mut last = None;
+        // The first failure is the telling one: the versioned name is the
+        // one a driver installs.
+        let mut first = None;
         for lib in candidates {
             let unavailable = |reason: String| TelemetryError::NvmlUnavailable {
                 library: lib.to_string_lossy().into_owned(),
@@ -62,10 +64,12 @@ impl NvmlGpu {
                         .map_err(|e| unavailable(format!("GPU {index}: {e}")))?;
                     return Ok(NvmlGpu { nvml, index });
                 }
-                Err(e) => last = Some(unavailable(e.to_string())),
+                Err(e) => {
+                    first.get_or_insert_with(|| unavailable(e.to_string()));
+                }
             }
         }
-        Err(last.expect("at least one candidate library"))
+        Err(first.expect("at least one candidate library"))
     }
 
     /// Fills what `r` still lacks with what NVML reports; true when it
