@@ -22,6 +22,11 @@
 //! - [`agent`] — `trainwatch agent`: the device-side service. Today its
 //!   reconnect policy (backoff with full jitter and a cap); the session
 //!   streaming follows with the shared-memory reader.
+//! - [`telemetry`] — the agent's device figures: training rate, epoch time
+//!   and ETA from the trainer's publish timestamps (right even when frames
+//!   are dropped), and CPU/memory/GPU use from procfs, Jetson sysfs and NVML
+//!   (loaded at run time), each figure absent rather than 0 where the
+//!   machine does not provide it.
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions). Generated once
 //!   here so agent, server and tests share the types.
@@ -47,5 +52,6 @@ pub mod frame;
 pub mod proto;
 pub mod server;
 pub mod shm;
+pub mod telemetry;
 pub mod tensor;
 pub mod tls;

@@ -155,8 +155,10 @@ fn performance(k: u32) -> PerformanceData {
             memory_mb: 2048.0,
             gpu_percent: 63.0,
             gpu_memory_mb: 3100.0,
+            ..Default::default()
         }),
         timestamp_ms: proto::now_ms(),
+        ..Default::default()
     }
 }
 

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use super::http::{ConfigJson, ControlPolicy};
 use super::session::{Frame, Registry, Session, SessionState};
 use crate::config::Dashboard;
-use crate::proto::{self, PerformanceData};
+use crate::proto;
 
 /// Overview pushes per second: a table of runs read by a person needs no
 /// more, and each push reads every session.
@@ -357,38 +357,6 @@ struct LossJson {
 
 /// Performance figures; `null` where the agent has no measurement.
 #[derive(Serialize)]
-struct PerfJson {
-    time_per_batch_ms: Option<f32>,
-    estimated_time_remaining_sec: Option<f32>,
-    current_fps: Option<f32>,
-    average_fps: Option<f32>,
-    cpu_percent: Option<f32>,
-    memory_mb: Option<f32>,
-    gpu_percent: Option<f32>,
-    gpu_memory_mb: Option<f32>,
-    timestamp_ms: u64,
-}
-
-impl From<&PerformanceData> for PerfJson {
-    fn from(p: &PerformanceData) -> Self {
-        // The seed's messages have no per-figure presence: resource figures
-        // are absent when `resource_usage` is; the rest are always sent.
-        let r = p.resource_usage.as_ref();
-        PerfJson {
-            time_per_batch_ms: Some(p.time_per_batch_ms),
-            estimated_time_remaining_sec: Some(p.estimated_time_remaining_sec),
-            current_fps: Some(p.current_fps),
-            average_fps: Some(p.average_fps),
-            cpu_percent: r.map(|r| r.cpu_percent),
-            memory_mb: r.map(|r| r.memory_mb),
-            gpu_percent: r.map(|r| r.gpu_percent),
-            gpu_memory_mb: r.map(|r| r.gpu_memory_mb),
-            timestamp_ms: p.timestamp_ms,
-        }
-    }
-}
-
-#[derive(Serialize)]
 struct EpochJson {
     epoch: u32,
     average_loss: f32,
@@ -427,7 +395,7 @@ struct Update {
     loss: Option<LossJson>,
     /// Present when it changed; `null` inside means not set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    performance: Option<Option<PerfJson>>,
+    performance: Option<Option<super::http::PerformanceJson>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<Option<ConfigJson>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -497,7 +465,7 @@ impl SessionFeed {
         self.sent.events = Some(events);
         let perf_ms = st.performance.as_ref().map(|p| p.timestamp_ms);
         let performance = (self.sent.performance_ms != perf_ms || frame.is_some())
-            .then(|| st.performance.as_ref().map(PerfJson::from));
+            .then(|| st.performance.as_ref().map(super::http::PerformanceJson::from));
         self.sent.performance_ms = perf_ms;
         let update = Update {
             id: s.id.clone(),

@@ -173,34 +173,61 @@ pub struct StatusJson {
     pub t_ms: u64,
 }
 
+/// Performance figures as JSON: `null` where the device did not provide a
+/// figure (the wire's absence encoding is decoded by `telemetry`).
 #[derive(Serialize)]
 pub struct PerformanceJson {
-    pub time_per_batch_ms: f32,
-    pub total_time_for_epoch_sec: f32,
-    pub estimated_time_remaining_sec: f32,
-    pub current_fps: f32,
-    pub average_fps: f32,
+    pub time_per_batch_ms: Option<f32>,
+    pub total_time_for_epoch_sec: Option<f32>,
+    pub estimated_time_remaining_sec: Option<f32>,
+    pub current_fps: Option<f32>,
+    pub average_fps: Option<f32>,
+    pub batches_published: Option<u64>,
     pub timestamp_ms: u64,
+    /// The trainer process: percent of one core, MiB resident.
     pub cpu_percent: Option<f32>,
     pub memory_mb: Option<f32>,
+    /// The whole device.
+    pub device_cpu_percent: Option<f32>,
+    pub device_memory_used_mb: Option<f32>,
+    pub device_memory_total_mb: Option<f32>,
     pub gpu_percent: Option<f32>,
     pub gpu_memory_mb: Option<f32>,
+    pub gpu_memory_total_mb: Option<f32>,
+    pub gpu_frequency_mhz: Option<f32>,
+    pub gpu_source: Option<String>,
 }
 
 impl From<&PerformanceData> for PerformanceJson {
     fn from(p: &PerformanceData) -> Self {
-        let r = p.resource_usage.as_ref();
+        let perf = crate::telemetry::Performance::from(p);
+        let r = p
+            .resource_usage
+            .as_ref()
+            .map(crate::telemetry::ResourceSample::from);
+        let r = r.as_ref();
         PerformanceJson {
-            time_per_batch_ms: p.time_per_batch_ms,
-            total_time_for_epoch_sec: p.total_time_for_epoch_sec,
-            estimated_time_remaining_sec: p.estimated_time_remaining_sec,
-            current_fps: p.current_fps,
-            average_fps: p.average_fps,
+            time_per_batch_ms: perf.time_per_batch_ms,
+            total_time_for_epoch_sec: perf.epoch_time_sec,
+            estimated_time_remaining_sec: perf.eta_sec,
+            current_fps: perf.current_fps,
+            average_fps: perf.average_fps,
+            batches_published: perf.batches_published,
             timestamp_ms: p.timestamp_ms,
-            cpu_percent: r.map(|r| r.cpu_percent),
-            memory_mb: r.map(|r| r.memory_mb),
-            gpu_percent: r.map(|r| r.gpu_percent),
-            gpu_memory_mb: r.map(|r| r.gpu_memory_mb),
+            cpu_percent: r.and_then(|r| r.process_cpu_percent),
+            memory_mb: r.and_then(|r| r.process_memory_mb),
+            device_cpu_percent: r.and_then(|r| r.device_cpu_percent),
+            device_memory_used_mb: r.and_then(|r| r.device_memory_used_mb),
+            device_memory_total_mb: r.and_then(|r| r.device_memory_total_mb),
+            gpu_percent: r.and_then(|r| r.gpu.percent),
+            gpu_memory_mb: r.and_then(|r| r.gpu.memory_used_mb),
+            gpu_memory_total_mb: r.and_then(|r| r.gpu.memory_total_mb),
+            gpu_frequency_mhz: r.and_then(|r| r.gpu.frequency_mhz),
+            gpu_source: p
+                .resource_usage
+                .as_ref()
+                .map(|r| r.gpu_source.clone())
+                .filter(|s| !s.is_empty()),
         }
     }
 }

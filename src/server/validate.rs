@@ -9,6 +9,8 @@ use crate::proto::{
     BatchData, EpochData, PerformanceData, SessionInfo, StatusUpdate, TrainingConfig,
     TrainingStatus,
 };
+use crate::telemetry::fps::PERFORMANCE_FIELDS;
+use crate::telemetry::resources::RESOURCE_FIELDS;
 
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_LEN: usize = 128;
@@ -212,28 +214,90 @@ pub fn status(s: &StatusUpdate) -> Result<TrainingStatus, Invalid> {
     Ok(status)
 }
 
+/// Every figure, seed or trainwatch, is finite and >= 0 when present; an
+/// `unavailable` list names only its message's seed fields, each once, and
+/// a field it names is sent as 0 (so a seed peer reading it sees nothing
+/// made up).
 pub fn performance(p: &PerformanceData) -> Result<(), Invalid> {
     let mut fields = vec![
-        ("time_per_batch_ms", p.time_per_batch_ms),
-        ("total_time_for_epoch_sec", p.total_time_for_epoch_sec),
+        ("time_per_batch_ms", Some(p.time_per_batch_ms)),
+        ("total_time_for_epoch_sec", Some(p.total_time_for_epoch_sec)),
         (
             "estimated_time_remaining_sec",
-            p.estimated_time_remaining_sec,
+            Some(p.estimated_time_remaining_sec),
         ),
-        ("current_fps", p.current_fps),
-        ("average_fps", p.average_fps),
+        ("current_fps", Some(p.current_fps)),
+        ("average_fps", Some(p.average_fps)),
     ];
+    unavailable(
+        "performance_data",
+        &p.unavailable,
+        &PERFORMANCE_FIELDS,
+        &fields,
+    )?;
     if let Some(r) = &p.resource_usage {
+        let seed = [
+            ("cpu_percent", Some(r.cpu_percent)),
+            ("memory_mb", Some(r.memory_mb)),
+            ("gpu_percent", Some(r.gpu_percent)),
+            ("gpu_memory_mb", Some(r.gpu_memory_mb)),
+        ];
+        unavailable(
+            "performance_data.resource_usage",
+            &r.unavailable,
+            &RESOURCE_FIELDS,
+            &seed,
+        )?;
+        text("performance_data.resource_usage.gpu_source", &r.gpu_source)?;
         fields.extend([
-            ("resource_usage.cpu_percent", r.cpu_percent),
-            ("resource_usage.memory_mb", r.memory_mb),
-            ("resource_usage.gpu_percent", r.gpu_percent),
-            ("resource_usage.gpu_memory_mb", r.gpu_memory_mb),
+            ("resource_usage.cpu_percent", seed[0].1),
+            ("resource_usage.memory_mb", seed[1].1),
+            ("resource_usage.gpu_percent", seed[2].1),
+            ("resource_usage.gpu_memory_mb", seed[3].1),
+            ("resource_usage.device_cpu_percent", r.device_cpu_percent),
+            (
+                "resource_usage.device_memory_used_mb",
+                r.device_memory_used_mb,
+            ),
+            (
+                "resource_usage.device_memory_total_mb",
+                r.device_memory_total_mb,
+            ),
+            ("resource_usage.gpu_memory_total_mb", r.gpu_memory_total_mb),
+            ("resource_usage.gpu_frequency_mhz", r.gpu_frequency_mhz),
         ]);
     }
     for (name, v) in fields {
-        if !v.is_finite() || v < 0.0 {
-            return invalid!("performance_data.{name} is {v}, expected a finite value >= 0");
+        if let Some(v) = v {
+            if !v.is_finite() || v < 0.0 {
+                return invalid!("performance_data.{name} is {v}, expected a finite value >= 0");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unavailable(
+    message: &str,
+    names: &[String],
+    allowed: &[&str],
+    values: &[(&str, Option<f32>)],
+) -> Result<(), Invalid> {
+    for (i, name) in names.iter().enumerate() {
+        if !allowed.contains(&name.as_str()) {
+            return invalid!(
+                "{message}.unavailable[{i}] is {:?}, expected one of {allowed:?}",
+                truncate(name)
+            );
+        }
+        if names[..i].contains(name) {
+            return invalid!("{message}.unavailable names {name:?} twice");
+        }
+        let value = values.iter().find(|(n, _)| n == name).and_then(|(_, v)| *v);
+        if let Some(v) = value.filter(|v| *v != 0.0) {
+            return invalid!(
+                "{message}.{name} is {v} but named unavailable; an unavailable field is sent as 0"
+            );
         }
     }
     Ok(())

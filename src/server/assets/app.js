@@ -277,6 +277,9 @@
       $('p-ram').textContent = na(p.memory_mb, mb);
       $('p-gpu').textContent = na(p.gpu_percent, pct);
       $('p-gpumem').textContent = na(p.gpu_memory_mb, mb);
+      $('p-dcpu').textContent = na(p.device_cpu_percent, pct);
+      $('p-dram').textContent = na(p.device_memory_used_mb, mb);
+      $('p-gpufreq').textContent = na(p.gpu_frequency_mhz, (v) => v.toFixed(0) + ' MHz');
       $('p-batches').textContent = S.counters ? String(S.counters.batches_received) : '0';
       const l = tw.latencies;
       $('p-lat').textContent = l.length
