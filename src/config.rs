@@ -488,6 +488,18 @@ struct RawAgent {
     reconnect: RawReconnect,
     health: RawHealth,
     frames: RawFrames,
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    interval_ms: u64,
+    fps_window_ms: u64,
+    root: PathBuf,
+    nvml: bool,
+    nvml_library: Option<PathBuf>,
+    gpu_index: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -563,6 +575,8 @@ pub struct AgentSettings {
     /// The frame pipeline's buffers and threads; the server's ServerConfig
     /// lowers the image count and size per session.
     pub frames: crate::frame::FrameConfig,
+    /// FPS/ETA and CPU/RAM/GPU sampling, sent as PerformanceData per run.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl AgentSettings {
@@ -595,6 +609,11 @@ impl AgentSettings {
                 u64::from(crate::frame::DEFAULT_MAX_SOURCE_DIMENSION).into(),
             ),
             ("frames.pool_batches", 4u64.into()),
+            ("telemetry.interval_ms", 1000u64.into()),
+            ("telemetry.fps_window_ms", 2000u64.into()),
+            ("telemetry.root", "/".into()),
+            ("telemetry.nvml", true.into()),
+            ("telemetry.gpu_index", 0u64.into()),
         ];
         let raw: RawAgent = layered(&defaults, file, AGENT_ENV_PREFIX, env, overrides)?;
         Self::validate(raw)
@@ -678,7 +697,30 @@ impl AgentSettings {
         };
         let tls_domain = raw.tls.domain.unwrap_or_else(|| server.host.clone());
         let frames = frame_config(&raw.frames)?;
+        let t = &raw.telemetry;
+        let telemetry = crate::telemetry::TelemetryConfig {
+            interval: Duration::from_millis(t.interval_ms),
+            fps_window: Duration::from_millis(t.fps_window_ms),
+            root: t.root.clone(),
+            nvml: t.nvml,
+            nvml_library: t.nvml_library.clone(),
+            gpu_index: t.gpu_index,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| match e {
+            crate::telemetry::TelemetryError::Invalid { key, value, reason } => match key {
+                "interval" => ConfigError::invalid("telemetry.interval_ms", t.interval_ms, reason),
+                "fps_window" => {
+                    ConfigError::invalid("telemetry.fps_window_ms", t.fps_window_ms, reason)
+                }
+                "root" => ConfigError::invalid("telemetry.root", value, reason),
+                _ => ConfigError::invalid("telemetry", value, reason),
+            },
+            other => ConfigError::invalid("telemetry", "", other.to_string()),
+        })?;
         Ok(AgentSettings {
+            telemetry,
             frames,
             tls: crate::tls::ClientTlsFiles {
                 ca_cert: raw.tls.ca_cert,

@@ -127,6 +127,18 @@ mod streaming {
             d["batches_received"]
         );
         assert_eq!(d["config"]["class_names"][9], "truck");
+        // Performance figures come from every published batch's timestamp;
+        // resource figures are there, the GPU's absent (no GPU here) as null.
+        let d = session_where(server.http_addr, "cifar", "the run's last figures", |d| {
+            d["performance"]["batches_published"] == 90
+        })
+        .await;
+        let p = &d["performance"];
+        let avg = p["average_fps"].as_f64().unwrap();
+        assert!((20.0..=90.0).contains(&avg), "published at 60/s: {p}");
+        assert!(p["device_memory_total_mb"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["memory_mb"].as_f64().is_some(), "the trainer's RSS: {p}");
+        assert_eq!(p["gpu_percent"], Value::Null, "{p}");
         let last = &d["last_batch"];
         assert_eq!(last["images"], 16);
         let truth: Vec<u64> = last["ground_truth"]

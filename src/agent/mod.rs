@@ -118,8 +118,13 @@ impl Agent {
                 .map_err(|source| AgentError::Health { addr, source })?;
             tracing::info!(%bound, "health endpoint (Prometheus text at /metrics)");
         }
+        let sampler = crate::telemetry::ResourceSampler::new(&s.telemetry);
+        if let Some(e) = sampler.nvml_error() {
+            tracing::info!(reason = %e, "GPU figures without NVML");
+        }
         let ctx = Arc::new(SessionContext {
             settings: s.clone(),
+            sampler: std::sync::Mutex::new(sampler),
             pipeline,
             stats: self.stats.clone(),
         });

@@ -34,6 +34,7 @@ use crate::proto::{
 use crate::shm::{
     self, CommandKind, Event, EventRead, FrameRead, Reader, SendOutcome, WriterState,
 };
+use crate::telemetry::{BatchSample, FpsTracker, ResourceSampler, RunTotals};
 
 /// Events sent ahead of the server's acknowledgements.
 const EVENT_WINDOW: u64 = 64;
@@ -56,6 +57,8 @@ pub struct SessionContext {
     pub settings: Arc<AgentSettings>,
     pub pipeline: Arc<FramePipeline>,
     pub stats: Arc<AgentStats>,
+    /// One sampler for the device; each session asks it about its trainer.
+    pub sampler: std::sync::Mutex<ResourceSampler>,
 }
 
 /// How a session task ended.
@@ -160,6 +163,7 @@ struct Session {
     commands: VecDeque<ControlCommand>,
     faults_logged: HashSet<String>,
     heartbeat_seq: u32,
+    fps: FpsTracker,
     /// The final status this agent made up for a writer that went away
     /// without one, once sent: (event_seq, request).
     final_status: Option<(u64, MetricsRequest)>,
@@ -183,6 +187,7 @@ impl Session {
             commands: VecDeque::new(),
             faults_logged: HashSet::new(),
             heartbeat_seq: 0,
+            fps: FpsTracker::new(ctx.settings.telemetry.fps_window),
             final_status: None,
             ctx,
         }
@@ -268,6 +273,7 @@ impl Session {
         let mut liveness = Liveness::new(window, now);
         let mut pacer = FramePacer::new(settings.max_fps, now);
         let mut next_heartbeat = now;
+        let mut next_performance = now + settings.telemetry.interval;
         let mut last_frame_at = now;
         let mut healthy = false;
 
@@ -324,7 +330,7 @@ impl Session {
                             }
                             if let Some((seq, _)) = &self.final_status {
                                 if cursor.acked >= *seq {
-                                    return Attempt::Finished;
+                                    return close_gracefully(out_tx, inbound).await;
                                 }
                             }
                         }
@@ -430,6 +436,14 @@ impl Session {
                 self.reader.touch();
             }
 
+            self.observe_progress();
+            if now >= next_performance {
+                next_performance = now + settings.telemetry.interval;
+                let req = self.performance();
+                // Figures are replaced by the next ones: never worth waiting.
+                let _ = out_tx.try_send(req);
+            }
+
             if let Some(reason) = liveness.dead(now) {
                 return failed(&reason, false);
             }
@@ -439,9 +453,12 @@ impl Session {
             if writer_done && cursor.in_flight() == 0 && self.final_status.is_none() {
                 match self.reader.writer_state(IDLE_AFTER_NS) {
                     WriterState::Closed | WriterState::Dead => {
+                        // The run's last figures (every batch counted).
+                        self.observe_progress();
+                        let _ = out_tx.try_send(self.performance());
                         let state = self.reader.writer_state(IDLE_AFTER_NS);
                         match self.final_status_request(state, cursor.acked) {
-                            None => return Attempt::Finished,
+                            None => return close_gracefully(out_tx, inbound).await,
                             Some((seq, req)) => {
                                 if out_tx.try_send(req.clone()).is_err() {
                                     return failed("the stream's send queue closed", healthy);
@@ -545,6 +562,38 @@ impl Session {
         Some(self.request(Payload::BatchData(batch), ts, 0))
     }
 
+    /// Feeds the rate tracker the trainer's newest batch (every batch
+    /// counts, copied or not).
+    fn observe_progress(&mut self) {
+        if let Some(p) = self.reader.progress() {
+            self.fps.observe(
+                shm::monotonic_ns(),
+                BatchSample {
+                    published: self.reader.batches_published(),
+                    epoch: p.epoch,
+                    batch_idx: p.batch_idx,
+                    publish_ns: p.mono_ns,
+                },
+            );
+        }
+    }
+
+    /// PerformanceData: rates and ETA from the tracker, resource figures of
+    /// the device and the trainer process (absent ones marked absent).
+    fn performance(&mut self) -> MetricsRequest {
+        let perf = self
+            .fps
+            .performance(shm::monotonic_ns(), RunTotals::from(&self.config));
+        let pid = self.reader.header().writer_pid;
+        let sample = match self.ctx.sampler.lock() {
+            Ok(mut s) => Some(s.sample(Some(pid))),
+            Err(_) => None,
+        };
+        let ts = proto::now_ms();
+        let data = perf.to_proto(ts, sample.as_ref().map(Into::into));
+        self.request(Payload::PerformanceData(data), ts, 0)
+    }
+
     fn queue_command(&mut self, mut cmd: ControlCommand) {
         if cmd.r#type() == CommandType::StopTraining
             && !cmd.parameters.contains_key("grace_period_s")
@@ -643,6 +692,20 @@ impl Session {
             tracing::warn!(session = %self.id, fault = message, "fault (logged once per kind)");
         }
     }
+}
+
+/// Ends the request stream and waits (briefly) for the server to end its
+/// answers, so what was queued last (the final figures) is delivered.
+async fn close_gracefully(
+    out_tx: mpsc::Sender<MetricsRequest>,
+    inbound: Option<tonic::Streaming<proto::MetricsResponse>>,
+) -> Attempt {
+    drop(out_tx);
+    if let Some(mut stream) = inbound {
+        let drain = async { while let Ok(Some(_)) = stream.message().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+    Attempt::Finished
 }
 
 fn failed(reason: &str, healthy: bool) -> Attempt {

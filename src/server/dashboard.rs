@@ -464,8 +464,11 @@ impl SessionFeed {
         let events_changed = self.sent.events != Some(events);
         self.sent.events = Some(events);
         let perf_ms = st.performance.as_ref().map(|p| p.timestamp_ms);
-        let performance = (self.sent.performance_ms != perf_ms || frame.is_some())
-            .then(|| st.performance.as_ref().map(super::http::PerformanceJson::from));
+        let performance = (self.sent.performance_ms != perf_ms || frame.is_some()).then(|| {
+            st.performance
+                .as_ref()
+                .map(super::http::PerformanceJson::from)
+        });
         self.sent.performance_ms = perf_ms;
         let update = Update {
             id: s.id.clone(),

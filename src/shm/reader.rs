@@ -687,6 +687,11 @@ impl Reader {
         self.event_cursor = after.min(written);
     }
 
+    /// How many batches the trainer has published (copied or not).
+    pub fn batches_published(&self) -> u64 {
+        self.map.load_u64(hdr::BATCHES_SEEN, Ordering::Relaxed)
+    }
+
     /// How many events the writer has published.
     pub fn events_written(&self) -> u64 {
         self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire)
