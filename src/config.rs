@@ -1047,6 +1047,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_agent_toml_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/agent.toml");
+        let s = AgentSettings::load(Some(&path), &EnvMap::new(), vec![]).unwrap();
+        let d = AgentSettings::load(None, &EnvMap::new(), vec![]).unwrap();
+        assert_eq!(s.server, d.server);
+        assert_eq!(s.tls, d.tls);
+        assert_eq!(
+            (&s.shm_dir, s.max_fps, s.stop_grace, s.finished_grace, s.scan_interval),
+            (&d.shm_dir, d.max_fps, d.stop_grace, d.finished_grace, d.scan_interval)
+        );
+        assert_eq!(
+            (s.backoff, s.liveness_intervals, s.health_log_interval, s.health_listen),
+            (d.backoff, d.liveness_intervals, d.health_log_interval, d.health_listen)
+        );
+        assert_eq!(s.frames, d.frames);
+        assert_eq!(s.telemetry, d.telemetry);
+    }
+
+    #[test]
     fn unknown_file_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("server.toml");
