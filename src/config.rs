@@ -1054,12 +1054,34 @@ mod tests {
         assert_eq!(s.server, d.server);
         assert_eq!(s.tls, d.tls);
         assert_eq!(
-            (&s.shm_dir, s.max_fps, s.stop_grace, s.finished_grace, s.scan_interval),
-            (&d.shm_dir, d.max_fps, d.stop_grace, d.finished_grace, d.scan_interval)
+            (
+                &s.shm_dir,
+                s.max_fps,
+                s.stop_grace,
+                s.finished_grace,
+                s.scan_interval
+            ),
+            (
+                &d.shm_dir,
+                d.max_fps,
+                d.stop_grace,
+                d.finished_grace,
+                d.scan_interval
+            )
         );
         assert_eq!(
-            (s.backoff, s.liveness_intervals, s.health_log_interval, s.health_listen),
-            (d.backoff, d.liveness_intervals, d.health_log_interval, d.health_listen)
+            (
+                s.backoff,
+                s.liveness_intervals,
+                s.health_log_interval,
+                s.health_listen
+            ),
+            (
+                d.backoff,
+                d.liveness_intervals,
+                d.health_log_interval,
+                d.health_listen
+            )
         );
         assert_eq!(s.frames, d.frames);
         assert_eq!(s.telemetry, d.telemetry);

@@ -19,14 +19,11 @@
 //!   alternative) into a fixed pool of output memory handed out as
 //!   `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
 //!   sized from config at start-up; a batch in steady state allocates nothing.
-//! - [`agent`] — `trainwatch agent`: the device-side service. Today its
-//!   reconnect policy (backoff with full jitter and a cap); the session
-//!   streaming follows with the shared-memory reader.
-//! - [`telemetry`] — the agent's device figures: training rate, epoch time
-//!   and ETA from the trainer's publish timestamps (right even when frames
-//!   are dropped), and CPU/memory/GPU use from procfs, Jetson sysfs and NVML
-//!   (loaded at run time), each figure absent rather than 0 where the
-//!   machine does not provide it.
+//! - [`agent`] — `trainwatch agent`: finds runs in the segment directory and
+//!   streams each as a session: registration, one StreamMetrics, events in
+//!   order and exactly once across restarts, the newest frame at a paced
+//!   rate, heartbeats, liveness and reconnect with backoff, commands back
+//!   into the segment, health counters, systemd readiness and watchdog.
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions). Generated once
 //!   here so agent, server and tests share the types.

@@ -736,3 +736,67 @@ mod push {
             .expect("clean shutdown");
     }
 }
+
+/// The whole path in a real browser: a Python trainer publishing through
+/// shared memory, the real agent process, the server, the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_python_trainers_run_through_the_real_agent_and_pauses_it() {
+    let _one = SERIAL.lock().await;
+    let server = start("127.0.0.1:0", None).await;
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let _agent = util::procs::AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+    let mut trainer =
+        util::procs::Trainer::start(shm.path(), "e2e", &["--run-until-stopped", "--fps", "40"]);
+    let http = server.http_addr;
+    let id = util::procs::eventually("the run's session", || async {
+        let list = util::http::get_json(http, "/api/sessions").await;
+        list["sessions"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": id, "scenario": "e2e",
+        "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    // The page's Pause reaches the Python trainer's `pub.commands()`.
+    let cmd = tokio::task::spawn_blocking(move || {
+        let c = trainer.wait_for("PAUSE from the page", |v| v["command"] == "PAUSE_TRAINING");
+        (trainer, c)
+    })
+    .await
+    .unwrap();
+    let _trainer = cmd.0;
+    let r = browser.expect("result").await;
+    assert!(unexpected_errors(&r).is_empty(), "{r}");
+    // tests/python/trainer.py labels image i with class i % 10 (CIFAR names).
+    let classes = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    let tiles = r["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), 16, "{r}");
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(t["natural_width"], 32, "tile {i}: {t}");
+        assert!(
+            t["truth"].as_str().unwrap().contains(classes[i % 10]),
+            "tile {i}: {t}"
+        );
+        assert!(
+            classes
+                .iter()
+                .any(|c| t["pred"].as_str().unwrap().contains(c)),
+            "tile {i}: {t}"
+        );
+    }
+    assert!(r["loss_points"].as_u64().unwrap() >= 20, "{r}");
+    assert_ne!(r["fps"], "n/a");
+    assert_eq!(r["pause"]["status"], "PAUSED");
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+}

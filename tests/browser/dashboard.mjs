@@ -140,6 +140,27 @@ async function main() {
     emit({ stopping: true });
     await page.waitForFunction(() => document.getElementById('s-status').textContent === 'COMPLETED');
     result.stop = { status: await text('#s-status'), msg: await text('#c-msg') };
+  } else if (args.scenario === 'e2e') {
+    // A real agent and Python trainer feed the server: wait for a full grid
+    // and a drawn loss chart, read the tiles, then pause the run.
+    await page.goto(sessionUrl);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    await page.waitForFunction(() => {
+      const ts = [...document.querySelectorAll('#tiles .tile:not([hidden]) img')];
+      return ts.length === 16 && ts.every((i) => i.complete && i.naturalWidth > 0) &&
+        Number(document.getElementById('loss-chart').dataset.points) >= 20;
+    });
+    result.tiles = await page.$$eval('#tiles .tile:not([hidden])', (ts) => ts.map((t) => ({
+      natural_width: t.querySelector('img').naturalWidth,
+      pred: t.querySelector('.pname').textContent,
+      truth: t.querySelector('.truth').textContent,
+    })));
+    result.loss_points = Number(await page.getAttribute('#loss-chart', 'data-points'));
+    await page.waitForFunction(() => document.getElementById('p-fps').textContent !== 'n/a');
+    result.fps = await text('#p-fps');
+    await page.getByRole('button', { name: 'Pause', exact: true }).click();
+    await page.waitForFunction(() => document.getElementById('s-status').textContent === 'PAUSED');
+    result.pause = { status: await text('#s-status') };
   } else if (args.scenario === 'guard') {
     await page.goto(sessionUrl);
     await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
