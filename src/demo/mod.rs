@@ -46,7 +46,7 @@ pub enum DemoError {
         source: std::io::Error,
     },
     #[error("demo settings: {0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] Box<ConfigError>),
     #[error("demo server: {0}")]
     Server(#[from] ServerError),
     #[error("demo agent: {0}")]
@@ -195,7 +195,10 @@ pub async fn run(
     ];
     // No environment: a TRAINWATCH_AGENT_* meant for a real agent must not
     // steer the demo's.
-    let agent = Agent::new(AgentSettings::load(None, &EnvMap::new(), overrides)?);
+    let agent = Agent::new(
+        AgentSettings::load(None, &EnvMap::new(), overrides)
+            .map_err(|e| DemoError::Config(e.into()))?,
+    );
     std::fs::create_dir_all(&shm_dir).map_err(|source| DemoError::Io {
         what: "cannot create the segment directory",
         path: shm_dir.clone(),
@@ -288,14 +291,13 @@ pub async fn run(
         }
     }
     agent_stop.cancel();
-    if !agent_task.is_finished() {
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut agent_task)
+    if !agent_task.is_finished()
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut agent_task)
             .await
             .is_err()
-        {
-            tracing::warn!("demo agent did not stop in time");
-            agent_task.abort();
-        }
+    {
+        tracing::warn!("demo agent did not stop in time");
+        agent_task.abort();
     }
     if let Err(e) = server.shutdown(SHUTDOWN_GRACE).await {
         tracing::warn!("demo server shutdown: {e}");
