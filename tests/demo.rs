@@ -215,3 +215,55 @@ async fn demo_trains_and_obeys_pause_resume_and_stop() {
     assert!(status.success(), "demo exit: {status}");
     assert!(!shm_dir.exists(), "{} left behind", shm_dir.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_digits_example_streams_two_epochs_and_completes() {
+    use trainwatch::config::ServerSettings;
+    use trainwatch::server::Server;
+    let server = Server::start(&ServerSettings::local_insecure())
+        .await
+        .expect("server starts");
+    let shm = tempfile::tempdir().unwrap();
+    let _agent = util::procs::AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+    let mut trainer = Command::new(util::python())
+        .arg(util::repo_root().join("examples/train_digits.py"))
+        .args(["--epochs", "2", "--speed", "100", "--run", "digits"])
+        .args(["--shm-dir", shm.path().to_str().unwrap()])
+        .env("TRAINWATCH_LIB", util::procs::lib_path())
+        .env("PYTHONPATH", util::repo_root().join("python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn examples/train_digits.py");
+    let http = server.http_addr;
+    let id = eventually("the digits session", || async {
+        let list = get_json(http, "/api/sessions").await;
+        let id = list["sessions"].get(0)?["id"].as_str()?.to_string();
+        id.contains(":digits:").then_some(id)
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pid = trainer.id();
+        std::thread::spawn(move || {
+            let _ = tx.send(trainer.wait());
+        });
+        rx.recv_timeout(TEST_TIMEOUT).unwrap_or_else(|_| {
+            util::proc::signal(pid, "KILL");
+            panic!("train_digits.py did not finish 2 epochs");
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "train_digits.py: {status}");
+    wait_status(http, &id, "COMPLETED").await;
+    let s = detail(http, &id).await;
+    assert!(s["batches_received"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["config"]["dataset_name"], "sklearn-digits-8x8");
+    assert_eq!(s["epoch_history"].as_array().unwrap().len(), 2, "{s}");
+    assert_learned(&s);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
