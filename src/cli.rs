@@ -421,3 +421,119 @@ pub fn server(args: ServerArgs) -> ExitCode {
         }
     })
 }
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Dashboard port on 127.0.0.1 (0: any free port).
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// gRPC port of the demo's server on 127.0.0.1 (0: any free port).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub grpc_port: u16,
+    /// Epochs to train before the run is COMPLETED (the dashboard stays up).
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub epochs: u32,
+    /// Batches per epoch.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batches_per_epoch: u32,
+    /// Samples per batch (the dashboard can change it).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::demo::trainer::MAX_BATCH_SIZE)))]
+    pub batch_size: u32,
+    /// Training speed in batches per second.
+    #[arg(long, value_name = "N", default_value_t = 30.0, value_parser = positive_speed)]
+    pub speed: f64,
+    /// Starting learning rate (the dashboard can change it).
+    #[arg(long, value_name = "LR", default_value_t = crate::demo::DEFAULT_LR)]
+    pub lr: f32,
+    /// Seed of the generated dataset and the initial weights.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Stop by itself after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Segment directory [default: a private temporary one, removed at exit].
+    #[arg(long, value_name = "DIR")]
+    pub shm_dir: Option<PathBuf>,
+}
+
+fn positive_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=10_000.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a number of batches per second from 0.1 to 10000"
+        )),
+    }
+}
+
+/// `trainwatch demo`: server, agent and a training run in one process.
+pub fn demo(args: DemoArgs) -> ExitCode {
+    if !(args.lr.is_finite() && args.lr > 0.0 && args.lr <= 10.0) {
+        eprintln!("trainwatch demo: --lr {}: expected 0 < lr <= 10", args.lr);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let duration = match args.duration {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => {
+            Some(std::time::Duration::from_secs_f64(s))
+        }
+        Some(s) => {
+            eprintln!("trainwatch demo: --duration {s}: expected a positive number of seconds");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trainwatch demo: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let opts = crate::demo::DemoOptions {
+        http_port: args.http_port,
+        grpc_port: args.grpc_port,
+        shm_dir: args.shm_dir,
+        duration,
+        epochs: args.epochs,
+        batches_per_epoch: args.batches_per_epoch,
+        batch_size: args.batch_size,
+        speed: args.speed,
+        learning_rate: args.lr,
+        seed: args.seed,
+    };
+    rt.block_on(async {
+        let signal = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("trainwatch demo: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let result = crate::demo::run(opts, signal, |s| {
+            // One machine-readable line, then one for people.
+            println!(
+                "listening http={} grpc={} tls=on run={} shm_dir={}",
+                s.http_addr,
+                s.grpc_addr,
+                s.run_name,
+                s.shm_dir.display()
+            );
+            println!(
+                "trainwatch demo: open http://{}/ in a browser (Ctrl-C to stop)",
+                s.http_addr
+            );
+        })
+        .await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trainwatch demo: {e:#}");
+                ExitCode::from(if e.is_config() {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_FAILURE
+                })
+            }
+        }
+    })
+}

@@ -32,6 +32,11 @@
 //!   bounded per-session queue into a session's bounded state, which the JSON
 //!   HTTP API reads. A bad message is answered with an ErrorResponse and never
 //!   ends the stream or touches another session.
+//! - [`demo`] — `trainwatch demo`: server, agent and a trainer in one
+//!   process, over the real paths (shared memory, gRPC with TLS from a
+//!   throw-away CA, the HTTP API). The trainer really learns: softmax
+//!   regression with SGD on shapes drawn at start-up, paced to a watchable
+//!   speed and obeying the dashboard's commands.
 //! - [`config`] — layered configuration (defaults → TOML file →
 //!   `TRAINWATCH_<ROLE>_*` environment → flags), validated once into typed
 //!   settings; a bad value is a [`config::ConfigError`] naming the key and the
@@ -45,6 +50,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod frame;
 pub mod proto;
 pub mod server;

@@ -27,6 +27,8 @@ enum Command {
     Inspect(trainwatch::shm::inspect::InspectArgs),
     /// Make a CA, a server certificate and client certificates (PEM files).
     Certs(cli::CertsArgs),
+    /// Server, agent and a real training run in one process: open the dashboard.
+    Demo(cli::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Server(args) => cli::server(args),
         Command::Agent(args) => cli::agent(args),
         Command::Certs(args) => cli::certs(args),
+        Command::Demo(args) => cli::demo(args),
         Command::Inspect(args) => ExitCode::from(trainwatch::shm::inspect::run(
             &args,
             &mut std::io::stdout(),
