@@ -452,11 +452,11 @@ impl Session {
             // the session, with a final status if the trainer left none.
             if writer_done && cursor.in_flight() == 0 && self.final_status.is_none() {
                 match self.reader.writer_state(IDLE_AFTER_NS) {
-                    WriterState::Closed | WriterState::Dead => {
+                    state @ (WriterState::Closed | WriterState::Dead) => {
+                        tracing::info!(session = %self.id, ?state, events = cursor.acked, "trainer is gone; ending the run");
                         // The run's last figures (every batch counted).
                         self.observe_progress();
                         let _ = out_tx.try_send(self.performance());
-                        let state = self.reader.writer_state(IDLE_AFTER_NS);
                         match self.final_status_request(state, cursor.acked) {
                             None => return close_gracefully(out_tx, inbound).await,
                             Some((seq, req)) => {
