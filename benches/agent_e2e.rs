@@ -16,7 +16,7 @@
 //!   pillow, numpy for the reference)
 
 #[path = "../tests/util/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod util;
 
 use std::io::{BufRead, BufReader};
