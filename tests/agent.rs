@@ -550,3 +550,170 @@ mod systemd {
         stop(server).await;
     }
 }
+
+/// Outage of 10x the event ring's worth of frames: memory stays flat, drop
+/// counters are exact.
+///
+/// What "exact" means, counter by counter:
+/// - trainer: every `pub.batch` is either copied into the segment or
+///   skipped (the agent could not use it): published = copied + skipped.
+/// - agent: every new frame it reads is either sent or dropped:
+///   `frames_read = frames_sent + frames_dropped`; it reads only copied
+///   frames (`frames_read <= copied`: newest-wins, a frame overwritten
+///   before it was read is neither), and without a stream it reads none.
+/// - events: the ring holds the newest S; of the 10 S published while the
+///   server was away the agent reports exactly 9 S in `events_missed`, and
+///   the server has exactly the others, each once.
+mod outage {
+    use super::*;
+    use util::proc::rss_kib;
+
+    /// The event ring of the trainer: small, so an outage laps it quickly.
+    const EVENT_SLOTS: u64 = 64;
+    /// RSS growth allowed over the whole outage and the catch-up after it:
+    /// allocator noise, not a buffer that scales with the 640 frames.
+    const RSS_SLACK_KIB: u64 = 2048;
+    /// Batches (and epochs) before the outage.
+    const WARM: u64 = 100;
+
+    fn n(v: &Value, k: &str) -> u64 {
+        v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_event_rings_of_frames_keep_memory_flat_and_counters_exact() {
+        let server = start_server(200).await;
+        let http = server.http_addr;
+        let proxy = util::blackhole::Proxy::start(server.grpc_addr).await;
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let health_s = health.to_string();
+        let url = format!("http://{}", proxy.addr);
+        let agent = AgentProc::start(
+            &[
+                "--insecure",
+                "--server",
+                &url,
+                "--shm-dir",
+                shm.path().to_str().unwrap(),
+                "--device-id",
+                "testdev",
+                "--health-listen",
+                &health_s,
+            ],
+            // Retry often, so the stream is back soon after the outage.
+            &[
+                ("TRAINWATCH_AGENT_RECONNECT__MAX_MS", "500"),
+                ("TRAINWATCH_AGENT_SCAN_INTERVAL_MS", "50"),
+            ],
+        );
+        let slots = EVENT_SLOTS.to_string();
+        let mut trainer = Trainer::start_driven(
+            "outage_trainer.py",
+            shm.path(),
+            "outage",
+            &["--event-slots", &slots],
+        );
+        let events_before_run = n(&trainer.seen[0], "events");
+        // The agent is streaming the run before anything else is published:
+        // the small ring would otherwise be lapped before it is found.
+        session_where(http, "outage", "RUNNING", |d| d["status"] == "RUNNING").await;
+
+        // Warm up: frames and events flow, every event is acknowledged.
+        let warm = trainer.ask(&format!("publish {WARM} 200"));
+        let warm_events = n(&warm, "events");
+        session_where(http, "outage", "every warm-up event applied", |d| {
+            d["last_event_seq"].as_u64() == Some(warm_events)
+        })
+        .await;
+        eventually("the agent has every warm-up ack", || async {
+            (agent_metric(health, "events_acked_total").await == warm_events).then_some(())
+        })
+        .await;
+        assert_eq!(events_before_run, 1);
+        let baseline = rss_kib(agent.pid());
+
+        // The outage: the agent notices, then 10 rings' worth is published.
+        proxy.black_hole(true);
+        eventually("the agent notices the black hole", || async {
+            (agent_metric(health, "reconnects_total").await >= 1).then_some(())
+        })
+        .await;
+        let read_at_outage = agent_metric(health, "frames_read_total").await;
+        let mut peak = rss_kib(agent.pid());
+        let mut published = n(&warm, "published");
+        let mut last = warm;
+        for _ in 0..10 {
+            last = trainer.ask(&format!("publish {EVENT_SLOTS} 0"));
+            peak = peak.max(rss_kib(agent.pid()));
+        }
+        published += 10 * EVENT_SLOTS;
+        assert_eq!(n(&last, "published"), published);
+        assert_eq!(
+            agent_metric(health, "frames_read_total").await,
+            read_at_outage,
+            "no frame is read without a stream"
+        );
+        assert_eq!(agent_metric(health, "events_missed_total").await, 0);
+
+        // Back: the agent resumes after the last acknowledged event and
+        // finds all but the ring's newest S overwritten.
+        proxy.black_hole(false);
+        let outage_events = n(&last, "events");
+        eventually("the agent streams again and has caught up", || async {
+            let missed = agent_metric(health, "events_missed_total").await;
+            let acked = agent_metric(health, "events_acked_total").await;
+            (missed > 0 && acked + missed == outage_events).then_some(())
+        })
+        .await;
+        let done = trainer.ask("finish");
+        let total_events = n(&done, "events");
+        assert_eq!(total_events, warm_events + 10 * EVENT_SLOTS + 1);
+        trainer.wait_exit();
+        let d = session_where(http, "outage", "COMPLETED after the outage", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        peak = peak.max(rss_kib(agent.pid()));
+
+        let missed = agent_metric(health, "events_missed_total").await;
+        assert_eq!(missed, 9 * EVENT_SLOTS, "the lapped part, exactly");
+        let c = &d["counters"];
+        // RUNNING + the warm-up epochs + the ring's newest S + COMPLETED.
+        assert_eq!(n(c, "events_applied"), total_events - missed, "{d}");
+        assert_eq!(n(c, "events_duplicate"), 0);
+        assert_eq!(n(&d, "last_event_seq"), total_events);
+        let first_kept = published - EVENT_SLOTS;
+        let want: Vec<u64> = (0..WARM).chain(first_kept..published).collect();
+        assert_eq!(
+            epochs(&d),
+            want,
+            "the epochs kept are the warm-up and the ring's newest"
+        );
+        assert_eq!(
+            agent_metric(health, "events_acked_total").await,
+            total_events - missed
+        );
+
+        let (copied, skipped) = (n(&last, "copied"), n(&last, "skipped"));
+        assert_eq!(copied + skipped, published);
+        let read = agent_metric(health, "frames_read_total").await;
+        let sent = agent_metric(health, "frames_sent_total").await;
+        let dropped = agent_metric(health, "frames_dropped_total").await;
+        assert_eq!(read, sent + dropped);
+        assert!(read <= copied, "read {read} of {copied} copied");
+        let received = n(&d, "batches_received");
+        assert!(received <= sent, "server has {received}, agent sent {sent}");
+
+        assert!(
+            peak <= baseline + RSS_SLACK_KIB,
+            "agent RSS grew from {baseline} KiB to {peak} KiB over the outage"
+        );
+        eprintln!(
+            "outage: {published} batches ({copied} copied, {skipped} skipped), agent read {read} \
+             (sent {sent}, dropped {dropped}), server received {received}; events {total_events}, \
+             missed {missed}; agent RSS {baseline} KiB -> peak {peak} KiB"
+        );
+        stop(server).await;
+    }
+}

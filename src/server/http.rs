@@ -148,6 +148,9 @@ pub struct SummaryJson {
     pub last_loss: Option<f32>,
     pub last_event_seq: u64,
     pub counters: CountersJson,
+    /// Trainer publish → server receipt, every batch (an upper bound: the
+    /// publish time is whole ms on the wire).
+    pub receipt_latency_ms: super::latency::LatencySummary,
 }
 
 #[derive(Serialize)]
@@ -289,6 +292,7 @@ fn summary(s: &Session, st: &SessionState) -> SummaryJson {
             commands_dropped: c.commands_dropped.load(Relaxed),
             queue_depth: s.queue_depth(),
         },
+        receipt_latency_ms: c.receipt_latency.summary(),
     }
 }
 

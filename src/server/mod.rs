@@ -8,6 +8,7 @@
 
 pub mod dashboard;
 pub mod http;
+pub mod latency;
 pub mod service;
 pub mod session;
 pub mod validate;

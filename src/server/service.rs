@@ -247,6 +247,7 @@ fn handle(
                 batch,
                 sent_ms: req.timestamp_ms,
                 received_ms: now,
+                received_us: super::latency::now_unix_us(),
                 reply: tx.clone(),
             }
         }

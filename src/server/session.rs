@@ -39,6 +39,8 @@ pub enum Ingest {
         batch: BatchData,
         sent_ms: u64,
         received_ms: u64,
+        /// Receipt in µs, for the latency record.
+        received_us: u64,
         reply: Reply,
     },
     Epoch {
@@ -71,6 +73,8 @@ pub struct Counters {
     pub registrations: AtomicU64,
     pub commands_sent: AtomicU64,
     pub commands_dropped: AtomicU64,
+    /// Publish-to-receipt latency of every batch received.
+    pub receipt_latency: super::latency::LatencyHistogram,
 }
 
 /// The newest batch of a session, images kept by refcount as received.
@@ -595,10 +599,12 @@ async fn apply(
             batch,
             sent_ms,
             received_ms,
+            received_us,
             reply,
         } => {
             let c = &session.counters;
             c.batches_received.fetch_add(1, Relaxed);
+            c.receipt_latency.record(sent_ms, received_us);
             let bytes: usize = batch.images.iter().map(|i| i.image_bytes.len()).sum();
             c.image_bytes.fetch_add(bytes as u64, Relaxed);
             st.loss.push(LossPoint {

@@ -1,9 +1,9 @@
 //! The agent and a Python trainer as real processes, for end-to-end tests.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -107,24 +107,41 @@ impl Drop for AgentProc {
 /// `tests/python/trainer.py`, its JSON lines collected as they come.
 pub struct Trainer {
     child: Option<Child>,
+    /// Open for scripts driven from stdin (see [`Trainer::start_driven`]).
+    stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<serde_json::Value>,
     pub seen: Vec<serde_json::Value>,
 }
 
 impl Trainer {
     pub fn start(shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
+        Self::spawn("trainer.py", false, shm_dir, run, args)
+    }
+
+    /// A script of tests/python/ that takes its steps from stdin
+    /// ([`Trainer::ask`]).
+    pub fn start_driven(script: &str, shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
+        Self::spawn(script, true, shm_dir, run, args)
+    }
+
+    fn spawn(script: &str, driven: bool, shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
         let mut child = Command::new(python())
-            .arg(repo_root().join("tests/python/trainer.py"))
+            .arg(repo_root().join("tests/python").join(script))
             .args(["--shm-dir", shm_dir.to_str().unwrap(), "--run", run])
             .args(args)
             .env("TRAINWATCH_LIB", lib_path())
             .env("PYTHONPATH", repo_root().join("python"))
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
+            .stdin(if driven {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn python trainer");
+        let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -138,6 +155,7 @@ impl Trainer {
         });
         let mut t = Trainer {
             child: Some(child),
+            stdin,
             lines: rx,
             seen: Vec::new(),
         };
@@ -176,7 +194,23 @@ impl Trainer {
         }
     }
 
+    /// Sends one line to a driven script and waits (bounded) for its
+    /// answer, the next line it prints.
+    pub fn ask(&mut self, line: &str) -> serde_json::Value {
+        let stdin = self.stdin.as_mut().expect("a driven trainer");
+        writeln!(stdin, "{line}").expect("write to the trainer");
+        stdin.flush().expect("write to the trainer");
+        match self.lines.recv_timeout(TEST_TIMEOUT) {
+            Ok(v) => {
+                self.seen.push(v.clone());
+                v
+            }
+            Err(_) => panic!("trainer: no answer to {line:?} within {TEST_TIMEOUT:?}"),
+        }
+    }
+
     pub fn kill(&mut self) {
+        self.stdin = None;
         if let Some(mut c) = self.child.take() {
             signal(c.id(), "KILL");
             let _ = c.wait();
