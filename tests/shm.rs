@@ -1020,7 +1020,16 @@ mod image_policy {
             w.publish_batch(&batch(0, 1, None, &[])).unwrap(),
             Published::Skipped
         );
+        // The agent found nothing new when it was ready to read: it waits
+        // now, so the next batch is copied, however fast the trainer runs
+        // (regression: the stamp used to move one interval ahead on every
+        // call, and a trainer faster than the agent's rate never got copied).
         assert_eq!(r.latest_frame(&mut f).unwrap(), FrameRead::Unchanged);
+        assert!(w.wants_frame(), "a waiting agent wants the next batch");
+        assert_eq!(
+            w.publish_batch(&batch(0, 2, None, &[])).unwrap(),
+            Published::Frame(2)
+        );
         drop(r); // the agent detaches
         assert!(!w.wants_frame());
     }

@@ -337,22 +337,29 @@ impl Reader {
     /// Copies the newest complete frame into `out`, unless it is the one
     /// returned last time. When attached, also announces the next read.
     pub fn latest_frame(&mut self, out: &mut Frame) -> Result<FrameRead, ShmError> {
-        if self.interval_ns != 0 && self.map.writable() {
-            let now = monotonic_ns();
-            self.map
-                .store_u64(hdr::READER_HEARTBEAT_NS, now, Ordering::Relaxed);
-            self.map.store_u64(
-                hdr::READER_NEXT_READ_NS,
-                now + self.interval_ns,
-                Ordering::Relaxed,
-            );
-        }
         let got = self.read_newest(out, true, self.last_frame)?;
         if got == FrameRead::New {
             self.last_frame = out.frame_no;
             if self.map.writable() {
                 self.map.add_u64(hdr::FRAMES_TAKEN, 1);
             }
+        }
+        if self.interval_ns != 0 && self.map.writable() {
+            // After a new frame the next read is one interval away; without
+            // one the agent is waiting now, so the very next batch is wanted.
+            // (Announcing now + interval on every call would keep the stamp
+            // ahead of a trainer faster than the agent's rate, and it would
+            // never copy a batch.)
+            let now = monotonic_ns();
+            let next = if got == FrameRead::New {
+                now + self.interval_ns
+            } else {
+                now
+            };
+            self.map
+                .store_u64(hdr::READER_HEARTBEAT_NS, now, Ordering::Relaxed);
+            self.map
+                .store_u64(hdr::READER_NEXT_READ_NS, next, Ordering::Relaxed);
         }
         Ok(got)
     }
