@@ -4,7 +4,8 @@
 //! little-endian bytes, so an unaligned shared-memory slice is fine), then one
 //! affine kernel `round(clamp(x * scale + offset, 0, 255))` turns the chunk
 //! into bytes. Both loops are straight-line over fixed-size arrays, which
-//! LLVM vectorizes (SSE2/AVX2 on x86_64, NEON on aarch64) without `unsafe`.
+//! LLVM vectorizes (SSE2 or, dispatched at run time, AVX2 on x86_64; NEON on
+//! aarch64). The one `unsafe` is the call into the AVX2 variant.
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
