@@ -4,7 +4,8 @@
 //! little-endian bytes, so an unaligned shared-memory slice is fine), then one
 //! affine kernel `round(clamp(x * scale + offset, 0, 255))` turns the chunk
 //! into bytes. Both loops are straight-line over fixed-size arrays, which
-//! LLVM vectorizes (SSE2/AVX2 on x86_64, NEON on aarch64) without `unsafe`.
+//! LLVM vectorizes (SSE2 or, dispatched at run time, AVX2 on x86_64; NEON on
+//! aarch64). The one `unsafe` is the call into the AVX2 variant.
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
@@ -47,6 +48,39 @@ impl Affine {
 /// into interleaved 8-bit pixels: gray (1 byte) or RGB (3 bytes) per pixel.
 /// `dst` holds exactly `height * width * channels` bytes.
 pub fn convert_image(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[allow(unsafe_code)]
+        // SAFETY: `convert_image_avx2` only requires the CPU to support AVX2,
+        // which `has_avx2` has just checked at run time. This is the only
+        // `unsafe` in `src/frame`: calling a `#[target_feature]` function from
+        // code compiled without that feature is unsafe by definition.
+        unsafe {
+            return convert_image_avx2(desc, affine, src, dst);
+        }
+    }
+    convert_image_portable(desc, affine, src, dst);
+}
+
+/// Whether this x86_64 CPU has AVX2 (cached by std after the first call).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+/// The same kernels compiled for AVX2 (8 floats a vector, byte shuffles for
+/// the RGB interleave): the default x86_64 target is SSE2 only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn convert_image_avx2(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
+    convert_image_portable(desc, affine, src, dst);
+}
+
+/// Portable body: SSE2 on x86_64, NEON on aarch64; every callee is
+/// `#[inline(always)]` so that it is compiled again inside the AVX2 variant.
+#[inline(always)]
+fn convert_image_portable(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
     let pixels = desc.height as usize * desc.width as usize;
     let channels = desc.channels as usize;
     debug_assert_eq!(src.len(), pixels * channels * desc.dtype.size());
@@ -67,6 +101,7 @@ pub fn convert_image(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [
 }
 
 /// NCHW with 3 channels: convert a chunk of each plane, then interleave.
+#[inline(always)]
 fn convert_planar_rgb(dtype: DType, affine: &Affine, src: &[u8], dst: &mut [u8], pixels: usize) {
     let plane_bytes = pixels * dtype.size();
     let planes = [
@@ -115,6 +150,7 @@ fn interleave(planes: &[[u8; CHUNK]; 3], out: &mut [u8; 3 * CHUNK]) {
 
 /// Converts the elements of `src` into `dst` (one byte each), chunk by chunk;
 /// element `i` of every chunk uses `scale[i]` and `offset[i]`.
+#[inline(always)]
 fn convert_run(
     dtype: DType,
     src: &[u8],
@@ -162,6 +198,7 @@ fn convert_run(
     dst_tail.copy_from_slice(&out[..dst_tail.len()]);
 }
 
+#[inline(always)]
 fn first_chunk<const N: usize>(bytes: &[u8; 4 * CHUNK]) -> &[u8; N] {
     bytes.first_chunk::<N>().expect("N <= 4 * CHUNK")
 }

@@ -12,7 +12,7 @@ use super::pool::BufferPool;
 use super::resize::{target_size, Resizer};
 use super::{FrameConfig, FrameError, MAX_IMAGES_LIMIT, MAX_JPEG_DIMENSION};
 use crate::proto::ImageData;
-use crate::tensor::{DType, TensorDesc};
+use crate::tensor::{DType, Layout, TensorDesc};
 
 /// Largest `max_dimension` / `max_source_dimension` accepted: one 8192²
 /// RGB convert buffer is already 192 MiB per worker.
@@ -279,8 +279,16 @@ impl Job<'_> {
             pixels,
             resized,
         } = lane;
-        let pixels = &mut pixels[..src_px];
-        convert_image(desc, &self.affine, src, pixels);
+        // u8 gray or NHWC RGB without normalization already is the image:
+        // encode (or resize) straight from the tensor, no copy.
+        let pixels: &[u8] =
+            if desc.dtype == DType::U8 && (channels == 1 || desc.layout == Layout::Nhwc) {
+                src
+            } else {
+                let pixels = &mut pixels[..src_px];
+                convert_image(desc, &self.affine, src, pixels);
+                pixels
+            };
         let (width, height) = self.out_size;
         let image: &[u8] = if (width, height) == (desc.width, desc.height) {
             pixels
