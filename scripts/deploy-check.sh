@@ -59,6 +59,12 @@ for f in "$OUT/trainwatch" "$OUT/libtrainwatch.so"; do
 done
 QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 $QEMU "$OUT/trainwatch" --version
+# The arm64 package from the cross-built files (debug build, unstripped).
+cargo deb --profile dev --no-build --no-strip --target aarch64-unknown-linux-gnu -o "$WORK/trainwatch-arm64.deb" 2>&1 | grep -v "dev profile\|To enable debug\|^ *$" || true
+dpkg-deb -I "$WORK/trainwatch-arm64.deb" | grep -q "Architecture: arm64" || { echo "no arm64 .deb"; exit 1; }
+dpkg-deb -c "$WORK/trainwatch-arm64.deb" | grep -q "usr/bin/trainwatch" || { echo "arm64 .deb lacks the binary"; exit 1; }
+echo "arm64 .deb built"
+
 # A segment made by the x86_64 library, inspected by the aarch64 binary.
 mkdir -p "$WORK/shm"
 TRAINWATCH_LIB=$ROOT/target/debug/libtrainwatch.so PYTHONPATH=$ROOT/python "$PY" -c "
