@@ -157,38 +157,11 @@ fn open_err(name: &str, bytes: &[u8]) -> String {
     }
 }
 
-/// The cdylib cargo built beside this test: `TRAINWATCH_LIB`, else the
-/// newest libtrainwatch.so in this test binary's target directory (cargo
-/// builds it as `deps/libtrainwatch.so` and uplifts it to the profile dir).
-fn lib_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("TRAINWATCH_LIB") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let mut found: Vec<PathBuf> = [deps, deps.parent().unwrap()]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("libtrainwatch") && n.ends_with(".so")
-        })
-        .collect();
-    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "libtrainwatch.so not found next to {}; run `cargo build` or set TRAINWATCH_LIB",
-            exe.display()
-        )
-    })
-}
-
 fn python(dir: &Path, args: &[&str]) -> Process {
     let mut cmd = Process::new(util::python());
     cmd.arg(util::repo_root().join("tests/python/shm_publish.py"))
         .args(args)
-        .env("TRAINWATCH_LIB", lib_path())
+        .env("TRAINWATCH_LIB", util::procs::lib_path())
         .env("TRAINWATCH_SHM_DIR", dir)
         .env("PYTHONPATH", util::repo_root().join("python"))
         .env("PYTHONDONTWRITEBYTECODE", "1");
@@ -1264,7 +1237,7 @@ mod c_abi {
     fn a_c_trainer_publishes_through_the_header() {
         let build = tempfile::tempdir().unwrap();
         let exe = build.path().join("publish");
-        let lib = lib_path();
+        let lib = util::procs::lib_path();
         let libdir = lib.parent().unwrap();
         // Link against the exact file found (its name may carry a hash).
         let mut cc = Process::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()));
