@@ -144,16 +144,26 @@ impl EventCursor {
     }
 }
 
-/// Paces frames at most `max_fps`, slower after BUFFER_FULL: the rate halves
-/// (down to `min_fps`) and climbs back by a tenth per second without one.
+/// Paces frames at most `max_fps` on average, as a token bucket holding up
+/// to [`BURST`] frames: a trainer publishing at about `max_fps` with jitter
+/// gets every frame sent as soon as it is read, instead of waiting up to a
+/// whole period behind a fixed schedule (that wait was most of the publish →
+/// receipt latency). After BUFFER_FULL the rate halves (down to `min_fps`)
+/// and climbs back by a tenth per second without one.
 #[derive(Debug)]
 pub struct FramePacer {
     max_fps: f64,
     min_fps: f64,
     fps: f64,
-    last_sent: Option<Instant>,
+    /// Frames that may go now (fractional), as of `credit_at`.
+    credit: f64,
+    credit_at: Instant,
     last_adjust: Instant,
 }
+
+/// Frames the bucket holds: enough to absorb a trainer's jitter, too few
+/// to matter to the average rate.
+pub const BURST: f64 = 2.0;
 
 impl FramePacer {
     pub fn new(max_fps: f64, now: Instant) -> Self {
@@ -161,7 +171,8 @@ impl FramePacer {
             max_fps,
             min_fps: max_fps.min(1.0),
             fps: max_fps,
-            last_sent: None,
+            credit: 1.0,
+            credit_at: now,
             last_adjust: now,
         }
     }
@@ -171,25 +182,41 @@ impl FramePacer {
         self.fps
     }
 
+    fn credit(&self, now: Instant) -> f64 {
+        let secs = now.saturating_duration_since(self.credit_at).as_secs_f64();
+        (self.credit + secs * self.fps).min(BURST)
+    }
+
+    fn settle(&mut self, now: Instant) {
+        self.credit = self.credit(now);
+        self.credit_at = now;
+    }
+
     /// When the next frame may go (now if already due).
     pub fn next_due(&self, now: Instant) -> Instant {
-        match self.last_sent {
-            None => now,
-            Some(t) => t + Duration::from_secs_f64(1.0 / self.fps),
+        let missing = 1.0 - self.credit(now);
+        if missing <= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64(missing / self.fps)
         }
     }
 
     pub fn ready(&self, now: Instant) -> bool {
-        self.next_due(now) <= now
+        self.credit(now) >= 1.0 - 1e-9
     }
 
     pub fn sent(&mut self, now: Instant) {
+        self.settle(now);
+        self.credit = (self.credit - 1.0).max(0.0);
         self.recover(now);
-        self.last_sent = Some(now);
     }
 
     pub fn on_buffer_full(&mut self, now: Instant) {
+        self.settle(now);
         self.fps = (self.fps / 2.0).max(self.min_fps);
+        // Start the slower rate from an empty bucket.
+        self.credit = self.credit.min(0.0);
         self.last_adjust = now;
     }
 
@@ -279,6 +306,7 @@ mod tests {
         p.on_buffer_full(t0 + ms(20));
         p.on_buffer_full(t0 + ms(20));
         assert_eq!(p.fps(), 12.5);
+        assert!(!p.ready(t0 + ms(99)), "an empty bucket at the slower rate");
         p.sent(t0 + ms(100));
         assert_eq!(p.next_due(t0 + ms(100)), t0 + ms(180));
         // Climbs back by a tenth per second, never above the maximum.
@@ -295,5 +323,31 @@ mod tests {
             slow.on_buffer_full(t0);
         }
         assert_eq!(slow.fps(), 0.5, "never below min(max_fps, 1)");
+    }
+
+    #[test]
+    fn a_jittery_trainer_at_the_rate_is_never_held_back_and_the_average_is_capped() {
+        let t0 = Instant::now();
+        let mut p = FramePacer::new(60.0, t0);
+        // Frames every 16.7 ms ± 3 ms: each can go the moment it is read.
+        let mut t = t0;
+        for i in 0..600u64 {
+            t += Duration::from_micros(16_667)
+                + Duration::from_micros(if i % 2 == 0 { 3000 } else { 0 })
+                - Duration::from_micros(if i % 2 == 0 { 0 } else { 3000 });
+            assert!(p.ready(t), "frame {i} held back");
+            p.sent(t);
+        }
+        // A trainer far faster than the rate: at most max_fps plus the burst.
+        let mut q = FramePacer::new(60.0, t0);
+        let mut sent = 0;
+        for i in 0..10_000u64 {
+            let t = t0 + ms(i); // 1000 frames/s for 10 s
+            if q.ready(t) {
+                q.sent(t);
+                sent += 1;
+            }
+        }
+        assert!((598..=603).contains(&sent), "{sent} in 10 s at 60/s");
     }
 }

@@ -452,7 +452,13 @@ impl Session {
             // the session, with a final status if the trainer left none.
             if writer_done && cursor.in_flight() == 0 && self.final_status.is_none() {
                 match self.reader.writer_state(IDLE_AFTER_NS) {
-                    state @ (WriterState::Closed | WriterState::Dead) => {
+                    // The writer may have published its last events (and
+                    // closed) after `next_event` found none: only end once
+                    // every event it wrote is acknowledged. Read after the
+                    // state, so nothing can be written after this check.
+                    state @ (WriterState::Closed | WriterState::Dead)
+                        if self.reader.events_written() <= cursor.acked =>
+                    {
                         tracing::info!(session = %self.id, ?state, events = cursor.acked, "trainer is gone; ending the run");
                         // The run's last figures (every batch counted).
                         self.observe_progress();
@@ -468,7 +474,7 @@ impl Session {
                             }
                         }
                     }
-                    WriterState::Live | WriterState::Idle { .. } => {}
+                    _ => {}
                 }
             }
 
