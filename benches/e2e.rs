@@ -215,6 +215,8 @@ struct Figures {
     agent_rss_mib: f64,
     /// JPEG bytes per streamed frame (sum over its images).
     jpeg_bytes_per_frame: f64,
+    /// Images in the last frame the server received.
+    images_per_frame: f64,
     /// The whole serialized MetricsRequest of one batch (reference only).
     message_bytes: f64,
     /// Paced phase: batches published, frames the server received.
@@ -243,6 +245,7 @@ impl Default for Figures {
             trainer_rss_mib: n,
             agent_rss_mib: n,
             jpeg_bytes_per_frame: n,
+            images_per_frame: n,
             message_bytes: n,
             published: n,
             streamed: n,
@@ -499,6 +502,7 @@ async fn run_ours(k: &Knobs, shape: &str, run_no: usize) -> Figures {
     f.trainer_rss_mib = n(&p.done["peak_rss_mb"]);
     f.agent_rss_mib = p.agent_hwm_mib;
     f.jpeg_bytes_per_frame = n(&p.session["counters"]["image_bytes"]) / streamed;
+    f.images_per_frame = n(&p.session["last_batch"]["images"]);
     f.published = n(&p.done["done"]);
     f.streamed = streamed;
     f.cmd_p50_ms = percentile(&mut p.cmd_ms, 0.5);
@@ -592,6 +596,7 @@ fn run_reference(k: &Knobs, work: &Path, shape: &str, run_no: usize) -> Figures 
     f.trainer_cpu_s_per_1000 = f.device_cpu_s_per_1000;
     f.trainer_rss_mib = n(r.get("trainer_peak_rss_mb"));
     f.jpeg_bytes_per_frame = n(r.get("jpeg_bytes_per_image_mean")) * BATCH as f64;
+    f.images_per_frame = BATCH as f64;
     f.message_bytes = n(r.get("request_bytes_serialized"));
     f.published = p("published");
     f.streamed = streamed;
@@ -710,6 +715,12 @@ fn rows(rate: f64) -> Vec<Row> {
             no_goal,
         ),
         row(
+            "images per frame on the wire".into(),
+            |f| f.images_per_frame,
+            0,
+            no_goal,
+        ),
+        row(
             "whole MetricsRequest bytes (one batch)".into(),
             |f| f.message_bytes,
             0,
@@ -756,6 +767,7 @@ fn medians(runs: &[Figures]) -> Figures {
         trainer_rss_mib: m(|f| f.trainer_rss_mib),
         agent_rss_mib: m(|f| f.agent_rss_mib),
         jpeg_bytes_per_frame: m(|f| f.jpeg_bytes_per_frame),
+        images_per_frame: m(|f| f.images_per_frame),
         message_bytes: m(|f| f.message_bytes),
         published: m(|f| f.published),
         streamed: m(|f| f.streamed),

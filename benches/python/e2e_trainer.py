@@ -60,9 +60,12 @@ def main():
                      rng.integers(0, NUM_CLASSES, n_src)).astype(np.int32)
     confs = rng.uniform(0.1, 1.0, n_src).astype(np.float32)
     per_epoch = 1_000_000
+    # The segment sized for 16 images of the shape: the default (16 f32
+    # 224x224x3) holds only 12 of 512x512x3 u8, and the writer keeps what fits.
     pub = Publisher(a.run, total_epochs=1, batches_per_epoch=per_epoch, batch_size=BATCH,
                     model_name="bench", dataset_name=a.shape,
-                    class_names=[str(i) for i in range(NUM_CLASSES)], shm_dir=a.shm_dir)
+                    class_names=[str(i) for i in range(NUM_CLASSES)], shm_dir=a.shm_dir,
+                    frame_capacity=images[:BATCH].nbytes)
     print(json.dumps({"ready": pub.path}), flush=True)
     sys.stdin.readline()
     pub.status("RUNNING", "bench")
