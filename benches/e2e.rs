@@ -25,19 +25,16 @@
 //! - `TW_E2E_QUIET_S` (20): before each phase, wait at most this long for a
 //!   mostly idle machine
 //! - `TW_E2E_OUT` (target/e2e), `TW_E2E_PLOT` (docs/e2e.png; empty: no plot)
-//! - `TW_BENCH_PYTHON` (else `TRAINWATCH_PYTHON`, else .venv, else python3;
-//!   needs numpy, and grpcio, grpcio-tools, pillow for the reference,
-//!   matplotlib for the plot)
+//! - `TRAINWATCH_PYTHON` (else .venv, else python3): needs numpy, and
+//!   grpcio, grpcio-tools, pillow for the reference, matplotlib for the plot
 
 #[path = "../tests/util/mod.rs"]
 #[allow(unused_imports)]
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -45,7 +42,7 @@ use serde_json::{json, Value};
 use trainwatch::config::ServerSettings;
 use trainwatch::server::{RunningServer, Server};
 use util::http::{get_json, post_json};
-use util::procs::{lib_path, AgentProc};
+use util::procs::{AgentProc, Trainer};
 
 /// The reference's shapes (ref_common.SHAPES): name, height, width, channels.
 const SHAPES: [(&str, u64, u64, u64); 4] = [
@@ -75,12 +72,6 @@ fn env_f64(name: &str, default: f64) -> f64 {
 
 fn env_str(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("TW_BENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(util::python)
 }
 
 /// The env knobs, read once.
@@ -256,67 +247,35 @@ impl Default for Figures {
     }
 }
 
-/// `benches/python/e2e_trainer.py`, its JSON lines collected as they come;
-/// it starts publishing when told to ([`PyTrainer::go`]).
-struct PyTrainer {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<Value>,
+fn trainer_script() -> PathBuf {
+    util::repo_root().join("benches/python/e2e_trainer.py")
 }
 
-impl PyTrainer {
-    fn spawn(args: &[String]) -> PyTrainer {
-        let mut child = Command::new(python())
-            .arg(util::repo_root().join("benches/python/e2e_trainer.py"))
-            .args(args)
-            .env("TRAINWATCH_LIB", lib_path())
+/// The trainer's arguments for `shape`: where the reference's image
+/// generator is and where its images are cached.
+fn trainer_args(k: &Knobs, shape: &str) -> Vec<String> {
+    let cache = k.out.join(format!("images-{shape}.npy"));
+    ["--shape", shape, "--ref-dir", k.ref_dir.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--images-cache".into(), cache.to_str().unwrap().into()])
+        .collect()
+}
+
+/// Generates each shape's images once, before any phase: the reference's
+/// generator takes seconds at 512x512, longer than a trainer's start is
+/// given.
+fn cache_images(k: &Knobs) {
+    for shape in &k.shapes {
+        let st = Command::new(util::python())
+            .arg(trainer_script())
+            .args(trainer_args(k, shape))
+            .arg("--cache-only")
             .env("PYTHONPATH", util::repo_root().join("python"))
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn e2e_trainer.py");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel::<Value>();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        PyTrainer {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The next line, which must carry `key` (image generation for the
-    /// largest shape takes a while on a loaded machine).
-    fn expect(&self, key: &str) -> Value {
-        let v = self
-            .lines
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("e2e_trainer.py: no {key:?} line"));
-        assert!(v.get(key).is_some(), "expected {key:?}, got {v}");
-        v
-    }
-
-    fn go(&mut self) {
-        self.stdin
-            .write_all(b"go\n")
-            .expect("write to e2e_trainer.py");
-        self.stdin.flush().unwrap();
-    }
-}
-
-impl Drop for PyTrainer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .status()
+            .expect("run e2e_trainer.py --cache-only");
+        assert!(st.success(), "generating the {shape} images failed");
     }
 }
 
@@ -379,29 +338,16 @@ async fn our_phase(
     } else {
         (k.rate, k.paced_s)
     };
-    let cache = k.out.join(format!("images-{shape}.npy"));
-    let mut trainer = PyTrainer::spawn(&[
-        "--shm-dir".into(),
-        shm.path().to_str().unwrap().into(),
-        "--run".into(),
-        run.clone(),
-        "--shape".into(),
-        shape.into(),
-        "--ref-dir".into(),
-        k.ref_dir.to_str().unwrap().into(),
-        "--images-cache".into(),
-        cache.to_str().unwrap().into(),
-        "--rate".into(),
-        rate.to_string(),
-        "--duration".into(),
-        seconds.to_string(),
-    ]);
-    trainer.expect("ready");
+    let mut args = trainer_args(k, shape);
+    args.extend(["--rate".into(), rate.to_string()]);
+    args.extend(["--duration".into(), seconds.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut trainer = Trainer::start_script(&trainer_script(), shm.path(), &run, &args);
     let id = session_of(http, &run).await;
     let busy_before = wait_quiet(k.quiet_s);
     let cpu0 = cpu_s(agent.pid());
-    trainer.go();
-    trainer.expect("start");
+    let start = trainer.ask("go");
+    assert!(start.get("start").is_some(), "{start}");
     let started = Instant::now();
     let window_start = started + Duration::from_secs_f64(k.warmup_s);
     let window_end = window_start + Duration::from_secs_f64(k.full_s);
@@ -418,6 +364,7 @@ async fn our_phase(
     let mut sent_ns = Vec::new();
     let mut seen = Vec::new();
     let mut next_cmd = started + Duration::from_secs(1);
+    let give_up = started + Duration::from_secs_f64(seconds + 60.0);
     let done = loop {
         let now = Instant::now();
         if full && window.len() < 2 && now >= [window_start, window_end][window.len()] {
@@ -435,11 +382,18 @@ async fn our_phase(
             sent_ns.push(t);
             next_cmd += Duration::from_millis(250);
         }
-        match trainer.lines.try_recv() {
-            Ok(v) if v.get("done").is_some() => break v,
-            Ok(v) => seen.push(v),
-            Err(mpsc::TryRecvError::Empty) => tokio::time::sleep(Duration::from_millis(2)).await,
-            Err(mpsc::TryRecvError::Disconnected) => panic!("e2e_trainer.py ended early"),
+        match trainer.try_next() {
+            Some(v) if v.get("done").is_some() => break v,
+            Some(v) if v.get("command").is_some() => seen.push(v),
+            Some(_) => {}
+            None => {
+                assert!(
+                    now < give_up,
+                    "e2e_trainer.py: no end; saw {:?}",
+                    trainer.seen
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await
+            }
         }
     };
     // The agent's work for the last frames counts: wait for the run's end.
@@ -523,7 +477,7 @@ fn prepare_reference(k: &Knobs) -> PathBuf {
             std::fs::copy(&p, work.join(p.file_name().unwrap())).unwrap();
         }
     }
-    let st = Command::new(python())
+    let st = Command::new(util::python())
         .args(["-m", "grpc_tools.protoc", "-I.", "--python_out=."])
         .args(["--grpc_python_out=.", "metrics.proto"])
         .current_dir(&work)
@@ -551,7 +505,7 @@ for _ in $(seq 1 100); do [ -f "ready-$TAG" ] && break; sleep 0.1; done
     let status = Command::new("bash")
         .args(["-c", script])
         .current_dir(work)
-        .env("PY", python())
+        .env("PY", util::python())
         .env("TAG", &tag)
         .env("SHAPE", shape)
         .env("PHASE", phase)
@@ -816,6 +770,7 @@ fn main() {
     // `cargo bench` passes --bench; nothing to parse.
     let k = Knobs::from_env();
     std::fs::create_dir_all(&k.out).unwrap();
+    cache_images(&k);
     let ref_work = k.with_ref.then(|| prepare_reference(&k));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -878,7 +833,7 @@ fn main() {
     std::fs::write(&json_path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
     println!("figures of every run: {}", json_path.display());
     if !k.plot.is_empty() {
-        let st = Command::new(python())
+        let st = Command::new(util::python())
             .arg(util::repo_root().join("benches/python/e2e_plot.py"))
             .args([json_path.as_os_str(), k.plot.as_ref()])
             .status();

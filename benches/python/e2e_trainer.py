@@ -9,7 +9,7 @@ start + i/R; sleep plays the training step) for --duration s.
 Polls pub.commands() once per batch as a training loop does; prints one JSON
 line per command seen (with time.time_ns() when seen).
 
-Lines on stdout: {"ready": path}; then, after a line on stdin, {"start": 1};
+Lines on stdout: {"ready": path}; then, after "go" on stdin, {"start": 1};
 at the end {"done": batches, "copied", "seconds", "cpu_s" (trainer CPU in
 the loop), "publish_us_p50"/"_p99" (time around pub.batch),
 "peak_rss_mb"}."""
@@ -42,16 +42,19 @@ def images_for(shape, ref_dir, cache):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shm-dir", required=True)
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--shm-dir")
+    ap.add_argument("--run")
     ap.add_argument("--shape", default="cifar")
     ap.add_argument("--ref-dir", required=True)
     ap.add_argument("--images-cache", default=None)
     ap.add_argument("--rate", type=float, default=60.0, help="batches/s; 0 = full speed")
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--cache-only", action="store_true", help="fill --images-cache, exit")
     a = ap.parse_args()
 
     images = images_for(a.shape, a.ref_dir, a.images_cache)
+    if a.cache_only:
+        return 0
     n_src = images.shape[0]
     # As the reference: seed + 1 for labels, predictions, confidences.
     rng = np.random.default_rng(1235)

@@ -115,18 +115,24 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn start(shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
-        Self::spawn("trainer.py", false, shm_dir, run, args)
+        Self::spawn(&tests_python("trainer.py"), false, shm_dir, run, args)
     }
 
     /// A script of tests/python/ that takes its steps from stdin
     /// ([`Trainer::ask`]).
     pub fn start_driven(script: &str, shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
+        Self::spawn(&tests_python(script), true, shm_dir, run, args)
+    }
+
+    /// Any script (a path) that prints `{"ready": ...}` first and takes its
+    /// steps from stdin, like [`Trainer::start_driven`].
+    pub fn start_script(script: &Path, shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
         Self::spawn(script, true, shm_dir, run, args)
     }
 
-    fn spawn(script: &str, driven: bool, shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
+    fn spawn(script: &Path, driven: bool, shm_dir: &Path, run: &str, args: &[&str]) -> Trainer {
         let mut child = Command::new(python())
-            .arg(repo_root().join("tests/python").join(script))
+            .arg(script)
             .args(["--shm-dir", shm_dir.to_str().unwrap(), "--run", run])
             .args(args)
             .env("TRAINWATCH_LIB", lib_path())
@@ -194,6 +200,13 @@ impl Trainer {
         }
     }
 
+    /// The next line if one has come (kept in `seen` too), without waiting.
+    pub fn try_next(&mut self) -> Option<serde_json::Value> {
+        let v = self.lines.try_recv().ok()?;
+        self.seen.push(v.clone());
+        Some(v)
+    }
+
     /// Sends one line to a driven script and waits (bounded) for its
     /// answer, the next line it prints.
     pub fn ask(&mut self, line: &str) -> serde_json::Value {
@@ -228,6 +241,10 @@ impl Trainer {
         let status = super::proc::wait_timeout_for(child, limit).expect("trainer did not exit");
         assert!(status.success(), "trainer failed: {status}");
     }
+}
+
+fn tests_python(script: &str) -> PathBuf {
+    repo_root().join("tests/python").join(script)
 }
 
 impl Drop for Trainer {
