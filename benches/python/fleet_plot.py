@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 STYLE = {
     "Tls": ("trainwatch, TLS", "tab:blue", "o-"),
@@ -38,8 +39,13 @@ def main(src, dst):
         lat.plot(n, p99, fmt, color=color, label=f"{label}: worst session")
         lat.plot(n, p99m, fmt, color=color, alpha=0.4, label=f"{label}: median session")
         cpu.plot(n, [s["server_cpu_s_per_1000"] for s in rows], fmt, color=color, label=label)
+        # Steps not held (latency bound passed or frames lost): crossed.
+        bad = [s for s in rows if not s["held"]]
+        if bad:
+            lat.plot([s["sessions"] for s in bad], [s["p99_max_ms"] for s in bad], "kx", ms=10)
+            cpu.plot([s["sessions"] for s in bad], [s["server_cpu_s_per_1000"] for s in bad], "kx", ms=10)
     lat.axhline(data["p99_bound_ms"], color="gray", lw=0.8)
-    lat.set_title("p99 receipt latency (server histogram)")
+    lat.set_title("p99 receipt latency (server histogram); x = step not held")
     lat.set_ylabel("ms")
     cpu.set_title("server CPU per 1000 frames")
     cpu.set_ylabel("CPU s")
@@ -49,7 +55,8 @@ def main(src, dst):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     lat.set_yscale("log")
-    cpu.set_yscale("log")
+    cpu.set_ylim(bottom=0)
+    lat.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     fig.suptitle("trainwatch server, fleet scale (2 shared cores; 16 x 32x32x3 JPEG per frame)", fontsize=10)
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
