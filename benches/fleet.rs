@@ -27,6 +27,7 @@
 //! - `TW_FLEET_OUT` (target/fleet.json): every figure, as JSON
 //! - `TW_FLEET_PLOT` (docs/fleet.png; empty: no plot): drawn by
 //!   benches/python/fleet_plot.py (matplotlib)
+//! - `TW_FLEET_GEN_THREADS` (2): the generator's tokio worker threads
 //! - `TW_BENCH_REF_DIR`, `TW_BENCH_PYTHON` as in agent_e2e
 
 mod common;
@@ -396,10 +397,10 @@ async fn session(
             Ok(()) if is_batch => {
                 counters.sent.fetch_add(1, Relaxed);
             }
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(_)) if is_batch => {
                 counters.dropped.fetch_add(1, Relaxed);
             }
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => break,
         }
     }
