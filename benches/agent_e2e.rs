@@ -15,59 +15,24 @@
 //!   (TRAINWATCH_PYTHON, else .venv, else python3; needs grpcio, grpcio-tools,
 //!   pillow, numpy for the reference)
 
+mod common;
 #[path = "../tests/util/mod.rs"]
 #[allow(unused_imports)]
 mod util;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{env_u64, median, percentile, python};
 use serde_json::{json, Value};
 use trainwatch::config::ServerSettings;
 use trainwatch::server::Server;
 use util::http::{get_json, post_json};
+use util::proc::cpu_s;
 use util::procs::{lib_path, AgentProc};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("TW_BENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(util::python)
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
-fn percentile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    percentile(&mut v, 0.5)
-}
 
 #[derive(Debug, Default, Clone)]
 struct Ours {
@@ -274,9 +239,7 @@ fn main() {
     let fps = env_u64("TW_BENCH_FPS", 60);
     let runs = env_u64("TW_BENCH_RUNS", 1).max(1);
     let with_ref = env_u64("TW_BENCH_REF", 1) == 1;
-    let ref_dir = PathBuf::from(
-        std::env::var("TW_BENCH_REF_DIR").unwrap_or_else(|_| "/work/shared/reference".into()),
-    );
+    let ref_dir = common::ref_dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
