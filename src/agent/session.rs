@@ -413,6 +413,7 @@ impl Session {
                 }
             }
 
+            let mut sent_frame = false;
             // The newest frame, when the pacer allows one published when
             // the trainer's newest batch was.
             let newest = match self.reader.progress() {
@@ -434,6 +435,7 @@ impl Session {
                                         AgentStats::add(&self.ctx.stats.frames_dropped, 1);
                                     } else {
                                         pacer.sent(published);
+                                        sent_frame = true;
                                         liveness.on_batch_sent(Instant::now());
                                         AgentStats::add(&self.ctx.stats.frames_sent, 1);
                                     }
@@ -511,16 +513,18 @@ impl Session {
 
             // Sleep until something can be due: the next frame (from
             // shortly before the trainer's usual gap, and not before the
-            // pacer takes one published then), a heartbeat, figures, a
-            // look at events;
-            // a server message ends the wait at once.
+            // pacer takes one published then), a heartbeat, figures, a look
+            // at events; a server message ends the wait at once. Right
+            // after a frame went, a trainer faster than a millisecond a
+            // batch may have the next one ready: no minimum sleep then.
             let mut wake = (now + POLL_IDLE).min(next_heartbeat).min(next_performance);
             if let Some(look) = frames.next_look(now) {
                 wake = wake.min(look.max(pacer.next_due(now)));
             }
+            let earliest = if sent_frame { now } else { now + POLL_ACTIVE };
             woken_by = tokio::select! {
                 _ = stop.cancelled() => return Attempt::Stopped,
-                _ = tokio::time::sleep_until(wake.max(now + POLL_ACTIVE).into()) => None,
+                _ = tokio::time::sleep_until(wake.max(earliest).into()) => None,
                 m = next_message(&mut inbound) => Some(m),
             };
         }
