@@ -3,7 +3,7 @@
 //! imagenet 224x224x3, max 512x512x3 per batch) it runs
 //! - trainwatch: `benches/python/e2e_trainer.py` publishing with `pub.batch`,
 //!   the real `trainwatch agent` process, an in-process server;
-//! - the reference (`TW_E2E_REF_DIR`, default /work/shared/reference, run from
+//! - the reference (`TW_BENCH_REF_DIR`, default /work/shared/reference, run from
 //!   a scratch copy): Pillow JPEG + grpcio on the training thread
 //!   (`ref_trainer_bench.py`), the grpcio server (`ref_server.py`);
 //!
@@ -21,13 +21,15 @@
 //! - `TW_E2E_RATE` (60): paced batches/s, `TW_E2E_PACED_S` (10): its length
 //! - `TW_E2E_FULL_S` (5): full-speed window after `TW_E2E_WARMUP_S` (1); 0
 //!   skips the full-speed phases
-//! - `TW_E2E_REF` (1): 0 skips the reference; `TW_E2E_REF_DIR`
+//! - `TW_BENCH_REF` (1): 0 skips the reference; `TW_BENCH_REF_DIR`
 //! - `TW_E2E_QUIET_S` (20): before each phase, wait at most this long for a
 //!   mostly idle machine
 //! - `TW_E2E_OUT` (target/e2e), `TW_E2E_PLOT` (docs/e2e.png; empty: no plot)
-//! - `TRAINWATCH_PYTHON` (else .venv, else python3): needs numpy, and
-//!   grpcio, grpcio-tools, pillow for the reference, matplotlib for the plot
+//! - `TRAINWATCH_PYTHON` (else .venv, else python3) for the trainer;
+//!   `TW_BENCH_PYTHON` (else the same) for the reference and the plot: numpy,
+//!   grpcio, grpcio-tools, pillow, matplotlib
 
+mod common;
 #[path = "../tests/util/mod.rs"]
 #[allow(unused_imports)]
 mod util;
@@ -37,11 +39,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{median, percentile};
 use serde::Serialize;
 use serde_json::{json, Value};
 use trainwatch::config::ServerSettings;
 use trainwatch::server::{RunningServer, Server};
 use util::http::{get_json, post_json};
+use util::proc::{cpu_s, machine_busy_s};
 use util::procs::{AgentProc, Trainer};
 
 /// The reference's shapes (ref_common.SHAPES): name, height, width, channels.
@@ -109,8 +113,8 @@ impl Knobs {
             paced_s: env_f64("TW_E2E_PACED_S", 10.0),
             full_s: env_f64("TW_E2E_FULL_S", 5.0),
             warmup_s: env_f64("TW_E2E_WARMUP_S", 1.0),
-            with_ref: env_f64("TW_E2E_REF", 1.0) == 1.0,
-            ref_dir: env_str("TW_E2E_REF_DIR", "/work/shared/reference").into(),
+            with_ref: common::env_u64("TW_BENCH_REF", 1) == 1,
+            ref_dir: common::ref_dir(),
             quiet_s: env_f64("TW_E2E_QUIET_S", 20.0),
             out: std::env::var_os("TW_E2E_OUT")
                 .map(PathBuf::from)
@@ -123,61 +127,20 @@ impl Knobs {
     }
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
-/// (all, idle + iowait) jiffies of the whole machine, from /proc/stat.
-fn machine_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
-    let v: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    (v[..8].iter().sum(), v[3] + v[4])
-}
-
 /// Waits (at most `limit_s`) until the machine is mostly idle over a second;
 /// returns the busy fraction last seen. The machine is shared: this keeps a
 /// phase from starting in the middle of someone's build where it can.
 fn wait_quiet(limit_s: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let deadline = Instant::now() + Duration::from_secs_f64(limit_s);
     loop {
-        let (t0, i0) = machine_jiffies();
+        let (b0, t0) = (machine_busy_s(), Instant::now());
         std::thread::sleep(Duration::from_secs(1));
-        let (t1, i1) = machine_jiffies();
-        let busy = 1.0 - (i1 - i0) as f64 / (t1 - t0).max(1) as f64;
+        let busy = (machine_busy_s() - b0) / (t0.elapsed().as_secs_f64() * cores);
         if busy < QUIET_BUSY || Instant::now() > deadline {
             return busy;
         }
     }
-}
-
-fn percentile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-/// The median of the values that are not NaN (NaN if none).
-fn median(v: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = v.filter(|x| !x.is_nan()).collect();
-    percentile(&mut v, 0.5)
 }
 
 /// One path's figures for one shape in one run; NaN where the path has no
@@ -341,6 +304,7 @@ async fn our_phase(
     let mut args = trainer_args(k, shape);
     args.extend(["--rate".into(), rate.to_string()]);
     args.extend(["--duration".into(), seconds.to_string()]);
+    args.push("--wait-go".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut trainer = Trainer::start_script(&trainer_script(), shm.path(), &run, &args);
     let id = session_of(http, &run).await;
@@ -471,13 +435,13 @@ async fn run_ours(k: &Knobs, shape: &str, run_no: usize) -> Figures {
 fn prepare_reference(k: &Knobs) -> PathBuf {
     let work = k.out.join("reference");
     std::fs::create_dir_all(work.join("stats")).unwrap();
-    for e in std::fs::read_dir(&k.ref_dir).expect("TW_E2E_REF_DIR") {
+    for e in std::fs::read_dir(&k.ref_dir).expect("TW_BENCH_REF_DIR") {
         let p = e.unwrap().path();
         if matches!(p.extension().and_then(|x| x.to_str()), Some("py" | "proto")) {
             std::fs::copy(&p, work.join(p.file_name().unwrap())).unwrap();
         }
     }
-    let st = Command::new(util::python())
+    let st = Command::new(common::python())
         .args(["-m", "grpc_tools.protoc", "-I.", "--python_out=."])
         .args(["--grpc_python_out=.", "metrics.proto"])
         .current_dir(&work)
@@ -505,7 +469,7 @@ for _ in $(seq 1 100); do [ -f "ready-$TAG" ] && break; sleep 0.1; done
     let status = Command::new("bash")
         .args(["-c", script])
         .current_dir(work)
-        .env("PY", util::python())
+        .env("PY", common::python())
         .env("TAG", &tag)
         .env("SHAPE", shape)
         .env("PHASE", phase)
@@ -709,7 +673,8 @@ struct ShapeResult {
 }
 
 fn medians(runs: &[Figures]) -> Figures {
-    let m = |get: fn(&Figures) -> f64| median(runs.iter().map(get));
+    let m =
+        |get: fn(&Figures) -> f64| median(runs.iter().map(get).filter(|x| !x.is_nan()).collect());
     Figures {
         publish_us_p50: m(|f| f.publish_us_p50),
         publish_us_p99: m(|f| f.publish_us_p99),
@@ -835,7 +800,7 @@ fn main() {
     std::fs::write(&json_path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
     println!("figures of every run: {}", json_path.display());
     if !k.plot.is_empty() {
-        let st = Command::new(util::python())
+        let st = Command::new(common::python())
             .arg(util::repo_root().join("benches/python/e2e_plot.py"))
             .args([json_path.as_os_str(), k.plot.as_ref()])
             .status();

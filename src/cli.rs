@@ -272,7 +272,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
         }
     };
     init_tracing();
-    let rt = match runtime() {
+    let rt = match agent_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("trainwatch agent: cannot start the runtime: {e}");
@@ -340,6 +340,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("trainwatch")
+        .build()
+}
+
+/// The agent's runtime: one thread. Its sessions wait far more than they
+/// work (a frame is a read, a small encode and a send), and on one thread
+/// no wakeup crosses threads: measured against the multi-threaded runtime
+/// it cut the agent's CPU per frame (docs/bench.md). Large frames are
+/// encoded on blocking threads, so the loop never waits on one.
+fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("trainwatch-agent")
         .build()
 }
 

@@ -145,17 +145,22 @@ impl EventCursor {
 }
 
 /// Paces frames at most `max_fps` on average, as a token bucket holding up
-/// to [`BURST`] frames: a trainer publishing at about `max_fps` with jitter
-/// gets every frame sent as soon as it is read, instead of waiting up to a
-/// whole period behind a fixed schedule (that wait was most of the publish →
-/// receipt latency). After BUFFER_FULL the rate halves (down to `min_fps`)
-/// and climbs back by a tenth per second without one.
+/// to [`BURST`] frames, on the clock of the frames' *publish* times: a
+/// frame goes if the trainer published it late enough after the ones sent
+/// before, so one read a little late or early (the agent polls) never holds
+/// back the next, and a trainer at exactly `max_fps` has every frame sent
+/// the moment it is read. (Paced on send times, a trainer at the rate locks
+/// into whatever delay the first late read caused: the bucket never refills.)
+/// A frame may come [`SLACK`] of a period early, for the trainer's own
+/// jitter; the average stays capped. A frame the pacer refuses is not sent
+/// later: a newer one replaces it. After BUFFER_FULL the rate halves (down
+/// to `min_fps`) and climbs back by a tenth per second without one.
 #[derive(Debug)]
 pub struct FramePacer {
     max_fps: f64,
     min_fps: f64,
     fps: f64,
-    /// Frames that may go now (fractional), as of `credit_at`.
+    /// Frames that may go (fractional), as of publish time `credit_at`.
     credit: f64,
     credit_at: Instant,
     last_adjust: Instant,
@@ -164,6 +169,8 @@ pub struct FramePacer {
 /// Frames the bucket holds: enough to absorb a trainer's jitter, too few
 /// to matter to the average rate.
 pub const BURST: f64 = 2.0;
+/// How early (in periods) a frame may be published and still go.
+pub const SLACK: f64 = 0.25;
 
 impl FramePacer {
     pub fn new(max_fps: f64, now: Instant) -> Self {
@@ -182,34 +189,36 @@ impl FramePacer {
         self.fps
     }
 
-    fn credit(&self, now: Instant) -> f64 {
-        let secs = now.saturating_duration_since(self.credit_at).as_secs_f64();
+    fn credit(&self, at: Instant) -> f64 {
+        let secs = at.saturating_duration_since(self.credit_at).as_secs_f64();
         (self.credit + secs * self.fps).min(BURST)
     }
 
-    fn settle(&mut self, now: Instant) {
-        self.credit = self.credit(now);
-        self.credit_at = now;
+    fn settle(&mut self, at: Instant) {
+        self.credit = self.credit(at);
+        self.credit_at = self.credit_at.max(at);
     }
 
-    /// When the next frame may go (now if already due).
-    pub fn next_due(&self, now: Instant) -> Instant {
-        let missing = 1.0 - self.credit(now);
+    /// The earliest publish time of a frame that may go.
+    pub fn next_due(&self, at: Instant) -> Instant {
+        let missing = 1.0 - SLACK - self.credit(at);
         if missing <= 0.0 {
-            now
+            at
         } else {
-            now + Duration::from_secs_f64(missing / self.fps)
+            at + Duration::from_secs_f64(missing / self.fps)
         }
     }
 
-    pub fn ready(&self, now: Instant) -> bool {
-        self.credit(now) >= 1.0 - 1e-9
+    /// Whether a frame published at `published` may go.
+    pub fn ready(&self, published: Instant) -> bool {
+        self.credit(published) >= 1.0 - SLACK - 1e-9
     }
 
-    pub fn sent(&mut self, now: Instant) {
-        self.settle(now);
-        self.credit = (self.credit - 1.0).max(0.0);
-        self.recover(now);
+    /// A frame published at `published` went.
+    pub fn sent(&mut self, published: Instant) {
+        self.settle(published);
+        self.credit = (self.credit - 1.0).max(-SLACK);
+        self.recover(published);
     }
 
     pub fn on_buffer_full(&mut self, now: Instant) {
@@ -228,6 +237,47 @@ impl FramePacer {
             self.fps = (self.fps * 1.1f64.powf(secs.floor())).min(self.max_fps);
             self.last_adjust = now;
         }
+    }
+}
+
+/// When to look for the next frame. The trainer publishes at a steady gap
+/// (its batch period, or the agent's own rate, which the writer follows),
+/// and each frame carries its publish time, so the next one is due at the
+/// last publish time plus that gap. Looking from just before then (15/16
+/// of the gap), and every millisecond after, wakes once or twice a frame
+/// instead of every millisecond. The gap follows a faster trainer at once
+/// and a slower one gently, so jitter errs towards looking early.
+#[derive(Debug, Default)]
+pub struct FrameClock {
+    /// Publish time of the newest frame, and when it was seen.
+    last: Option<(Instant, Instant)>,
+    gap: Option<Duration>,
+}
+
+/// Without a frame for this long, frames are not flowing: no early look.
+pub const FRAMES_FLOW_FOR: Duration = Duration::from_secs(1);
+
+impl FrameClock {
+    /// A frame published at `published`, seen at `now`.
+    pub fn on_frame(&mut self, published: Instant, now: Instant) {
+        if let Some((last, _)) = self.last {
+            let g = published.saturating_duration_since(last);
+            self.gap = Some(match self.gap {
+                Some(avg) if g >= avg => (avg * 7 + g) / 8,
+                _ => g,
+            });
+        }
+        self.last = Some((published, now));
+    }
+
+    /// The earliest time worth looking for a frame; `None` when frames
+    /// are not flowing (the caller's idle rate applies).
+    pub fn next_look(&self, now: Instant) -> Option<Instant> {
+        let (published, seen) = self.last?;
+        if now.saturating_duration_since(seen) > FRAMES_FLOW_FOR {
+            return None;
+        }
+        Some(published + self.gap.unwrap_or_default() * 15 / 16)
     }
 }
 
@@ -301,14 +351,16 @@ mod tests {
         let mut p = FramePacer::new(50.0, t0);
         assert!(p.ready(t0));
         p.sent(t0);
-        assert!(!p.ready(t0 + ms(19)));
-        assert!(p.ready(t0 + ms(20)));
+        // A frame may be published a quarter period early.
+        assert!(!p.ready(t0 + ms(14)));
+        assert!(p.ready(t0 + ms(15)));
         p.on_buffer_full(t0 + ms(20));
         p.on_buffer_full(t0 + ms(20));
         assert_eq!(p.fps(), 12.5);
-        assert!(!p.ready(t0 + ms(99)), "an empty bucket at the slower rate");
+        assert!(!p.ready(t0 + ms(79)), "an empty bucket at the slower rate");
+        assert!(p.ready(t0 + ms(80)));
         p.sent(t0 + ms(100));
-        assert_eq!(p.next_due(t0 + ms(100)), t0 + ms(180));
+        assert_eq!(p.next_due(t0 + ms(100)), t0 + ms(160));
         // Climbs back by a tenth per second, never above the maximum.
         p.sent(t0 + ms(3020));
         assert!(
@@ -323,6 +375,22 @@ mod tests {
             slow.on_buffer_full(t0);
         }
         assert_eq!(slow.fps(), 0.5, "never below min(max_fps, 1)");
+    }
+
+    #[test]
+    fn a_frame_read_late_does_not_delay_the_ones_after_it() {
+        let t0 = Instant::now();
+        let mut p = FramePacer::new(60.0, t0);
+        let period = Duration::from_micros(16_667);
+        // Frame 0 is read 8 ms after it was published; pacing on read
+        // times would now hold every later frame 8 ms. On publish times
+        // each goes as soon as it is read.
+        p.sent(t0);
+        for k in 1..600u32 {
+            let published = t0 + period * k;
+            assert!(p.ready(published), "frame {k} held back");
+            p.sent(published);
+        }
     }
 
     #[test]
@@ -349,5 +417,31 @@ mod tests {
             }
         }
         assert!((598..=603).contains(&sent), "{sent} in 10 s at 60/s");
+    }
+
+    #[test]
+    fn the_frame_clock_looks_shortly_before_the_next_frame_is_due() {
+        let t0 = Instant::now();
+        let mut c = FrameClock::default();
+        assert_eq!(c.next_look(t0), None, "no frame yet");
+        // Seen 2 ms after it was published.
+        c.on_frame(t0, t0 + ms(2));
+        assert_eq!(c.next_look(t0 + ms(2)), Some(t0), "no gap known: look now");
+        c.on_frame(t0 + ms(16), t0 + ms(17));
+        assert_eq!(c.next_look(t0 + ms(17)), Some(t0 + ms(31)));
+        // A late frame raises the gap gently (16 → 18), an early one
+        // lowers it at once.
+        c.on_frame(t0 + ms(48), t0 + ms(49));
+        assert_eq!(
+            c.next_look(t0 + ms(49)),
+            Some(t0 + ms(48) + ms(18) * 15 / 16)
+        );
+        c.on_frame(t0 + ms(56), t0 + ms(56));
+        assert_eq!(
+            c.next_look(t0 + ms(56)),
+            Some(t0 + ms(56) + ms(8) * 15 / 16)
+        );
+        // Frames stopped: the idle rate applies.
+        assert_eq!(c.next_look(t0 + ms(56) + FRAMES_FLOW_FOR + ms(1)), None);
     }
 }

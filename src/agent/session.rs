@@ -1,8 +1,10 @@
 //! One training run streamed as one session: the segment's reader, the
 //! registration, one StreamMetrics call, and the loop between them.
 //!
-//! The loop wakes every millisecond or so (the trainer never signals; it
-//! only stores) and, in this order: answers what the server sent (acks
+//! The trainer never signals, it only stores, so the loop polls: every
+//! millisecond once the next frame is due (from shortly before the
+//! trainer's usual gap after the last one's publish time), at most every
+//! 10 ms otherwise, and at once when the server sends something. Each time round, in this order, it answers what the server sent (acks
 //! advance the event cursor and are written back to the segment, commands
 //! go into the control ring), sends the next events (every one, in order,
 //! a bounded window ahead of the acknowledgements), the newest frame when
@@ -23,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::health::AgentStats;
-use super::link::{EventCursor, FramePacer, Liveness};
+use super::link::{EventCursor, FrameClock, FramePacer, Liveness};
 use crate::config::AgentSettings;
 use crate::frame::{EncodedBatch, FramePipeline};
 use crate::proto::{
@@ -42,13 +44,19 @@ const EVENT_WINDOW: u64 = 64;
 const OUT_QUEUE: usize = 32;
 /// Commands waiting for room in the segment's control ring.
 const PENDING_COMMANDS: usize = 32;
-/// How often the loop looks at the segment while frames flow, and when idle.
+/// The shortest sleep of the loop, and the longest (events, a writer gone).
 const POLL_ACTIVE: Duration = Duration::from_millis(1);
 const POLL_IDLE: Duration = Duration::from_millis(10);
-/// After this long without a new frame the loop polls at the idle rate.
-const ACTIVE_FOR: Duration = Duration::from_secs(1);
 /// A writer silent this long counts as idle, not live (for reporting).
 const IDLE_AFTER_NS: u64 = 5_000_000_000;
+/// How often a finished-looking run whose trainer has not published lately
+/// (and has not closed the segment) asks whether the writer died: a read
+/// of /proc, which on every loop was a quarter of the agent's CPU.
+const WRITER_CHECK: Duration = Duration::from_millis(100);
+/// Batches of at most this many pixels (16 x 64x64) are encoded on the
+/// session's own task: a fraction of a millisecond, less than the hand-off
+/// to a blocking thread and back costs. Larger ones go to a blocking thread.
+const INLINE_PIXELS: u64 = 16 * 64 * 64;
 /// Kinds of INVALID_DATA logged per session; later ones are only counted.
 const LOGGED_FAULT_KINDS: usize = 32;
 
@@ -274,7 +282,10 @@ impl Session {
         let mut pacer = FramePacer::new(settings.max_fps, now);
         let mut next_heartbeat = now;
         let mut next_performance = now + settings.telemetry.interval;
-        let mut last_frame_at = now;
+        let mut frames = FrameClock::default();
+        let mut next_writer_check = now;
+        // A server message that ended the wait at the bottom of the loop.
+        let mut woken_by = None;
         let mut healthy = false;
 
         loop {
@@ -297,11 +308,19 @@ impl Session {
                     None => {}
                 }
             }
-            while let Some(stream) = inbound.as_mut() {
-                let msg = tokio::select! {
-                    biased;
-                    m = stream.message() => m,
-                    _ = std::future::ready(()) => break,
+            loop {
+                let msg = match woken_by.take() {
+                    Some(m) => m,
+                    None => {
+                        let Some(stream) = inbound.as_mut() else {
+                            break;
+                        };
+                        tokio::select! {
+                            biased;
+                            m = stream.message() => m,
+                            _ = std::future::ready(()) => break,
+                        }
+                    }
                 };
                 let resp = match msg {
                     Ok(Some(r)) => r,
@@ -394,12 +413,19 @@ impl Session {
                 }
             }
 
-            // The newest frame, when the pacer allows.
-            if pacer.ready(now) {
+            let mut sent_frame = false;
+            // The newest frame, when the pacer allows one published when
+            // the trainer's newest batch was.
+            let newest = match self.reader.progress() {
+                Some(p) => instant_at(now, p.mono_ns),
+                None => now,
+            };
+            if pacer.ready(newest) {
                 match self.reader.latest_frame(&mut self.frame) {
                     Ok(FrameRead::New) => {
                         AgentStats::add(&self.ctx.stats.frames_read, 1);
-                        last_frame_at = now;
+                        let published = instant_at(now, self.frame.mono_ns);
+                        frames.on_frame(published, now);
                         if out_tx.capacity() == 0 {
                             AgentStats::add(&self.ctx.stats.frames_dropped, 1);
                         } else {
@@ -408,7 +434,8 @@ impl Session {
                                     if out_tx.try_send(req).is_err() {
                                         AgentStats::add(&self.ctx.stats.frames_dropped, 1);
                                     } else {
-                                        pacer.sent(Instant::now());
+                                        pacer.sent(published);
+                                        sent_frame = true;
                                         liveness.on_batch_sent(Instant::now());
                                         AgentStats::add(&self.ctx.stats.frames_sent, 1);
                                     }
@@ -450,7 +477,13 @@ impl Session {
 
             // A writer gone for good, every event sent and acknowledged: end
             // the session, with a final status if the trainer left none.
-            if writer_done && cursor.in_flight() == 0 && self.final_status.is_none() {
+            if writer_done
+                && cursor.in_flight() == 0
+                && self.final_status.is_none()
+                && (self.reader.writer_closed()
+                    || (now >= next_writer_check && !self.writer_beating()))
+            {
+                next_writer_check = now + WRITER_CHECK;
                 match self.reader.writer_state(IDLE_AFTER_NS) {
                     // The writer may have published its last events (and
                     // closed) after `next_event` found none: only end once
@@ -478,15 +511,22 @@ impl Session {
                 }
             }
 
-            let poll = if now.duration_since(last_frame_at) < ACTIVE_FOR {
-                POLL_ACTIVE
-            } else {
-                POLL_IDLE
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return Attempt::Stopped,
-                _ = tokio::time::sleep(poll) => {}
+            // Sleep until something can be due: the next frame (from
+            // shortly before the trainer's usual gap, and not before the
+            // pacer takes one published then), a heartbeat, figures, a look
+            // at events; a server message ends the wait at once. Right
+            // after a frame went, a trainer faster than a millisecond a
+            // batch may have the next one ready: no minimum sleep then.
+            let mut wake = (now + POLL_IDLE).min(next_heartbeat).min(next_performance);
+            if let Some(look) = frames.next_look(now) {
+                wake = wake.min(look.max(pacer.next_due(now)));
             }
+            let earliest = if sent_frame { now } else { now + POLL_ACTIVE };
+            woken_by = tokio::select! {
+                _ = stop.cancelled() => return Attempt::Stopped,
+                _ = tokio::time::sleep_until(wake.max(earliest).into()) => None,
+                m = next_message(&mut inbound) => Some(m),
+            };
         }
     }
 
@@ -494,31 +534,36 @@ impl Session {
     /// builds its BatchData; `None` when it cannot be sent (counted).
     async fn encode(&mut self, max_images: usize, max_dim: u32) -> Option<MetricsRequest> {
         let started = Instant::now();
-        let frame = std::mem::take(&mut self.frame);
+        let mut frame = std::mem::take(&mut self.frame);
         let mut encoded = std::mem::take(&mut self.encoded);
-        let pipeline = self.ctx.pipeline.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = match &frame.images {
-                Some(desc) => pipeline.encode_batch_into(
-                    desc,
-                    frame.image_bytes(),
-                    max_images,
-                    max_dim,
-                    &mut encoded,
-                ),
-                None => {
-                    encoded.clear();
-                    Ok(())
+        let small = frame.images.as_ref().is_some_and(|d| {
+            u64::from(d.count.min(max_images as u32)) * u64::from(d.width) * u64::from(d.height)
+                <= INLINE_PIXELS
+        });
+        let result = if small {
+            encode_frame(
+                &self.ctx.pipeline,
+                &frame,
+                max_images,
+                max_dim,
+                &mut encoded,
+            )
+        } else {
+            let pipeline = self.ctx.pipeline.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                let result = encode_frame(&pipeline, &frame, max_images, max_dim, &mut encoded);
+                (frame, encoded, result)
+            })
+            .await;
+            match joined {
+                Ok((f, e, result)) => {
+                    (frame, encoded) = (f, e);
+                    result
                 }
-            };
-            (frame, encoded, result)
-        })
-        .await;
-        let (frame, mut encoded, result) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                self.log_fault(&format!("frame encoder failed: {e}"));
-                return None;
+                Err(e) => {
+                    self.log_fault(&format!("frame encoder failed: {e}"));
+                    return None;
+                }
             }
         };
         AgentStats::add(
@@ -566,6 +611,14 @@ impl Session {
         };
         let ts = f.timestamp_unix_ns / 1_000_000;
         Some(self.request(Payload::BatchData(batch), ts, 0))
+    }
+
+    /// Whether the trainer published a batch within the last
+    /// [`WRITER_CHECK`]: then it is alive, and asking /proc is not needed.
+    fn writer_beating(&self) -> bool {
+        self.reader.progress().is_some_and(|p| {
+            shm::monotonic_ns().saturating_sub(p.mono_ns) < WRITER_CHECK.as_nanos() as u64
+        })
     }
 
     /// Feeds the rate tracker the trainer's newest batch (every batch
@@ -697,6 +750,42 @@ impl Session {
         if self.faults_logged.len() < LOGGED_FAULT_KINDS && self.faults_logged.insert(kind) {
             tracing::warn!(session = %self.id, fault = message, "fault (logged once per kind)");
         }
+    }
+}
+
+/// `now` moved back to CLOCK_MONOTONIC time `mono_ns` (a publish time of
+/// the trainer's; `Instant` runs on the same clock).
+fn instant_at(now: Instant, mono_ns: u64) -> Instant {
+    let age = shm::monotonic_ns().saturating_sub(mono_ns);
+    now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+}
+
+/// Converts and encodes the images of `frame` into `encoded`.
+fn encode_frame(
+    pipeline: &FramePipeline,
+    frame: &shm::Frame,
+    max_images: usize,
+    max_dim: u32,
+    encoded: &mut EncodedBatch,
+) -> Result<(), crate::frame::FrameError> {
+    match &frame.images {
+        Some(desc) => {
+            pipeline.encode_batch_into(desc, frame.image_bytes(), max_images, max_dim, encoded)
+        }
+        None => {
+            encoded.clear();
+            Ok(())
+        }
+    }
+}
+
+/// The next message of the server's answer stream; never, without one.
+async fn next_message(
+    inbound: &mut Option<tonic::Streaming<proto::MetricsResponse>>,
+) -> Result<Option<proto::MetricsResponse>, tonic::Status> {
+    match inbound {
+        Some(stream) => stream.message().await,
+        None => std::future::pending().await,
     }
 }
 

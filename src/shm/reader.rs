@@ -774,9 +774,14 @@ impl Reader {
         )
     }
 
+    /// Whether the writer closed the segment (one load; no /proc read).
+    pub fn writer_closed(&self) -> bool {
+        self.map.load_u32(hdr::WRITER_STATE, Ordering::Acquire) == layout::STATE_CLOSED
+    }
+
     /// Live, idle (silent for `idle_after_ns`), closed, or dead.
     pub fn writer_state(&self, idle_after_ns: u64) -> WriterState {
-        if self.map.load_u32(hdr::WRITER_STATE, Ordering::Acquire) == layout::STATE_CLOSED {
+        if self.writer_closed() {
             return WriterState::Closed;
         }
         if !super::pid_exists(self.writer_pid) {

@@ -98,14 +98,19 @@ pub fn jpeg(w: u16, h: u16) -> bytes::Bytes {
 
 /// A valid batch of `n` 32x32 images.
 pub fn batch(epoch: u32, batch_idx: u32, n: usize) -> BatchData {
-    let img = jpeg(32, 32);
+    batch_of(vec![jpeg(32, 32); n], epoch, batch_idx)
+}
+
+/// A valid batch of these JPEGs, with predictions and labels for 10
+/// classes.
+pub fn batch_of(images: Vec<bytes::Bytes>, epoch: u32, batch_idx: u32) -> BatchData {
+    let n = images.len();
     BatchData {
         epoch,
         batch_idx,
-        images: (0..n)
-            .map(|_| ImageData {
-                image_bytes: img.clone(),
-            })
+        images: images
+            .into_iter()
+            .map(|image_bytes| ImageData { image_bytes })
             .collect(),
         predictions: (0..n)
             .map(|i| Prediction {
