@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${TRAINWATCH_PYTHON:-.venv/bin/python}
+# The Pillow run happens inside $REF: a relative interpreter path must not break.
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac
 REF=${TRAINWATCH_REFERENCE:-../shared/reference}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
