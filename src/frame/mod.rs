@@ -20,11 +20,13 @@ mod encode;
 mod pipeline;
 mod pool;
 mod resize;
+mod ycbcr;
 
-pub use convert::{convert_image, Affine};
+pub use convert::{convert_image, convert_image_yuv420, Affine};
 pub use encode::{max_jpeg_len, Backend, Encoder};
 pub use pipeline::{EncodedBatch, EncodedImage, FramePipeline};
 pub use resize::target_size;
+pub use ycbcr::Yuv420;
 
 use crate::tensor::{DType, Layout};
 
