@@ -110,7 +110,7 @@ impl FramePipeline {
         let max_src = config.max_source_dimension;
         // 4:2:0 planes pad odd sides, so at tiny sizes they can exceed RGB.
         let yuv = Yuv420::new(max_src, max_src);
-        let source_len = (sq(max_src) * 3).max(yuv.len());
+        let source_len = (sq(max_src) * 3).max(yuv.buf_len());
         let out_dim = config.max_dimension.min(config.max_source_dimension);
         let lanes = (0..config.workers)
             .map(|_| {
@@ -301,7 +301,7 @@ impl Job<'_> {
 
     fn encode_planar(&self, src: &[u8], lane: &mut Lane) -> Result<Bytes, FrameError> {
         let (width, height) = self.out_size;
-        let planes = &mut lane.pixels[..Yuv420::new(width, height).len()];
+        let planes = &mut lane.pixels[..Yuv420::new(width, height).buf_len()];
         convert_image_yuv420(self.desc, &self.affine, src, planes, &mut lane.chroma);
         let encoder = &mut lane.encoder;
         self.pool.write_with(max_jpeg_len(width, height, 3), |out| {

@@ -67,7 +67,7 @@ impl Yuv420 {
     }
 
     /// Bytes of all three planes.
-    pub fn len(&self) -> usize {
+    pub fn buf_len(&self) -> usize {
         self.y_len() + 2 * self.c_len()
     }
 
@@ -126,9 +126,8 @@ pub(super) fn yuv420_portable(
             let n = SEG.min(w - x);
             // An odd width repeats its last column into the padding column.
             let even = n.next_multiple_of(2);
-            for c in 0..3 {
+            for (c, seg) in rgb.iter_mut().enumerate() {
                 let start = ((c * h + row) * w + x) * size;
-                let seg = &mut rgb[c];
                 load(
                     desc.dtype,
                     &src[start..start + n * size],
@@ -317,7 +316,7 @@ mod tests {
             normalization: None,
         };
         let layout = Yuv420::new(3, 3);
-        let mut dst = vec![0u8; layout.len()];
+        let mut dst = vec![0u8; layout.buf_len()];
         let mut scratch = vec![0.0; layout.scratch_len()];
         convert_image_yuv420(
             &desc,
