@@ -79,7 +79,7 @@ fn every_dtype_layout_channel_count_and_normalization_round_trips_above_30_db() 
 fn nchw_color_through_ycbcr_planes_is_as_good_as_libjpeg_color_conversion() {
     // f32 NCHW reaches libjpeg-turbo as 4:2:0 planes converted by us; u8
     // NHWC of the same pixels goes through libjpeg-turbo's own RGB → YCbCr
-    // and downsampling. Odd sides, and wider than two 128-pixel segments.
+    // and downsampling. Odd sides, and several 32-pixel segments wide.
     if !Backend::TurboJpeg.is_available() {
         return;
     }
