@@ -14,7 +14,7 @@
 //!   channels, size, normalization): the contract between the trainer-side
 //!   writer and the agent's converter.
 //! - [`frame`] — tensor → JPEG: convert (dtype, layout, normalization →
-//!   8-bit gray/RGB, vectorized), downscale to the negotiated maximum, encode
+//!   8-bit gray/RGB or YCbCr 4:2:0 planes, vectorized), downscale to the negotiated maximum, encode
 //!   (bundled libjpeg-turbo by default, pure-Rust jpeg-encoder as the
 //!   alternative) into a fixed pool of output memory handed out as
 //!   `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
