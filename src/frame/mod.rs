@@ -25,7 +25,7 @@ mod ycbcr;
 
 pub use convert::{convert_image, convert_image_yuv420, Affine};
 pub use encode::{max_jpeg_len, Backend, Encoder};
-pub use pipeline::{EncodedBatch, EncodedImage, FramePipeline};
+pub use pipeline::{EncodedBatch, EncodedImage, FramePipeline, SERIAL_PIXELS};
 pub use resize::target_size;
 pub use ycbcr::Yuv420;
 
