@@ -5,10 +5,13 @@
 # (default 3) runs ../shared/reference/jpeg_bench.py and `cargo bench --bench
 # frame` (the same images as f32 NCHW normalized tensors) one after the
 # other, and prints the table docs/frame.md shows: per figure the best round,
-# so that load from other processes on a shared machine skews both sides alike.
+# so that load from other processes on a shared machine skews both sides alike
+# (MEDIAN=1: the median of the rounds instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${TRAINWATCH_PYTHON:-.venv/bin/python}
+# The Pillow run happens inside $REF: a relative interpreter path must not break.
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac
 REF=${TRAINWATCH_REFERENCE:-../shared/reference}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -28,4 +31,4 @@ for round in $(seq "${ROUNDS:-3}"); do
   TRAINWATCH_BENCH_IMAGES="$TMP" cargo bench --bench frame "$@" > "$TMP/round$round/bench.log"
   cp -r target/criterion "$TMP/round$round/criterion"
 done
-python3 scripts/bench_frame_table.py "$TMP"/round*
+python3 scripts/bench_frame_table.py ${MEDIAN:+--median} "$TMP"/round*

@@ -76,6 +76,45 @@ fn every_dtype_layout_channel_count_and_normalization_round_trips_above_30_db() 
 }
 
 #[test]
+fn nchw_color_through_ycbcr_planes_is_as_good_as_libjpeg_color_conversion() {
+    // f32 NCHW reaches libjpeg-turbo as 4:2:0 planes converted by us; u8
+    // NHWC of the same pixels goes through libjpeg-turbo's own RGB → YCbCr
+    // and downsampling. Odd sides, and several 32-pixel segments wide.
+    if !Backend::TurboJpeg.is_available() {
+        return;
+    }
+    let (w, h) = (301, 37);
+    let pipeline = FramePipeline::new(FrameConfig {
+        max_dimension: 512,
+        max_source_dimension: 512,
+        ..config(Backend::TurboJpeg, 1)
+    })
+    .unwrap();
+    let images = sources(2, w, h, 3, 11);
+    let encode = |dtype, layout, norm| {
+        let (desc, data) = tensor_from_pixels(&images, w, h, 3, dtype, layout, norm);
+        pipeline.encode_batch(&desc, &data, 16, 0).unwrap()
+    };
+    let by_libjpeg = encode(DType::U8, Layout::Nhwc, None);
+    let by_planes = encode(DType::F32, Layout::Nchw, Some(IMAGENET));
+    for ((a, b), src) in by_libjpeg
+        .images()
+        .iter()
+        .zip(by_planes.images())
+        .zip(&images)
+    {
+        let (da, db) = (decode_jpeg(&a.bytes), decode_jpeg(&b.bytes));
+        let (pa, pb) = (psnr(&da.pixels, src), psnr(&db.pixels, src));
+        assert!(pb >= pa - 0.05, "planes {pb:.2} dB, libjpeg {pa:.2} dB");
+        // Same quantization and subsampling: nearly the same image and size.
+        let between = psnr(&da.pixels, &db.pixels);
+        assert!(between >= 40.0, "planes vs libjpeg: {between:.1} dB");
+        let ratio = b.bytes.len() as f64 / a.bytes.len() as f64;
+        assert!((0.97..=1.03).contains(&ratio), "size ratio {ratio:.3}");
+    }
+}
+
+#[test]
 fn gray_tensors_stay_one_component_jpegs() {
     for backend in backends() {
         let pipeline = FramePipeline::new(config(backend, 1)).unwrap();

@@ -56,7 +56,7 @@ const WRITER_CHECK: Duration = Duration::from_millis(100);
 /// Batches of at most this many pixels (16 x 64x64) are encoded on the
 /// session's own task: a fraction of a millisecond, less than the hand-off
 /// to a blocking thread and back costs. Larger ones go to a blocking thread.
-const INLINE_PIXELS: u64 = 16 * 64 * 64;
+const INLINE_PIXELS: u64 = crate::frame::SERIAL_PIXELS;
 /// Kinds of INVALID_DATA logged per session; later ones are only counted.
 const LOGGED_FAULT_KINDS: usize = 32;
 
@@ -172,6 +172,8 @@ struct Session {
     faults_logged: HashSet<String>,
     heartbeat_seq: u32,
     fps: FpsTracker,
+    /// The trainer's CPU percent and memory when last read.
+    trainer_last_seen: (Option<f32>, Option<f32>),
     /// The final status this agent made up for a writer that went away
     /// without one, once sent: (event_seq, request).
     final_status: Option<(u64, MetricsRequest)>,
@@ -196,6 +198,7 @@ impl Session {
             faults_logged: HashSet::new(),
             heartbeat_seq: 0,
             fps: FpsTracker::new(ctx.settings.telemetry.fps_window),
+            trainer_last_seen: (None, None),
             final_status: None,
             ctx,
         }
@@ -645,7 +648,20 @@ impl Session {
             .performance(shm::monotonic_ns(), RunTotals::from(&self.config));
         let pid = self.reader.header().writer_pid;
         let sample = match self.ctx.sampler.lock() {
-            Ok(mut s) => Some(s.sample(Some(pid))),
+            Ok(mut s) => {
+                let mut sample = s.sample(Some(pid));
+                // A trainer that just exited (the run's final figures are
+                // taken after it closed the segment) keeps the CPU and
+                // memory it was last seen with.
+                match (sample.process_cpu_percent, sample.process_memory_mb) {
+                    (None, None) => {
+                        (sample.process_cpu_percent, sample.process_memory_mb) =
+                            self.trainer_last_seen;
+                    }
+                    seen => self.trainer_last_seen = seen,
+                }
+                Some(sample)
+            }
             Err(_) => None,
         };
         let ts = proto::now_ms();

@@ -5,11 +5,13 @@
 //! affine kernel `round(clamp(x * scale + offset, 0, 255))` turns the chunk
 //! into bytes. Both loops are straight-line over fixed-size arrays, which
 //! LLVM vectorizes (SSE2 or, dispatched at run time, AVX2 on x86_64; NEON on
-//! aarch64). The one `unsafe` is the call into the AVX2 variant.
+//! aarch64). The YCbCr 4:2:0 kernel of `ycbcr.rs` goes through the same
+//! dispatch. The one `unsafe` is the call into the AVX2 variant.
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
+use super::ycbcr::yuv420_portable;
 use crate::tensor::{DType, Layout, TensorDesc};
 
 /// Elements per chunk: a multiple of 3 (so an NHWC chunk starts on a pixel)
@@ -19,8 +21,8 @@ const CHUNK: usize = 192;
 /// Per-channel `pixel = x * scale + offset` for one tensor description.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Affine {
-    scale: [f32; 3],
-    offset: [f32; 3],
+    pub(super) scale: [f32; 3],
+    pub(super) offset: [f32; 3],
 }
 
 impl Affine {
@@ -48,18 +50,42 @@ impl Affine {
 /// into interleaved 8-bit pixels: gray (1 byte) or RGB (3 bytes) per pixel.
 /// `dst` holds exactly `height * width * channels` bytes.
 pub fn convert_image(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
+    dispatch(Kernel::Interleaved, desc, affine, src, dst);
+}
+
+/// Converts one 3-channel NCHW image of `desc` (`src` holds exactly its
+/// `image_bytes()`) into JPEG's Y, Cb, Cr 4:2:0 planes, laid out in `dst` as
+/// [`Yuv420`](super::Yuv420) says, using `scratch` (at least its
+/// `scratch_len()` floats).
+pub fn convert_image_yuv420(
+    desc: &TensorDesc,
+    affine: &Affine,
+    src: &[u8],
+    dst: &mut [u8],
+    scratch: &mut [f32],
+) {
+    dispatch(Kernel::Yuv420 { scratch }, desc, affine, src, dst);
+}
+
+/// What a conversion writes.
+enum Kernel<'a> {
+    Interleaved,
+    Yuv420 { scratch: &'a mut [f32] },
+}
+
+fn dispatch(kernel: Kernel, desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         #[allow(unsafe_code)]
-        // SAFETY: `convert_image_avx2` only requires the CPU to support AVX2,
+        // SAFETY: `convert_avx2` only requires the CPU to support AVX2,
         // which `has_avx2` has just checked at run time. This is the only
         // `unsafe` in `src/frame`: calling a `#[target_feature]` function from
         // code compiled without that feature is unsafe by definition.
         unsafe {
-            return convert_image_avx2(desc, affine, src, dst);
+            return convert_avx2(kernel, desc, affine, src, dst);
         }
     }
-    convert_image_portable(desc, affine, src, dst);
+    convert_portable(kernel, desc, affine, src, dst);
 }
 
 /// Whether this x86_64 CPU has AVX2 (cached by std after the first call).
@@ -73,14 +99,28 @@ fn has_avx2() -> bool {
 /// the RGB interleave): the default x86_64 target is SSE2 only.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn convert_image_avx2(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
-    convert_image_portable(desc, affine, src, dst);
+fn convert_avx2(kernel: Kernel, desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
+    convert_portable(kernel, desc, affine, src, dst);
 }
 
 /// Portable body: SSE2 on x86_64, NEON on aarch64; every callee is
 /// `#[inline(always)]` so that it is compiled again inside the AVX2 variant.
 #[inline(always)]
-fn convert_image_portable(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
+fn convert_portable(
+    kernel: Kernel,
+    desc: &TensorDesc,
+    affine: &Affine,
+    src: &[u8],
+    dst: &mut [u8],
+) {
+    match kernel {
+        Kernel::Interleaved => interleaved(desc, affine, src, dst),
+        Kernel::Yuv420 { scratch } => yuv420_portable(desc, affine, src, dst, scratch),
+    }
+}
+
+#[inline(always)]
+fn interleaved(desc: &TensorDesc, affine: &Affine, src: &[u8], dst: &mut [u8]) {
     let pixels = desc.height as usize * desc.width as usize;
     let channels = desc.channels as usize;
     debug_assert_eq!(src.len(), pixels * channels * desc.dtype.size());
@@ -253,7 +293,7 @@ fn f16_chunk(
 // Not `clamp`: it keeps a NaN (with whatever payload the tensor had), max()
 // turns it into 0.
 #[allow(clippy::manual_clamp)]
-fn to_u8(v: f32) -> u8 {
+pub(super) fn to_u8(v: f32) -> u8 {
     /// 2^23: adding it to a value in [0, 256) leaves that value, rounded to
     /// the nearest integer, in the low mantissa bits. Unlike an `as` cast
     /// (saturating, NaN-checked, scalar on x86_64) this vectorizes.

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::str::FromStr;
 
+use super::ycbcr::Yuv420;
 use super::FrameError;
 
 /// Which JPEG encoder a pipeline uses.
@@ -170,6 +171,56 @@ impl Encoder {
                     })?;
                 Ok(cursor.position() as usize)
             }
+        }
+    }
+
+    /// Whether [`encode_yuv420`](Self::encode_yuv420) works: libjpeg-turbo
+    /// takes planes, jpeg-encoder only interleaved pixels.
+    pub fn takes_yuv420(&self) -> bool {
+        match self {
+            #[cfg(feature = "turbojpeg")]
+            Encoder::TurboJpeg { .. } => true,
+            Encoder::JpegEncoder { .. } => false,
+        }
+    }
+
+    /// Encodes a `width` x `height` color image given as Y, Cb, Cr 4:2:0
+    /// planes (`planes` laid out as [`Yuv420`] says) into `out`: the same
+    /// JPEG as [`encode`](Self::encode) of the RGB pixels, minus
+    /// libjpeg-turbo's color conversion and downsampling.
+    pub fn encode_yuv420(
+        &mut self,
+        planes: &[u8],
+        width: u32,
+        height: u32,
+        out: &mut [u8],
+    ) -> Result<usize, FrameError> {
+        match self {
+            #[cfg(feature = "turbojpeg")]
+            Encoder::TurboJpeg { compressor, gray } => {
+                let layout = Yuv420::new(width, height);
+                let [y, cb, cr] = layout.planes(planes);
+                let image = turbojpeg::YuvPlanesImage {
+                    y_plane: y,
+                    u_plane: cb,
+                    v_plane: cr,
+                    width: width as usize,
+                    height: height as usize,
+                    y_stride: layout.y_stride(),
+                    u_stride: layout.c_stride(),
+                    v_stride: layout.c_stride(),
+                    subsamp: turbojpeg::Subsamp::Sub2x2,
+                };
+                // The call sets 4:2:0 on the handle itself.
+                *gray = false;
+                compressor
+                    .compress_yuv_planes_to_slice(&image, out)
+                    .map_err(turbo_err)
+            }
+            Encoder::JpegEncoder { .. } => Err(FrameError::Encode {
+                backend: Backend::JpegEncoder,
+                message: "planar YCbCr input is for libjpeg-turbo only".to_owned(),
+            }),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! `max_images` JPEGs ready to send.
 //!
 //! Each image goes through **convert** (dtype/layout/normalization → 8-bit
-//! gray or RGB, vectorized safe Rust), **resize** (only when larger than the
+//! gray or RGB, or for NCHW color straight to the YCbCr 4:2:0 planes
+//! libjpeg-turbo encodes from; vectorized safe Rust), **resize** (only when larger than the
 //! negotiated maximum; a cached-table fixed-point resampler that vectorizes) and
 //! **encode** (libjpeg-turbo, bundled and static, or the pure-Rust
 //! jpeg-encoder) into a fixed [pool](pool) of output memory. The JPEGs come
@@ -20,11 +21,13 @@ mod encode;
 mod pipeline;
 mod pool;
 mod resize;
+mod ycbcr;
 
-pub use convert::{convert_image, Affine};
+pub use convert::{convert_image, convert_image_yuv420, Affine};
 pub use encode::{max_jpeg_len, Backend, Encoder};
-pub use pipeline::{EncodedBatch, EncodedImage, FramePipeline};
+pub use pipeline::{EncodedBatch, EncodedImage, FramePipeline, SERIAL_PIXELS};
 pub use resize::target_size;
+pub use ycbcr::Yuv420;
 
 use crate::tensor::{DType, Layout};
 
