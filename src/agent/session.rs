@@ -2,13 +2,14 @@
 //! registration, one StreamMetrics call, and the loop between them.
 //!
 //! The trainer never signals, it only stores, so the loop polls: every
-//! millisecond once the next frame is due (from shortly before the
-//! trainer's usual gap after the last one's publish time), at most every
-//! 10 ms otherwise, and at once when the server sends something. Each time round, in this order, it answers what the server sent (acks
-//! advance the event cursor and are written back to the segment, commands
-//! go into the control ring), sends the next events (every one, in order,
-//! a bounded window ahead of the acknowledgements), the newest frame when
-//! the pacer allows, a heartbeat when due, and performance figures. A
+//! millisecond once the next frame is due (the trainer's usual gap after
+//! the last one's publish time), at most every 10 ms otherwise, and at once
+//! when the server sends something. Each time round, in this order, it
+//! answers what the server sent (acks advance the event cursor and are
+//! written back to the segment, commands go into the control ring), sends
+//! the next events (every one, in order, a bounded window ahead of the
+//! acknowledgements), the newest frame when the pacer allows, a heartbeat
+//! when due, and performance figures. A
 //! stream that fails or goes quiet past the liveness window is dropped and
 //! the session registers again after a backoff; the server's
 //! `last_event_seq` says where to resume, so nothing is lost or doubled.
@@ -514,9 +515,9 @@ impl Session {
                 }
             }
 
-            // Sleep until something can be due: the next frame (from
-            // shortly before the trainer's usual gap, and not before the
-            // pacer takes one published then), a heartbeat, figures, a look
+            // Sleep until something can be due: the next frame (the
+            // trainer's usual gap after the last, and not before the pacer
+            // takes one published then), a heartbeat, figures, a look
             // at events; a server message ends the wait at once. Right
             // after a frame went, a trainer faster than a millisecond a
             // batch may have the next one ready: no minimum sleep then.
