@@ -16,8 +16,8 @@
 //! - [`frame`] — tensor → JPEG: convert (dtype, layout, normalization →
 //!   8-bit gray/RGB or YCbCr 4:2:0 planes, vectorized), downscale to the
 //!   negotiated maximum, encode (bundled libjpeg-turbo by default, pure-Rust
-//!   jpeg-encoder as the alternative) into a fixed pool of output memory handed out as
-//!   `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
+//!   jpeg-encoder as the alternative) into a fixed pool of output memory
+//!   handed out as `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
 //!   sized from config at start-up; a batch in steady state allocates nothing.
 //! - [`agent`] — `trainwatch agent`: finds runs in the segment directory and
 //!   streams each as a session: registration, one StreamMetrics, events in

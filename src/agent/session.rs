@@ -9,10 +9,10 @@
 //! written back to the segment, commands go into the control ring), sends
 //! the next events (every one, in order, a bounded window ahead of the
 //! acknowledgements), the newest frame when the pacer allows, a heartbeat
-//! when due, and performance figures. A
-//! stream that fails or goes quiet past the liveness window is dropped and
-//! the session registers again after a backoff; the server's
-//! `last_event_seq` says where to resume, so nothing is lost or doubled.
+//! when due, and performance figures. A stream that fails or goes quiet
+//! past the liveness window is dropped and the session registers again
+//! after a backoff; the server's `last_event_seq` says where to resume, so
+//! nothing is lost or doubled.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -50,9 +50,10 @@ const POLL_ACTIVE: Duration = Duration::from_millis(1);
 const POLL_IDLE: Duration = Duration::from_millis(10);
 /// A writer silent this long counts as idle, not live (for reporting).
 const IDLE_AFTER_NS: u64 = 5_000_000_000;
-/// How often a finished-looking run whose trainer has not published lately
-/// (and has not closed the segment) asks whether the writer died: a read
-/// of /proc, which on every loop was a quarter of the agent's CPU.
+/// How often a finished-looking run whose trainer has not published within
+/// this long (and has not closed the segment) asks whether the writer
+/// died: a read of /proc, which on every loop was a quarter of the agent's
+/// CPU. A batch published within it shows the writer alive.
 const WRITER_CHECK: Duration = Duration::from_millis(100);
 /// Batches of at most this many pixels (16 x 64x64) are encoded on the
 /// session's own task: a fraction of a millisecond, less than the hand-off
@@ -417,14 +418,14 @@ impl Session {
                 }
             }
 
+            // The trainer's newest batch, read once for this round.
+            let progress = self.reader.progress();
+            let last_publish = progress.map(|p| instant_at(now, p.mono_ns));
+
             let mut sent_frame = false;
             // The newest frame, when the pacer allows one published when
             // the trainer's newest batch was.
-            let newest = match self.reader.progress() {
-                Some(p) => instant_at(now, p.mono_ns),
-                None => now,
-            };
-            if pacer.ready(newest) {
+            if pacer.ready(last_publish.unwrap_or(now)) {
                 match self.reader.latest_frame(&mut self.frame) {
                     Ok(FrameRead::New) => {
                         AgentStats::add(&self.ctx.stats.frames_read, 1);
@@ -467,7 +468,7 @@ impl Session {
                 self.reader.touch();
             }
 
-            self.observe_progress();
+            self.observe(progress);
             if now >= next_performance {
                 next_performance = now + settings.telemetry.interval;
                 let req = self.performance();
@@ -485,7 +486,8 @@ impl Session {
                 && cursor.in_flight() == 0
                 && self.final_status.is_none()
                 && (self.reader.writer_closed()
-                    || (now >= next_writer_check && !self.writer_beating()))
+                    || (now >= next_writer_check
+                        && last_publish.is_none_or(|t| now - t >= WRITER_CHECK)))
             {
                 next_writer_check = now + WRITER_CHECK;
                 match self.reader.writer_state(IDLE_AFTER_NS) {
@@ -617,18 +619,15 @@ impl Session {
         Some(self.request(Payload::BatchData(batch), ts, 0))
     }
 
-    /// Whether the trainer published a batch within the last
-    /// [`WRITER_CHECK`]: then it is alive, and asking /proc is not needed.
-    fn writer_beating(&self) -> bool {
-        self.reader.progress().is_some_and(|p| {
-            shm::monotonic_ns().saturating_sub(p.mono_ns) < WRITER_CHECK.as_nanos() as u64
-        })
+    /// Feeds the rate tracker the trainer's newest batch (every batch
+    /// counts, copied or not), read now.
+    fn observe_progress(&mut self) {
+        self.observe(self.reader.progress());
     }
 
-    /// Feeds the rate tracker the trainer's newest batch (every batch
-    /// counts, copied or not).
-    fn observe_progress(&mut self) {
-        if let Some(p) = self.reader.progress() {
+    /// Feeds the rate tracker `progress`, the trainer's newest batch.
+    fn observe(&mut self, progress: Option<shm::Progress>) {
+        if let Some(p) = progress {
             self.fps.observe(
                 shm::monotonic_ns(),
                 BatchSample {

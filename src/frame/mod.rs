@@ -3,12 +3,13 @@
 //!
 //! Each image goes through **convert** (dtype/layout/normalization → 8-bit
 //! gray or RGB, or for NCHW color straight to the YCbCr 4:2:0 planes
-//! libjpeg-turbo encodes from; vectorized safe Rust), **resize** (only when larger than the
-//! negotiated maximum; a cached-table fixed-point resampler that vectorizes) and
-//! **encode** (libjpeg-turbo, bundled and static, or the pure-Rust
-//! jpeg-encoder) into a fixed [pool](pool) of output memory. The JPEGs come
-//! out as `bytes::Bytes` sharing that memory, so the gRPC layer sends them
-//! without a copy and the memory returns to the pool when they are dropped.
+//! libjpeg-turbo encodes from; vectorized safe Rust), **resize** (only when
+//! larger than the negotiated maximum; a cached-table fixed-point resampler
+//! that vectorizes) and **encode** (libjpeg-turbo, bundled and static, or
+//! the pure-Rust jpeg-encoder) into a fixed [pool](pool) of output memory.
+//! The JPEGs come out as `bytes::Bytes` sharing that memory, so the gRPC
+//! layer sends them without a copy and the memory returns to the pool when
+//! they are dropped.
 //!
 //! Every buffer is allocated by [`FramePipeline::new`] from [`FrameConfig`];
 //! in steady state a batch allocates nothing (tests/frame_alloc.rs proves it

@@ -820,7 +820,7 @@ impl Reader {
             total_size: self.geo.total_size,
             writer_pid: self.writer_pid,
             writer_start_unix_ns: m.load_u64(hdr::WRITER_START_UNIX_NS, Ordering::Relaxed),
-            writer_closed: m.load_u32(hdr::WRITER_STATE, Ordering::Acquire) == layout::STATE_CLOSED,
+            writer_closed: self.writer_closed(),
             writer_heartbeat_age_ms: age(hdr::WRITER_HEARTBEAT_NS),
             frame_slots: self.geo.frame_slots,
             frame_capacity: self.geo.frame_data_capacity as u64,
