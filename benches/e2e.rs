@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{median, percentile};
+use common::{env_f64, env_str, median, percentile};
 use serde::Serialize;
 use serde_json::{json, Value};
 use trainwatch::config::ServerSettings;
@@ -66,17 +66,6 @@ const FULL_SPEED_MAX_FPS: &str = "1000";
 const FULL_SPEED_TAIL_S: f64 = 0.5;
 /// A machine this busy (fraction of all cores) or less counts as quiet.
 const QUIET_BUSY: f64 = 0.15;
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn env_str(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 /// The env knobs, read once.
 #[derive(Debug, Clone, Serialize)]

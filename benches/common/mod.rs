@@ -4,11 +4,24 @@
 
 use std::path::PathBuf;
 
-pub fn env_u64(name: &str, default: u64) -> u64 {
+/// Env knob `name` parsed as `T`; `default` when unset or unparsable.
+pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    env_parse(name, default)
+}
+
+pub fn env_f64(name: &str, default: f64) -> f64 {
+    env_parse(name, default)
+}
+
+pub fn env_str(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
 /// A comma-separated list of numbers, e.g. `TW_FLEET_STEPS=1,10,100`.
