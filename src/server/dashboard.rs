@@ -41,7 +41,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::http::{ConfigJson, ControlPolicy};
-use super::session::{Frame, Registry, Session, SessionState};
+use super::registry::Registry;
+use super::session::Session;
+use super::state::{Frame, SessionState};
 use crate::config::Dashboard;
 use crate::proto;
 

@@ -28,7 +28,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::session::{CommandOutcome, Registry, Session, SessionState};
+use super::registry::Registry;
+use super::session::{CommandOutcome, Session};
+use super::state::SessionState;
 use crate::proto::{control_command::CommandType, ControlCommand, PerformanceData, TrainingConfig};
 
 /// Who may send control commands.

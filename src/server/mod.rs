@@ -5,12 +5,20 @@
 //! otherwise, and HTTP), and returns a [`RunningServer`] with the bound
 //! addresses and the session [`Registry`]; [`RunningServer::shutdown`] stops
 //! accepting, ends every stream and waits for the tasks up to a grace period.
+//!
+//! A message goes `service` (the gRPC calls, checked by `validate`) →
+//! `registry` (sessions by id) → `session` (one run's bounded queue and
+//! command route) → `apply` (the task that writes it into the run's `state`
+//! and acknowledges it); `http` and `dashboard` read that state.
 
+mod apply;
 pub mod dashboard;
 pub mod http;
 pub mod latency;
+pub mod registry;
 pub mod service;
 pub mod session;
+pub mod state;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -29,7 +37,7 @@ use crate::tls::{self, TlsError};
 /// Largest HTTP/2 frame the server accepts (SETTINGS_MAX_FRAME_SIZE).
 const MAX_FRAME_SIZE: u32 = 256 * 1024;
 
-pub use session::Registry;
+pub use registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -15,7 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::session::{Ingest, Registry, Reply, Session};
+use super::registry::Registry;
+use super::session::{Ingest, Reply, Session};
 use super::validate;
 use crate::proto::{
     self, acknowledgment::AckKind, error_response::ErrorCode, metrics_request::Payload,

@@ -138,6 +138,10 @@
   }
 
   // ---------------------------------------------------------- session --
+  // One run's page: the state S that the run's event stream fills, and one
+  // panel per part of the page (header, performance, status history, images,
+  // loss chart, accuracy chart, controls), each with its own render. A panel
+  // is drawn at most once per animation frame, and only when its data changed.
   function sessionView(id) {
     $('session').hidden = false;
     document.title = 'trainwatch — ' + id;
@@ -148,32 +152,7 @@
       status: 'UNKNOWN', frame: null, skew: 0,
     };
     const dirty = { head: true, charts: true, perf: true, history: true };
-    let pendingFrame = null; // newest frame not yet shown
-    let decoding = false;
     let scheduled = false;
-    const pending = []; // commands waiting to be seen applied
-    let stopBanner = null;
-    tw.debug = () => ({ decoding, scheduled, pending: pendingFrame && pendingFrame.seq, loss: S.loss.length });
-
-    // Tiles are built once; each update swaps decoded images and labels.
-    const tiles = [];
-    for (let i = 0; i < TILES; i++) {
-      const t = el('figure', 'tile');
-      const img = el('img');
-      img.alt = '';
-      const lbl = el('figcaption', 'lbl');
-      const pred = el('div', 'pred');
-      const mark = el('span', 'mark');
-      const predName = el('span', 'pname');
-      const conf = el('span', 'conf muted');
-      pred.append(mark, predName, ' ', conf);
-      const truth = el('div', 'truth');
-      lbl.append(pred, truth);
-      t.append(img, lbl);
-      t.hidden = true;
-      $('tiles').append(t);
-      tiles.push({ t, img, mark, predName, conf, truth });
-    }
 
     const className = (c) => {
       const names = S.config && S.config.class_names;
@@ -187,14 +166,27 @@
       }
     }
 
+    const head = headPanel(S);
+    const perf = perfPanel(S);
+    const history = historyPanel(S);
+    const images = imagesPanel(S, className, { shown: () => perf.render(), schedule });
+    const loss = lossPanel(S);
+    const accuracy = accuracyPanel(S);
+    tw.debug = () => {
+      const d = images.debug();
+      return { decoding: d.decoding, scheduled, pending: d.pending, loss: S.loss.length };
+    };
+
     const es = new EventSource(base + '/events');
     es.onopen = () => setConn('live', 'live');
     es.onerror = () => {
       setConn('down', 'reconnecting…');
       if (es.readyState === EventSource.CLOSED) checkGone();
     };
-    es.addEventListener('update', (ev) => {
-      const d = JSON.parse(ev.data);
+    es.addEventListener('update', (ev) => update(JSON.parse(ev.data)));
+
+    // Folds one update into S and marks what it changed.
+    function update(d) {
       S.skew = d.server_ms - Date.now();
       if (d.status !== S.status || d.status_message !== S.statusMessage) dirty.head = true;
       S.status = d.status;
@@ -220,16 +212,16 @@
         const fresh = newRecords(S.history, d.status_history);
         S.history = d.status_history;
         dirty.history = true;
-        if (fresh.length) applied(fresh);
+        if (fresh.length) controls.applied(fresh);
       }
       if (d.performance !== undefined) {
         S.perf = d.performance;
         dirty.perf = true;
       }
-      if (d.frame) pendingFrame = d.frame;
+      if (d.frame) images.offer(d.frame);
       dirty.perf = true;
       schedule();
-    });
+    }
 
     async function checkGone() {
       try {
@@ -243,15 +235,25 @@
 
     function render() {
       scheduled = false;
-      if (dirty.head) renderHead();
-      if (dirty.perf) renderPerf();
-      if (dirty.history) renderHistory();
-      if (dirty.charts) renderCharts();
+      if (dirty.head) head.render();
+      if (dirty.perf) perf.render();
+      if (dirty.history) history.render();
+      if (dirty.charts) {
+        loss.render();
+        accuracy.render();
+      }
       dirty.head = dirty.perf = dirty.history = dirty.charts = false;
-      if (pendingFrame && !decoding) showFrame();
+      images.render();
     }
 
-    function renderHead() {
+    window.addEventListener('resize', () => { dirty.charts = true; schedule(); });
+
+    const controls = controlsPanel(base);
+  }
+
+  // The header: status badge, model, agent and the status message.
+  function headPanel(S) {
+    function render() {
       const b = $('s-status');
       b.className = 'badge ' + S.status;
       b.textContent = S.status;
@@ -262,8 +264,12 @@
       if (S.statusMessage) meta.push(`“${S.statusMessage}”`);
       $('s-meta').textContent = meta.join(' · ');
     }
+    return { render };
+  }
 
-    function renderPerf() {
+  // Progress, performance and resources, and the page's own paint latency.
+  function perfPanel(S) {
+    function render() {
       const p = S.perf || {};
       const c = S.config;
       const f = S.frame;
@@ -286,8 +292,12 @@
         ? `p50 ${percentile(l, 50).toFixed(0)} ms · p99 ${percentile(l, 99).toFixed(0)} ms`
         : 'n/a';
     }
+    return { render };
+  }
 
-    function renderHistory() {
+  // Status changes, newest first.
+  function historyPanel(S) {
+    function render() {
       const ol = $('history');
       ol.replaceChildren();
       for (let i = S.history.length - 1; i >= 0; i--) {
@@ -297,6 +307,36 @@
         if (r.message) li.append(' ' + r.message);
         ol.append(li);
       }
+    }
+    return { render };
+  }
+
+  // The newest frame's images with their predictions. `offer` keeps the
+  // newest frame not yet shown; `render` shows it unless one is decoding;
+  // `shown` runs once a frame's labels are in, `schedule` when a newer frame
+  // waits for the next animation frame.
+  function imagesPanel(S, className, { shown, schedule }) {
+    let pendingFrame = null; // newest frame not yet shown
+    let decoding = false;
+
+    // Tiles are built once; each update swaps decoded images and labels.
+    const tiles = [];
+    for (let i = 0; i < TILES; i++) {
+      const t = el('figure', 'tile');
+      const img = el('img');
+      img.alt = '';
+      const lbl = el('figcaption', 'lbl');
+      const pred = el('div', 'pred');
+      const mark = el('span', 'mark');
+      const predName = el('span', 'pname');
+      const conf = el('span', 'conf muted');
+      pred.append(mark, predName, ' ', conf);
+      const truth = el('div', 'truth');
+      lbl.append(pred, truth);
+      t.append(img, lbl);
+      t.hidden = true;
+      $('tiles').append(t);
+      tiles.push({ t, img, mark, predName, conf, truth });
     }
 
     // Decodes the newest frame's images off-screen, then swaps them in with
@@ -339,7 +379,7 @@
       delete f.images; // keep the labels, free the base64
       S.frame = f;
       tw.frame = f;
-      renderPerf();
+      shown();
       // The rAF callback runs just before the next paint; the task after it
       // runs once that paint is done.
       requestAnimationFrame(() => setTimeout(() => {
@@ -352,73 +392,77 @@
       }, 0));
     }
 
-    // ----------------------------------------------------------- charts --
-    function setupCanvas(cv) {
-      const dpr = window.devicePixelRatio || 1;
-      const w = cv.clientWidth, h = cv.clientHeight;
-      if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
-        cv.width = Math.round(w * dpr);
-        cv.height = Math.round(h * dpr);
-      }
-      const g = cv.getContext('2d');
-      g.setTransform(dpr, 0, 0, dpr, 0, 0);
-      g.clearRect(0, 0, w, h);
-      g.font = '11px system-ui, "DejaVu Sans", sans-serif';
-      return { g, w, h };
-    }
+    return {
+      offer(f) { pendingFrame = f; },
+      render() { if (pendingFrame && !decoding) showFrame(); },
+      debug: () => ({ decoding, pending: pendingFrame && pendingFrame.seq }),
+    };
+  }
 
-    function niceTicks(lo, hi, n) {
-      const span = hi - lo || 1;
-      const step0 = span / n;
-      const mag = Math.pow(10, Math.floor(Math.log10(step0)));
-      const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => span / s <= n) || mag * 10;
-      const out = [];
-      for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
-      return out;
+  // ----------------------------------------------------------- charts --
+  function setupCanvas(cv) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = cv.clientWidth, h = cv.clientHeight;
+    if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
+      cv.width = Math.round(w * dpr);
+      cv.height = Math.round(h * dpr);
     }
+    const g = cv.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    g.font = '11px system-ui, "DejaVu Sans", sans-serif';
+    return { g, w, h };
+  }
 
-    // Axes and frame; returns functions mapping data to pixels.
-    function axes(g, w, h, x0, x1, y0, y1, yfmt, xTicks, xLabel) {
-      const L = 48, R = 10, T = 8, B = 28;
-      const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (w - L - R);
-      const sy = (y) => h - B - ((y - y0) / (y1 - y0 || 1)) * (h - T - B);
-      g.strokeStyle = '#e4e7ec';
-      g.fillStyle = '#667085';
-      g.lineWidth = 1;
-      g.textAlign = 'right';
-      g.textBaseline = 'middle';
-      for (const v of niceTicks(y0, y1, 5)) {
-        const y = Math.round(sy(v)) + 0.5;
-        g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke();
-        g.fillText(yfmt(v), L - 6, y);
-      }
-      g.textAlign = 'center';
-      g.textBaseline = 'top';
-      for (const [v, label] of xTicks) {
-        const x = Math.round(sx(v)) + 0.5;
-        g.beginPath(); g.moveTo(x, T); g.lineTo(x, h - B); g.stroke();
-        g.fillText(label, x, h - B + 5);
-      }
-      g.textAlign = 'right';
-      g.fillText(xLabel, w - R, h - 12);
-      g.strokeStyle = '#98a2b3';
-      g.beginPath(); g.moveTo(L + 0.5, T); g.lineTo(L + 0.5, h - B + 0.5); g.lineTo(w - R, h - B + 0.5); g.stroke();
-      return { sx, sy };
+  function niceTicks(lo, hi, n) {
+    const span = hi - lo || 1;
+    const step0 = span / n;
+    const mag = Math.pow(10, Math.floor(Math.log10(step0)));
+    const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => span / s <= n) || mag * 10;
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
+    return out;
+  }
+
+  // Axes and frame; returns functions mapping data to pixels.
+  function axes(g, w, h, x0, x1, y0, y1, yfmt, xTicks, xLabel) {
+    const L = 48, R = 10, T = 8, B = 28;
+    const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (w - L - R);
+    const sy = (y) => h - B - ((y - y0) / (y1 - y0 || 1)) * (h - T - B);
+    g.strokeStyle = '#e4e7ec';
+    g.fillStyle = '#667085';
+    g.lineWidth = 1;
+    g.textAlign = 'right';
+    g.textBaseline = 'middle';
+    for (const v of niceTicks(y0, y1, 5)) {
+      const y = Math.round(sy(v)) + 0.5;
+      g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke();
+      g.fillText(yfmt(v), L - 6, y);
     }
-
-    function empty(g, w, h, text) {
-      g.fillStyle = '#98a2b3';
-      g.textAlign = 'center';
-      g.textBaseline = 'middle';
-      g.fillText(text, w / 2, h / 2);
+    g.textAlign = 'center';
+    g.textBaseline = 'top';
+    for (const [v, label] of xTicks) {
+      const x = Math.round(sx(v)) + 0.5;
+      g.beginPath(); g.moveTo(x, T); g.lineTo(x, h - B); g.stroke();
+      g.fillText(label, x, h - B + 5);
     }
+    g.textAlign = 'right';
+    g.fillText(xLabel, w - R, h - 12);
+    g.strokeStyle = '#98a2b3';
+    g.beginPath(); g.moveTo(L + 0.5, T); g.lineTo(L + 0.5, h - B + 0.5); g.lineTo(w - R, h - B + 0.5); g.stroke();
+    return { sx, sy };
+  }
 
-    function renderCharts() {
-      lossChart();
-      accChart();
-    }
+  function empty(g, w, h, text) {
+    g.fillStyle = '#98a2b3';
+    g.textAlign = 'center';
+    g.textBaseline = 'middle';
+    g.fillText(text, w / 2, h / 2);
+  }
 
-    function lossChart() {
+  // Every batch's loss over the run, with each epoch's average on top.
+  function lossPanel(S) {
+    function render() {
       const cv = $('loss-chart');
       const { g, w, h } = setupCanvas(cv);
       const bpe = S.config && S.config.batches_per_epoch;
@@ -479,8 +523,12 @@
         }
       }
     }
+    return { render };
+  }
 
-    function accChart() {
+  // Each epoch's average accuracy.
+  function accuracyPanel(S) {
+    function render() {
       const cv = $('acc-chart');
       const { g, w, h } = setupCanvas(cv);
       const es = S.epochs;
@@ -502,9 +550,38 @@
         g.beginPath(); g.arc(sx(e.epoch + 1), sy(e.average_accuracy), 3.5, 0, 7); g.fill();
       }
     }
-    window.addEventListener('resize', () => { dirty.charts = true; schedule(); });
+    return { render };
+  }
 
-    // ---------------------------------------------------------- control --
+  // ---------------------------------------------------------- control --
+  // Which new status records show that a command was applied.
+  const EXPECT = {
+    PAUSE_TRAINING: (s) => s === 'PAUSED',
+    RESUME_TRAINING: (s) => s === 'RUNNING',
+    STOP_TRAINING: (s) => s === 'COMPLETED' || s === 'FAILED',
+    CHANGE_LEARNING_RATE: () => true,
+    ADJUST_BATCH_SIZE: () => true,
+  };
+
+  // The records of `next` after the last one of `prev`; none while `prev` is
+  // empty (what came before the page had any history applied none of its
+  // commands).
+  function newRecords(prev, next) {
+    if (!prev.length) return [];
+    const last = prev[prev.length - 1];
+    for (let i = next.length - 1; i >= 0; i--) {
+      const r = next[i];
+      if (r.t_ms === last.t_ms && r.status === last.status && r.message === last.message) return next.slice(i + 1);
+    }
+    return next;
+  }
+
+  // The command buttons, their log, and the stop banner. `applied` takes
+  // new status records and marks the commands they show applied.
+  function controlsPanel(base) {
+    const pending = []; // commands waiting to be seen applied
+    let stopBanner = null;
+
     fetch('/api/control', { cache: 'no-store' })
       .then((r) => r.json())
       .then((c) => {
@@ -521,25 +598,6 @@
       const m = $('c-msg');
       m.className = 'msg ' + kind;
       m.textContent = text;
-    }
-
-    // Which new status records show that a command was applied.
-    const EXPECT = {
-      PAUSE_TRAINING: (s) => s === 'PAUSED',
-      RESUME_TRAINING: (s) => s === 'RUNNING',
-      STOP_TRAINING: (s) => s === 'COMPLETED' || s === 'FAILED',
-      CHANGE_LEARNING_RATE: () => true,
-      ADJUST_BATCH_SIZE: () => true,
-    };
-
-    function newRecords(prev, next) {
-      if (!prev.length) return [];
-      const last = prev[prev.length - 1];
-      for (let i = next.length - 1; i >= 0; i--) {
-        const r = next[i];
-        if (r.t_ms === last.t_ms && r.status === last.status && r.message === last.message) return next.slice(i + 1);
-      }
-      return next;
     }
 
     // Status records seen lately, with when they arrived: the trainer may
@@ -638,6 +696,8 @@
       stopBanner = null;
       if (text) msg('ok', text);
     }
+
+    return { applied };
   }
 
   const m = location.pathname.match(/^\/sessions\/(.+)$/);
