@@ -11,8 +11,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::config::ServerTlsFiles;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{what} {path}: cannot read: {source}")]
@@ -72,6 +70,16 @@ fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
             problem: format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
         }),
     }
+}
+
+/// The server's TLS material; `None` in the server's settings means
+/// plaintext, which only an explicit `insecure = true` allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The server's TLS configuration; with `client_ca`, clients must present a

@@ -9,6 +9,7 @@
 pub mod dashboard;
 pub mod http;
 pub mod latency;
+pub mod limits;
 pub mod service;
 pub mod session;
 pub mod validate;
