@@ -1,7 +1,12 @@
 //! The `trainwatch` command line: flags are mapped onto config keys (the
-//! last configuration layer), and each subcommand is one function that
-//! returns the process's exit code. `main` only parses and dispatches.
+//! last configuration layer), and each subcommand is one function returning
+//! `Result<(), CliError>`. `main` only parses and dispatches.
+//!
+//! There is one exit path: [`exit`] prints a failure once, with its causes,
+//! and maps it to the exit code — 64 (`EX_USAGE`) for what the user fixes on
+//! the command line or in configuration, 1 for a failure after a valid start.
 
+use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +19,98 @@ use crate::server::Server;
 pub const EXIT_CONFIG: u8 = 64;
 /// A runtime failure after a valid start.
 pub const EXIT_FAILURE: u8 = 1;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How a subcommand failed; the variant alone decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line or the configuration is wrong (exit 64).
+    #[error(transparent)]
+    Usage(BoxError),
+    /// A failure after a valid start (exit 1).
+    #[error(transparent)]
+    Runtime(BoxError),
+}
+
+impl CliError {
+    pub fn usage(e: impl Into<BoxError>) -> Self {
+        CliError::Usage(e.into())
+    }
+
+    pub fn runtime(e: impl Into<BoxError>) -> Self {
+        CliError::Runtime(e.into())
+    }
+
+    /// A component's error: a usage error when the component says the user
+    /// fixes it in configuration (`is_config`), else a runtime one.
+    pub fn classify(is_config: bool, e: impl Into<BoxError>) -> Self {
+        if is_config {
+            CliError::usage(e)
+        } else {
+            CliError::runtime(e)
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_CONFIG,
+            CliError::Runtime(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Failures of the process around a subcommand, before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// The one exit path: `Ok` is success; an error is printed once as
+/// `trainwatch COMMAND: error: cause: ...` and mapped to its exit code.
+pub fn exit(command: &str, result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trainwatch {command}: {}", chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated. Most of our errors already end
+/// with their cause's text; a cause is added only when the text so far does
+/// not end with it, so nothing is printed twice.
+fn chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.ends_with(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// A command line clap refused (exit 64), or `--help`/`--version` (exit 0):
+/// printed by clap itself.
+pub fn parse_failed(e: clap::Error) -> ExitCode {
+    let usage = e.use_stderr();
+    let _ = e.print();
+    // --help and --version are not errors; a bad command line is a usage
+    // error like a bad config value.
+    if usage {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
 
 #[derive(Args, Debug, Default)]
 pub struct ServerArgs {
@@ -92,62 +189,13 @@ pub struct CertsArgs {
 
 /// `trainwatch certs`: a small CA, a server certificate and optional client
 /// certificates, for trials and small fleets without a PKI of their own.
-pub fn certs(args: CertsArgs) -> ExitCode {
-    match write_certs(&args) {
-        Ok(files) => {
-            for f in files {
-                println!("{}", f.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("trainwatch certs: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+pub fn certs(args: CertsArgs) -> Result<(), CliError> {
+    let files =
+        crate::tls::write_pki(&args.dir, &args.hosts, &args.clients).map_err(CliError::runtime)?;
+    for f in files {
+        println!("{}", f.display());
     }
-}
-
-fn write_certs(args: &CertsArgs) -> Result<Vec<PathBuf>, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
-    let pki = crate::tls::EphemeralPki::with_server_names("trainwatch CA", &hosts)
-        .map_err(|e| format!("cannot make certificates for {hosts:?}: {e}"))?;
-    let mut files: Vec<(String, String, bool)> = vec![
-        ("ca.pem".into(), pki.ca_pem.clone(), false),
-        ("ca.key".into(), pki.ca_key_pem.clone(), true),
-        ("server.pem".into(), pki.server_cert_pem.clone(), false),
-        ("server.key".into(), pki.server_key_pem.clone(), true),
-    ];
-    for name in &args.clients {
-        let id = pki
-            .client(name)
-            .map_err(|e| format!("cannot make a client certificate for {name:?}: {e}"))?;
-        files.push((format!("{name}.pem"), id.cert_pem, false));
-        files.push((format!("{name}.key"), id.key_pem, true));
-    }
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
-    if let Some((name, ..)) = files.iter().find(|(n, ..)| args.dir.join(n).exists()) {
-        return Err(format!(
-            "{} exists; not overwriting certificates",
-            args.dir.join(name).display()
-        ));
-    }
-    let mut written = Vec::new();
-    for (name, pem, secret) in files {
-        let path = args.dir.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if secret { 0o600 } else { 0o644 })
-            .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        f.write_all(pem.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        written.push(path);
-    }
-    Ok(written)
+    Ok(())
 }
 
 #[derive(Args, Debug, Default)]
@@ -228,62 +276,13 @@ impl AgentArgs {
     }
 }
 
-/// Tells systemd about the agent (when started by it): READY=1 after the
-/// first scan, WATCHDOG=1 from healthy passes of the main loop.
-struct Systemd {
-    watchdog: Option<std::time::Duration>,
-    last_ping: Option<std::time::Instant>,
-    wedge_file: Option<PathBuf>,
-}
-
-impl crate::agent::Lifecycle for Systemd {
-    fn ready(&mut self) {
-        let _ = sd_notify::notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("streaming runs"),
-        ]);
-        tracing::info!("ready");
-    }
-
-    fn alive(&mut self) {
-        if let Some(f) = &self.wedge_file {
-            // The test hook: block this thread, as a wedged loop would.
-            while f.exists() {
-                std::thread::park_timeout(std::time::Duration::from_millis(50));
-            }
-        }
-        let Some(period) = self.watchdog else { return };
-        // Twice per watchdog period, as sd_watchdog_enabled(3) advises.
-        if self.last_ping.is_none_or(|t| t.elapsed() >= period / 2) {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            self.last_ping = Some(std::time::Instant::now());
-        }
-    }
-}
-
 /// `trainwatch agent`.
-pub fn agent(args: AgentArgs) -> ExitCode {
+pub fn agent(args: AgentArgs) -> Result<(), CliError> {
     let env: EnvMap = std::env::vars().collect();
-    let settings = match args.settings(&env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("trainwatch agent: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let settings = args.settings(&env).map_err(CliError::usage)?;
     init_tracing();
-    let rt = match agent_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trainwatch agent: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let mut systemd = Systemd {
-        watchdog: sd_notify::watchdog_enabled(),
-        last_ping: None,
-        wedge_file: args.debug_wedge_file.clone(),
-    };
+    let rt = agent_runtime().map_err(|e| CliError::runtime(StartError::Runtime(e)))?;
+    let mut systemd = crate::agent::notify::Systemd::new(args.debug_wedge_file.clone());
     rt.block_on(async {
         tracing::info!(
             server = %settings.server.url,
@@ -293,35 +292,18 @@ pub fn agent(args: AgentArgs) -> ExitCode {
         );
         let agent = crate::agent::Agent::new(settings);
         let stop = tokio_util::sync::CancellationToken::new();
-        let signal = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("trainwatch agent: cannot install signal handlers: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        };
+        let signal = shutdown_signal().map_err(|e| CliError::runtime(StartError::Signals(e)))?;
         let signal = {
             let stop = stop.clone();
             tokio::spawn(async move {
                 signal.await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                crate::agent::notify::stopping();
                 stop.cancel();
             })
         };
         let result = agent.run(stop, &mut systemd).await;
         signal.abort();
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("trainwatch agent: {e:#}");
-                let code = if e.is_config() {
-                    EXIT_CONFIG
-                } else {
-                    EXIT_FAILURE
-                };
-                ExitCode::from(code)
-            }
-        }
+        result.map_err(|e| CliError::classify(e.is_config(), e))
     })
 }
 
@@ -370,43 +352,16 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
 }
 
 /// `trainwatch server`.
-pub fn server(args: ServerArgs) -> ExitCode {
+pub fn server(args: ServerArgs) -> Result<(), CliError> {
     let env: EnvMap = std::env::vars().collect();
-    let settings = match args.settings(&env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("trainwatch server: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let settings = args.settings(&env).map_err(CliError::usage)?;
     init_tracing();
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trainwatch server: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    let rt = runtime().map_err(|e| CliError::runtime(StartError::Runtime(e)))?;
     rt.block_on(async {
-        let signal = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("trainwatch server: cannot install signal handlers: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        };
-        let running = match Server::start(&settings).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("trainwatch server: {e:#}");
-                let code = if e.is_config() {
-                    EXIT_CONFIG
-                } else {
-                    EXIT_FAILURE
-                };
-                return ExitCode::from(code);
-            }
-        };
+        let signal = shutdown_signal().map_err(|e| CliError::runtime(StartError::Signals(e)))?;
+        let running = Server::start(&settings)
+            .await
+            .map_err(|e| CliError::classify(e.is_config(), e))?;
         // One machine-readable line on stdout once both listeners accept.
         println!(
             "listening grpc={} http={} tls={}",
@@ -424,13 +379,10 @@ pub fn server(args: ServerArgs) -> ExitCode {
             _ = signal => {}
             _ = running.stopped() => tracing::error!("a listener stopped; shutting down"),
         }
-        match running.shutdown(settings.shutdown_grace).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("trainwatch server: {e:#}");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        }
+        running
+            .shutdown(settings.shutdown_grace)
+            .await
+            .map_err(CliError::runtime)
     })
 }
 
@@ -477,51 +429,51 @@ fn positive_speed(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `trainwatch demo`: server, agent and a training run in one process.
-pub fn demo(args: DemoArgs) -> ExitCode {
-    if !(args.lr.is_finite() && args.lr > 0.0 && args.lr <= 10.0) {
-        eprintln!("trainwatch demo: --lr {}: expected 0 < lr <= 10", args.lr);
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let duration = match args.duration {
-        None => None,
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => {
-            Some(std::time::Duration::from_secs_f64(s))
+/// Demo flags clap cannot check by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoArgsError {
+    #[error("--lr {0}: expected 0 < lr <= 10")]
+    LearningRate(f32),
+    #[error("--duration {0}: expected a positive number of seconds")]
+    Duration(f64),
+}
+
+impl DemoArgs {
+    /// The demo's options, once `--lr` and `--duration` are checked.
+    pub fn options(self) -> Result<crate::demo::DemoOptions, DemoArgsError> {
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
+            return Err(DemoArgsError::LearningRate(self.lr));
         }
-        Some(s) => {
-            eprintln!("trainwatch demo: --duration {s}: expected a positive number of seconds");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    init_tracing();
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trainwatch demo: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let opts = crate::demo::DemoOptions {
-        http_port: args.http_port,
-        grpc_port: args.grpc_port,
-        shm_dir: args.shm_dir,
-        duration,
-        epochs: args.epochs,
-        batches_per_epoch: args.batches_per_epoch,
-        batch_size: args.batch_size,
-        speed: args.speed,
-        learning_rate: args.lr,
-        seed: args.seed,
-    };
-    rt.block_on(async {
-        let signal = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("trainwatch demo: cannot install signal handlers: {e}");
-                return ExitCode::from(EXIT_FAILURE);
+        let duration = match self.duration {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => {
+                Some(std::time::Duration::from_secs_f64(s))
             }
+            Some(s) => return Err(DemoArgsError::Duration(s)),
         };
-        let result = crate::demo::run(opts, signal, |s| {
+        Ok(crate::demo::DemoOptions {
+            http_port: self.http_port,
+            grpc_port: self.grpc_port,
+            shm_dir: self.shm_dir,
+            duration,
+            epochs: self.epochs,
+            batches_per_epoch: self.batches_per_epoch,
+            batch_size: self.batch_size,
+            speed: self.speed,
+            learning_rate: self.lr,
+            seed: self.seed,
+        })
+    }
+}
+
+/// `trainwatch demo`: server, agent and a training run in one process.
+pub fn demo(args: DemoArgs) -> Result<(), CliError> {
+    let opts = args.options().map_err(CliError::usage)?;
+    init_tracing();
+    let rt = runtime().map_err(|e| CliError::runtime(StartError::Runtime(e)))?;
+    rt.block_on(async {
+        let signal = shutdown_signal().map_err(|e| CliError::runtime(StartError::Signals(e)))?;
+        crate::demo::run(opts, signal, |s| {
             // One machine-readable line, then one for people.
             println!(
                 "listening http={} grpc={} tls=on run={} shm_dir={}",
@@ -535,17 +487,60 @@ pub fn demo(args: DemoArgs) -> ExitCode {
                 s.http_addr
             );
         })
-        .await;
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("trainwatch demo: {e:#}");
-                ExitCode::from(if e.is_config() {
-                    EXIT_CONFIG
-                } else {
-                    EXIT_FAILURE
-                })
-            }
-        }
+        .await
+        .map_err(|e| CliError::classify(e.is_config(), e))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variant_decides_the_exit_code() {
+        let io = || std::io::Error::other("boom");
+        assert_eq!(CliError::usage(io()).exit_code(), EXIT_CONFIG);
+        assert_eq!(CliError::runtime(io()).exit_code(), EXIT_FAILURE);
+        assert_eq!(CliError::classify(true, io()).exit_code(), EXIT_CONFIG);
+        assert_eq!(CliError::classify(false, io()).exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        // The message already ends with its cause: not repeated.
+        let e = CliError::runtime(StartError::Signals(std::io::Error::other("no signalfd")));
+        assert_eq!(chain(&e), "cannot install signal handlers: no signalfd");
+        // A cause the message does not show is appended.
+        #[derive(Debug, thiserror::Error)]
+        #[error("TLS configuration rejected")]
+        struct Outer(#[source] std::io::Error);
+        let e = CliError::usage(Outer(std::io::Error::other("bad key")));
+        assert_eq!(chain(&e), "TLS configuration rejected: bad key");
+    }
+
+    #[test]
+    fn demo_flags_are_checked() {
+        let args = |lr: f32, duration: Option<f64>| DemoArgs {
+            http_port: 0,
+            grpc_port: 0,
+            epochs: 1,
+            batches_per_epoch: 1,
+            batch_size: 1,
+            speed: 1.0,
+            lr,
+            seed: 1,
+            duration,
+            shm_dir: None,
+        };
+        assert!(matches!(
+            args(0.0, None).options(),
+            Err(DemoArgsError::LearningRate(_))
+        ));
+        assert!(matches!(
+            args(0.1, Some(-1.0)).options(),
+            Err(DemoArgsError::Duration(_))
+        ));
+        let o = args(0.1, Some(2.0)).options().unwrap();
+        assert_eq!(o.duration, Some(std::time::Duration::from_secs(2)));
+    }
 }

@@ -23,6 +23,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+// Re-exported so callers that take their settings' types from here keep
+// working; the types belong to the server and to tls.
+use crate::server::limits::LimitsError;
+pub use crate::server::limits::{History, Limits};
+pub use crate::tls::ServerTlsFiles;
+
 /// A configuration that cannot be used, naming the key and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +55,12 @@ impl ConfigError {
             value: value.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+impl From<LimitsError> for ConfigError {
+    fn from(e: LimitsError) -> Self {
+        ConfigError::invalid(e.field.key(), e.value, e.reason())
     }
 }
 
@@ -182,67 +194,6 @@ struct RawHistory {
     loss_points: u32,
     epochs: u32,
     status_events: u32,
-}
-
-/// The server's TLS material; `None` in [`ServerSettings::tls`] means
-/// plaintext, which only an explicit `insecure = true` allows.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerTlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// What the server negotiates with each agent (the seed's ServerConfig) and
-/// enforces on every message.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
-    pub max_batch_size: u32,
-    pub max_image_dimension: u32,
-    pub heartbeat_interval_ms: u32,
-    /// Messages a session may have waiting to be applied before the server
-    /// answers BUFFER_FULL.
-    pub buffer_size: u32,
-    /// Largest gRPC message accepted (a 16-image batch of 512x512 JPEGs is
-    /// about 1–2 MiB).
-    pub max_message_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        // The seed's own server answers these values.
-        Limits {
-            max_batch_size: 16,
-            max_image_dimension: 512,
-            heartbeat_interval_ms: 2000,
-            buffer_size: 100,
-            max_message_bytes: 16 << 20,
-        }
-    }
-}
-
-/// How much history a session keeps; memory per session is bounded by these,
-/// never by the length of a run.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct History {
-    /// Batch-loss points kept; beyond it the series is thinned evenly so the
-    /// whole run stays visible.
-    pub loss_points: usize,
-    /// Epoch summaries kept (oldest dropped first).
-    pub epochs: usize,
-    /// Status changes kept (oldest dropped first).
-    pub status_events: usize,
-}
-
-impl Default for History {
-    fn default() -> Self {
-        History {
-            loss_points: 2000,
-            epochs: 10_000,
-            status_events: 200,
-        }
-    }
 }
 
 /// The live dashboard on the HTTP listener.
@@ -410,42 +361,20 @@ impl ServerSettings {
             }
         }
         let limits = Limits {
-            max_batch_size: in_range("limits.max_batch_size", raw.limits.max_batch_size, 1, 1024)?,
-            max_image_dimension: in_range(
-                "limits.max_image_dimension",
-                raw.limits.max_image_dimension,
-                8,
-                16384,
-            )?,
-            heartbeat_interval_ms: in_range(
-                "limits.heartbeat_interval_ms",
-                raw.limits.heartbeat_interval_ms,
-                100,
-                600_000,
-            )?,
-            buffer_size: in_range("limits.buffer_size", raw.limits.buffer_size, 1, 100_000)?,
-            max_message_bytes: in_range(
-                "limits.max_message_bytes",
-                raw.limits.max_message_bytes,
-                64 << 10,
-                1 << 30,
-            )? as usize,
-        };
+            max_batch_size: raw.limits.max_batch_size,
+            max_image_dimension: raw.limits.max_image_dimension,
+            heartbeat_interval_ms: raw.limits.heartbeat_interval_ms,
+            buffer_size: raw.limits.buffer_size,
+            // Saturating: a value past usize (32-bit only) is out of bounds anyway.
+            max_message_bytes: usize::try_from(raw.limits.max_message_bytes).unwrap_or(usize::MAX),
+        }
+        .validate()?;
         let history = History {
-            loss_points: in_range(
-                "history.loss_points",
-                raw.history.loss_points,
-                16,
-                1_000_000,
-            )? as usize,
-            epochs: in_range("history.epochs", raw.history.epochs, 1, 1_000_000)? as usize,
-            status_events: in_range(
-                "history.status_events",
-                raw.history.status_events,
-                1,
-                100_000,
-            )? as usize,
-        };
+            loss_points: raw.history.loss_points as usize,
+            epochs: raw.history.epochs as usize,
+            status_events: raw.history.status_events as usize,
+        }
+        .validate()?;
         Ok(ServerSettings {
             listen,
             http_listen,
@@ -708,16 +637,25 @@ impl AgentSettings {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| match e {
-            crate::telemetry::TelemetryError::Invalid { key, value, reason } => match key {
-                "interval" => ConfigError::invalid("telemetry.interval_ms", t.interval_ms, reason),
-                "fps_window" => {
-                    ConfigError::invalid("telemetry.fps_window_ms", t.fps_window_ms, reason)
-                }
-                "root" => ConfigError::invalid("telemetry.root", value, reason),
-                _ => ConfigError::invalid("telemetry", value, reason),
-            },
-            other => ConfigError::invalid("telemetry", "", other.to_string()),
+        .map_err(|e| {
+            use crate::telemetry::{TelemetryError, TelemetrySetting};
+            match e {
+                // The raw millisecond values, as the user wrote them.
+                TelemetryError::Invalid { key, value, reason } => match key {
+                    TelemetrySetting::Interval => {
+                        ConfigError::invalid("telemetry.interval_ms", t.interval_ms, reason)
+                    }
+                    TelemetrySetting::FpsWindow => {
+                        ConfigError::invalid("telemetry.fps_window_ms", t.fps_window_ms, reason)
+                    }
+                    TelemetrySetting::Root => ConfigError::invalid("telemetry.root", value, reason),
+                    // Not a config key: set only by code.
+                    TelemetrySetting::ReprobeEvery => {
+                        ConfigError::invalid("telemetry", value, reason)
+                    }
+                },
+                other => ConfigError::invalid("telemetry", "", other.to_string()),
+            }
         })?;
         Ok(AgentSettings {
             telemetry,

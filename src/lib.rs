@@ -40,11 +40,15 @@
 //! - [`config`] — layered configuration (defaults → TOML file →
 //!   `TRAINWATCH_<ROLE>_*` environment → flags), validated once into typed
 //!   settings; a bad value is a [`config::ConfigError`] naming the key and the
-//!   value.
+//!   value. It sits at the top: it imports and builds the components' own
+//!   types (the server's limits in [`server::limits`], TLS files in [`tls`])
+//!   and maps their typed errors to its keys; nothing below imports it back.
 //! - [`tls`] — certificates and keys read and checked before tonic sees them,
-//!   with errors that name the file and what is wrong with it.
+//!   with errors that name the file and what is wrong with it; the TLS file
+//!   types, and the throw-away CA and PEM writing of `certs` and the demo.
 //! - [`cli`] — the `trainwatch` command line: flags mapped onto config keys,
-//!   one function per subcommand returning an exit code.
+//!   one function per subcommand returning `Result<(), CliError>`, and the
+//!   one exit path mapping it to 64 (usage) or 1 (runtime).
 #![deny(unsafe_code)]
 
 pub mod agent;

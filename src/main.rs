@@ -1,5 +1,6 @@
 //! `trainwatch`: one binary, one subcommand per role. Parsing and dispatch
-//! only; each subcommand lives in `trainwatch::cli`.
+//! only (`main -> run -> ExitCode`); each subcommand lives in
+//! `trainwatch::cli`, which also owns the one exit path.
 
 use std::process::ExitCode;
 
@@ -32,25 +33,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let usage = e.use_stderr();
-            let _ = e.print();
-            // --help and --version are not errors; a bad command line is a
-            // usage error like a bad config value.
-            return if usage {
-                ExitCode::from(cli::EXIT_CONFIG)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    match cli.command {
-        Command::Server(args) => cli::server(args),
-        Command::Agent(args) => cli::agent(args),
-        Command::Certs(args) => cli::certs(args),
-        Command::Demo(args) => cli::demo(args),
+    match Cli::try_parse() {
+        Ok(cli) => run(cli.command),
+        Err(e) => cli::parse_failed(e),
+    }
+}
+
+fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Server(args) => cli::exit("server", cli::server(args)),
+        Command::Agent(args) => cli::exit("agent", cli::agent(args)),
+        Command::Certs(args) => cli::exit("certs", cli::certs(args)),
+        Command::Demo(args) => cli::exit("demo", cli::demo(args)),
         Command::Inspect(args) => ExitCode::from(trainwatch::shm::inspect::run(
             &args,
             &mut std::io::stdout(),

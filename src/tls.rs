@@ -4,14 +4,16 @@
 //! missing file, a file with no certificate or a key that is not a key is
 //! reported with its path and what was found in it, instead of as a handshake
 //! failure minutes later.
+//!
+//! The throw-away CA of `trainwatch certs` and of the demo is made and written
+//! here too ([`EphemeralPki`], [`write_pem_files`]), so both write PEM files
+//! the same way: never over an existing file, keys readable by the owner only.
 
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-
-use crate::config::ServerTlsFiles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -72,6 +74,16 @@ fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
             problem: format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
         }),
     }
+}
+
+/// The server's TLS material; `None` in the server's settings means
+/// plaintext, which only an explicit `insecure = true` allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The server's TLS configuration; with `client_ca`, clients must present a
@@ -193,4 +205,120 @@ fn leaf(
     let key = rcgen::KeyPair::generate()?;
     let cert = params.signed_by(&key, ca)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Where making or writing certificate files failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot make certificates for {hosts:?}: {source}")]
+    Server {
+        hosts: Vec<String>,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot make a client certificate for {name:?}: {source}")]
+    Client {
+        name: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} exists; not overwriting certificates", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One PEM file to write: its name in the directory, its text and its mode.
+pub struct PemFile {
+    pub name: String,
+    pub pem: String,
+    /// 0o600 for private keys; certificates may be 0o644.
+    pub mode: u32,
+}
+
+/// Mode of a file only its owner may read (private keys).
+pub const SECRET_MODE: u32 = 0o600;
+/// Mode of a file anyone may read (certificates).
+pub const PUBLIC_MODE: u32 = 0o644;
+
+/// Writes `files` into `dir` (created when missing) and returns their paths.
+/// Existing files are never overwritten: if any is there, nothing is written.
+pub fn write_pem_files(dir: &Path, files: Vec<PemFile>) -> Result<Vec<PathBuf>, PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Create {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if let Some(f) = files.iter().find(|f| dir.join(&f.name).exists()) {
+        return Err(PkiError::Exists {
+            path: dir.join(&f.name),
+        });
+    }
+    let mut written = Vec::with_capacity(files.len());
+    for f in files {
+        let path = dir.join(&f.name);
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(f.mode)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(source) => return Err(PkiError::Create { path, source }),
+        };
+        if let Err(source) = file.write_all(f.pem.as_bytes()) {
+            return Err(PkiError::Write { path, source });
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// A new CA with a server certificate for `hosts` and a client certificate
+/// per name in `clients`, written into `dir` as `ca.pem`, `ca.key`,
+/// `server.pem`, `server.key` and `NAME.pem`/`NAME.key`: what
+/// `trainwatch certs` makes.
+pub fn write_pki(
+    dir: &Path,
+    hosts: &[String],
+    clients: &[String],
+) -> Result<Vec<PathBuf>, PkiError> {
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let pki = EphemeralPki::with_server_names("trainwatch CA", &names).map_err(|source| {
+        PkiError::Server {
+            hosts: hosts.to_vec(),
+            source,
+        }
+    })?;
+    let file = |name: &str, pem: &str, mode| PemFile {
+        name: name.to_string(),
+        pem: pem.to_string(),
+        mode,
+    };
+    let mut files = vec![
+        file("ca.pem", &pki.ca_pem, PUBLIC_MODE),
+        file("ca.key", &pki.ca_key_pem, SECRET_MODE),
+        file("server.pem", &pki.server_cert_pem, PUBLIC_MODE),
+        file("server.key", &pki.server_key_pem, SECRET_MODE),
+    ];
+    for name in clients {
+        let id = pki.client(name).map_err(|source| PkiError::Client {
+            name: name.clone(),
+            source,
+        })?;
+        files.push(file(&format!("{name}.pem"), &id.cert_pem, PUBLIC_MODE));
+        files.push(file(&format!("{name}.key"), &id.key_pem, SECRET_MODE));
+    }
+    write_pem_files(dir, files)
 }

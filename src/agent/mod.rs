@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod channel;
 pub mod health;
 pub mod link;
+pub mod notify;
 pub mod session;
 
 use std::collections::HashMap;

@@ -20,11 +20,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError, NoLifecycle};
-use crate::config::{
-    AgentSettings, ConfigError, EnvMap, Overrides, ServerSettings, ServerTlsFiles,
-};
+use crate::config::{AgentSettings, ConfigError, EnvMap, Overrides, ServerSettings};
 use crate::server::{Server, ServerError};
 use crate::shm::ShmError;
+use crate::tls::{write_pem_files, PemFile, PkiError, ServerTlsFiles, SECRET_MODE};
 pub use trainer::{End, Outcome, TrainerOptions};
 
 /// Starting learning rate, tried on the generated data: accuracy climbs
@@ -38,6 +37,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub enum DemoError {
     #[error("cannot make the demo's certificates: {0}")]
     Pki(#[from] rcgen::Error),
+    #[error("demo certificates: {0}")]
+    Certs(#[from] PkiError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -134,22 +135,6 @@ impl Drop for PrivateDir {
     }
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), DemoError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(|source| DemoError::Io {
-            what: "cannot write",
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
 /// Runs the demo until `shutdown` resolves, `duration` passes or the server
 /// stops; calls `serving` once the dashboard accepts connections.
 pub async fn run(
@@ -171,9 +156,19 @@ pub async fn run(
         client_ca: None,
     };
     let ca = private.0.join("ca.pem");
-    write_file(&tls.cert, &pki.server_cert_pem, 0o600)?;
-    write_file(&tls.key, &pki.server_key_pem, 0o600)?;
-    write_file(&ca, &pki.ca_pem, 0o600)?;
+    let secret = |name: &str, pem: &str| PemFile {
+        name: name.to_string(),
+        pem: pem.to_string(),
+        mode: SECRET_MODE,
+    };
+    write_pem_files(
+        &private.0,
+        vec![
+            secret("server.pem", &pki.server_cert_pem),
+            secret("server.key", &pki.server_key_pem),
+            secret("ca.pem", &pki.ca_pem),
+        ],
+    )?;
 
     let mut server_settings = ServerSettings::local_insecure();
     server_settings.listen = SocketAddr::from(([127, 0, 0, 1], opts.grpc_port));

@@ -15,6 +15,7 @@ mod apply;
 pub mod dashboard;
 pub mod http;
 pub mod latency;
+pub mod limits;
 pub mod registry;
 pub mod service;
 pub mod session;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::Limits;
+use super::limits::Limits;
 use crate::proto::{
     BatchData, EpochData, PerformanceData, SessionInfo, StatusUpdate, TrainingConfig,
     TrainingStatus,

@@ -25,12 +25,34 @@ pub use fps::{BatchSample, FpsTracker, Performance, RunTotals};
 pub use gpu::GpuReading;
 pub use resources::{ResourceSample, ResourceSampler};
 
+/// One bounded setting of [`TelemetryConfig`], so that callers map an error
+/// to their own key by its kind, not by its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TelemetrySetting {
+    Interval,
+    FpsWindow,
+    Root,
+    ReprobeEvery,
+}
+
+impl TelemetrySetting {
+    /// The field's name in [`TelemetryConfig`].
+    pub fn name(self) -> &'static str {
+        match self {
+            TelemetrySetting::Interval => "interval",
+            TelemetrySetting::FpsWindow => "fps_window",
+            TelemetrySetting::Root => "root",
+            TelemetrySetting::ReprobeEvery => "reprobe_every",
+        }
+    }
+}
+
 /// Telemetry settings that cannot be used, naming the setting and the value.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("telemetry.{key} = {value}: {reason}")]
+    #[error("telemetry.{} = {value}: {reason}", key.name())]
     Invalid {
-        key: &'static str,
+        key: TelemetrySetting,
         value: String,
         reason: &'static str,
     },
@@ -88,7 +110,7 @@ impl TelemetryConfig {
     /// merging its layers.
     pub fn validate(self) -> Result<Self, TelemetryError> {
         fn invalid(
-            key: &'static str,
+            key: TelemetrySetting,
             value: impl std::fmt::Debug,
             reason: &'static str,
         ) -> TelemetryError {
@@ -103,23 +125,31 @@ impl TelemetryConfig {
         };
         if !in_range(self.interval, 100, 3_600_000) {
             return Err(invalid(
-                "interval",
+                TelemetrySetting::Interval,
                 self.interval,
                 "expected between 100 ms and 1 hour",
             ));
         }
         if !in_range(self.fps_window, 100, 600_000) {
             return Err(invalid(
-                "fps_window",
+                TelemetrySetting::FpsWindow,
                 self.fps_window,
                 "expected between 100 ms and 10 minutes",
             ));
         }
         if !self.root.is_absolute() {
-            return Err(invalid("root", &self.root, "expected an absolute path"));
+            return Err(invalid(
+                TelemetrySetting::Root,
+                &self.root,
+                "expected an absolute path",
+            ));
         }
         if self.reprobe_every == 0 {
-            return Err(invalid("reprobe_every", 0, "expected at least 1 sample"));
+            return Err(invalid(
+                TelemetrySetting::ReprobeEvery,
+                0,
+                "expected at least 1 sample",
+            ));
         }
         Ok(self)
     }
