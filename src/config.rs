@@ -213,10 +213,10 @@ impl Default for Limits {
     fn default() -> Self {
         // The seed's own server answers these values.
         Limits {
-            max_batch_size: 16,
-            max_image_dimension: 512,
-            heartbeat_interval_ms: 2000,
-            buffer_size: 100,
+            max_batch_size: crate::proto::negotiated::MAX_BATCH_SIZE,
+            max_image_dimension: crate::proto::negotiated::MAX_IMAGE_DIMENSION,
+            heartbeat_interval_ms: crate::proto::negotiated::HEARTBEAT_INTERVAL_MS,
+            buffer_size: crate::proto::negotiated::BUFFER_SIZE,
             max_message_bytes: 16 << 20,
         }
     }
