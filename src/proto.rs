@@ -1,12 +1,15 @@
 //! The wire protocol, generated from `proto/metrics.proto` by build.rs.
 //!
 //! Everything a peer needs besides the generated types lives here: the
-//! wall-clock timestamp every message carries, and a JPEG header reader the
-//! server uses to check an image's dimensions without decoding it.
+//! wall-clock timestamp every message carries, the session-id rule, and the
+//! [`negotiated`] defaults and clamps of a `ServerConfig`, so the agent and
+//! the server's defaults cannot drift apart.
 
-#![allow(clippy::all, missing_docs)]
-
-tonic::include_proto!("metrics");
+#[allow(clippy::all, missing_docs)]
+mod generated {
+    tonic::include_proto!("metrics");
+}
+pub use generated::*;
 
 pub use self::metrics_service_client::MetricsServiceClient;
 pub use self::metrics_service_server::{MetricsService, MetricsServiceServer};
@@ -17,4 +20,105 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The session id of a run: the device, the run's name and the writer's
+/// start time, so a run name reused later is a new session, while an agent
+/// restart finds the same one.
+pub fn session_id(device_id: &str, run_name: &str, writer_start_unix_ns: u64) -> String {
+    let run: String = run_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let device: String = device_id.chars().take(48).collect();
+    format!("{device}:{run}:{}", writer_start_unix_ns / 1_000_000_000)
+}
+
+/// What a `ServerConfig` settles between agent and server: the defaults the
+/// server answers (the seed server's own values) and how the agent reads an
+/// answer, where 0 (a field the peer left unset) means the default.
+pub mod negotiated {
+    use std::time::Duration;
+
+    use super::ServerConfig;
+
+    /// Heartbeat period: the seed's.
+    pub const HEARTBEAT_INTERVAL_MS: u32 = 2000;
+    /// Heartbeat periods the agent accepts: faster floods the stream,
+    /// slower leaves a dead stream unnoticed for too long.
+    pub const HEARTBEAT_INTERVAL_MS_MIN: u32 = 100;
+    pub const HEARTBEAT_INTERVAL_MS_MAX: u32 = 600_000;
+    /// Images per batch: the seed's.
+    pub const MAX_BATCH_SIZE: u32 = 16;
+    /// Largest image side: the seed's.
+    pub const MAX_IMAGE_DIMENSION: u32 = 512;
+    /// Messages a session may have waiting on the server: the seed's.
+    pub const BUFFER_SIZE: u32 = 100;
+
+    /// A `ServerConfig` as the agent applies it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Negotiated {
+        pub heartbeat: Duration,
+        /// Images per batch sent.
+        pub max_images: usize,
+        /// Largest image side sent, as the server gave it.
+        pub max_dim: u32,
+    }
+
+    impl Negotiated {
+        /// Reads `sc`: unset fields take the defaults, the heartbeat is
+        /// clamped to what the agent accepts.
+        pub fn from_server(sc: &ServerConfig) -> Negotiated {
+            let heartbeat_ms = if sc.heartbeat_interval_ms == 0 {
+                HEARTBEAT_INTERVAL_MS
+            } else {
+                sc.heartbeat_interval_ms
+                    .clamp(HEARTBEAT_INTERVAL_MS_MIN, HEARTBEAT_INTERVAL_MS_MAX)
+            };
+            let max_batch = if sc.max_batch_size == 0 {
+                MAX_BATCH_SIZE
+            } else {
+                sc.max_batch_size
+            };
+            Negotiated {
+                heartbeat: Duration::from_millis(u64::from(heartbeat_ms)),
+                max_images: max_batch as usize,
+                max_dim: sc.max_image_dimension,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn unset_fields_take_the_defaults_and_the_heartbeat_is_clamped() {
+            let n = Negotiated::from_server(&ServerConfig::default());
+            assert_eq!(n.heartbeat, Duration::from_millis(2000));
+            assert_eq!((n.max_images, n.max_dim), (16, 0));
+            let sc = |hb| ServerConfig {
+                heartbeat_interval_ms: hb,
+                max_batch_size: 4,
+                max_image_dimension: 128,
+                buffer_size: 7,
+            };
+            let n = Negotiated::from_server(&sc(5));
+            assert_eq!(n.heartbeat, Duration::from_millis(100));
+            assert_eq!((n.max_images, n.max_dim), (4, 128));
+            let n = Negotiated::from_server(&sc(u32::MAX));
+            assert_eq!(n.heartbeat, Duration::from_millis(600_000));
+            assert_eq!(
+                Negotiated::from_server(&sc(750)).heartbeat,
+                Duration::from_millis(750)
+            );
+        }
+    }
 }

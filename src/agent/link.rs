@@ -64,29 +64,48 @@ impl Liveness {
         self.heartbeat_acks_seen
     }
 
-    /// `Some(reason)` when the stream should be torn down.
-    pub fn dead(&self, now: Instant) -> Option<String> {
-        let overdue = |since: Option<Instant>| {
+    /// `Some(silence)` when the stream should be torn down.
+    pub fn dead(&self, now: Instant) -> Option<Silence> {
+        let overdue = |since: Option<Instant>, what| {
             since.and_then(|t| {
                 let waited = now.saturating_duration_since(t);
-                (waited > self.window).then_some(waited)
+                (waited > self.window).then_some(Silence {
+                    what,
+                    waited,
+                    window: self.window,
+                })
             })
         };
         if self.heartbeat_acks_seen {
-            if let Some(w) = overdue(self.unanswered_heartbeat) {
-                return Some(format!(
-                    "no answer to heartbeats for {} ms (window {} ms)",
-                    w.as_millis(),
-                    self.window.as_millis()
-                ));
+            if let Some(s) = overdue(self.unanswered_heartbeat, Unanswered::Heartbeats) {
+                return Some(s);
             }
         }
-        overdue(self.unanswered_batch).map(|w| {
-            format!(
-                "no answer to batches for {} ms (window {} ms)",
-                w.as_millis(),
-                self.window.as_millis()
-            )
+        overdue(self.unanswered_batch, Unanswered::Batches)
+    }
+}
+
+/// A stream that went quiet: what went unanswered, for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no answer to {what} for {} ms (window {} ms)", .waited.as_millis(), .window.as_millis())]
+pub struct Silence {
+    pub what: Unanswered,
+    pub waited: Duration,
+    pub window: Duration,
+}
+
+/// The kind of message a [`Silence`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    Heartbeats,
+    Batches,
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unanswered::Heartbeats => "heartbeats",
+            Unanswered::Batches => "batches",
         })
     }
 }
@@ -304,8 +323,8 @@ mod tests {
             None,
             "6 s since the first unanswered"
         );
-        let why = l.dead(t0 + ms(8001)).expect("dead");
-        assert!(why.contains("heartbeats for 6001 ms"), "{why}");
+        let why = l.dead(t0 + ms(8001)).expect("dead").to_string();
+        assert_eq!(why, "no answer to heartbeats for 6001 ms (window 6000 ms)");
     }
 
     #[test]
@@ -320,7 +339,10 @@ mod tests {
         // A batch it does not acknowledge within the window: dead.
         l.on_batch_sent(t0 + ms(300_000));
         assert_eq!(l.dead(t0 + ms(306_000)), None);
-        assert!(l.dead(t0 + ms(306_001)).unwrap().contains("batches"));
+        assert_eq!(
+            l.dead(t0 + ms(306_001)).map(|s| s.what),
+            Some(Unanswered::Batches)
+        );
         // An ack in time keeps it alive.
         l.on_response(t0 + ms(306_001), false);
         assert_eq!(l.dead(t0 + ms(400_000)), None);

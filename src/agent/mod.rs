@@ -15,8 +15,10 @@ pub mod backoff;
 pub mod channel;
 pub mod health;
 pub mod link;
+pub mod messages;
 pub mod notify;
 pub mod session;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

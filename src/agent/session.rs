@@ -13,9 +13,17 @@
 //! past the liveness window is dropped and the session registers again
 //! after a backoff; the server's `last_event_seq` says where to resume, so
 //! nothing is lost or doubled.
+//!
+//! Here lives the I/O: `register` (→ what was negotiated), `round` and its
+//! one method per kind of wake-up. The rules and timers (and when to wake)
+//! are [`super::stream::StreamState`], what each message holds is
+//! [`super::messages`], and whether a failure resets the backoff is
+//! [`super::stream::Failure::retry`].
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,44 +31,36 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use super::backoff::Backoff;
 use super::health::AgentStats;
-use super::link::{EventCursor, FrameClock, FramePacer, Liveness};
+use super::messages;
+use super::stream::{Failure, StreamError, StreamState};
 use crate::config::AgentSettings;
 use crate::frame::{EncodedBatch, FramePipeline};
 use crate::proto::{
     self, acknowledgment::AckKind, control_command::CommandType, error_response::ErrorCode,
-    metrics_request::Payload, metrics_response, BatchData, ControlCommand, EpochData, Heartbeat,
-    ImageData, MetricsRequest, Prediction, SessionInfo, StatusUpdate, TrainingConfig,
+    metrics_request::Payload, metrics_response, negotiated::Negotiated, ControlCommand,
+    MetricsRequest, MetricsResponse, MetricsServiceClient, TrainingConfig,
 };
-use crate::shm::{
-    self, CommandKind, Event, EventRead, FrameRead, Reader, SendOutcome, WriterState,
-};
+use crate::shm::{self, EventRead, FrameRead, Reader, SendOutcome, WriterState};
 use crate::telemetry::{BatchSample, FpsTracker, ResourceSampler, RunTotals};
 
-/// Events sent ahead of the server's acknowledgements.
-const EVENT_WINDOW: u64 = 64;
 /// Messages queued for the stream; a frame that finds it full is dropped.
 const OUT_QUEUE: usize = 32;
 /// Commands waiting for room in the segment's control ring.
 const PENDING_COMMANDS: usize = 32;
-/// The shortest sleep of the loop, and the longest (events, a writer gone).
-const POLL_ACTIVE: Duration = Duration::from_millis(1);
-const POLL_IDLE: Duration = Duration::from_millis(10);
 /// A writer silent this long counts as idle, not live (for reporting).
 const IDLE_AFTER_NS: u64 = 5_000_000_000;
-/// How often a finished-looking run whose trainer has not published within
-/// this long (and has not closed the segment) asks whether the writer
-/// died: a read of /proc, which on every loop was a quarter of the agent's
-/// CPU. A batch published within it shows the writer alive.
-const WRITER_CHECK: Duration = Duration::from_millis(100);
 /// Batches of at most this many pixels (16 x 64x64) are encoded on the
 /// session's own task: a fraction of a millisecond, less than the hand-off
 /// to a blocking thread and back costs. Larger ones go to a blocking thread.
 const INLINE_PIXELS: u64 = crate::frame::SERIAL_PIXELS;
 /// Kinds of INVALID_DATA logged per session; later ones are only counted.
 const LOGGED_FAULT_KINDS: usize = 32;
+/// Largest answer or request message on the stream.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// What every session shares.
 pub struct SessionContext {
@@ -82,45 +82,12 @@ pub enum SessionEnd {
     Rejected(shm::ShmError),
 }
 
-/// Why one connection attempt ended.
+/// How one connection attempt ended. Inside the stream loop, `Finished`
+/// means "finish now": the attempt then closes the stream gracefully.
 enum Attempt {
     Finished,
     Stopped,
-    /// Reconnect after a backoff; `healthy` when the stream had worked.
-    Failed {
-        reason: String,
-        healthy: bool,
-    },
-}
-
-/// The session id of a run: the device, the run's name and the writer's
-/// start time, so a run name reused later is a new session, while an agent
-/// restart finds the same one.
-pub fn session_id(device_id: &str, run_name: &str, writer_start_unix_ns: u64) -> String {
-    let run: String = run_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    let device: String = device_id.chars().take(48).collect();
-    format!("{device}:{run}:{}", writer_start_unix_ns / 1_000_000_000)
-}
-
-pub fn training_config(c: &shm::RunConfig) -> TrainingConfig {
-    TrainingConfig {
-        total_epochs: c.total_epochs,
-        batches_per_epoch: c.batches_per_epoch,
-        batch_size: c.batch_size,
-        model_name: c.model_name.clone(),
-        dataset_name: c.dataset_name.clone(),
-        class_names: c.class_names.clone(),
-    }
+    Failed(Failure),
 }
 
 /// Streams the run in segment `path` until it finishes or `stop` fires.
@@ -142,15 +109,15 @@ pub async fn run(path: PathBuf, ctx: Arc<SessionContext>, stop: CancellationToke
                 return SessionEnd::Finished;
             }
             Attempt::Stopped => return SessionEnd::Stopped,
-            Attempt::Failed { reason, healthy } => {
-                if healthy {
+            Attempt::Failed(failure) => {
+                if failure.retry().reset_backoff {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
                 s.ctx.stats.reconnects.fetch_add(1, Relaxed);
                 tracing::warn!(
                     session = %s.id,
-                    %reason,
+                    reason = %failure.error,
                     retry_in_ms = delay.as_millis() as u64,
                     "stream lost; reconnecting"
                 );
@@ -160,6 +127,79 @@ pub async fn run(path: PathBuf, ctx: Arc<SessionContext>, stop: CancellationToke
                 }
             }
         }
+    }
+}
+
+/// What registration settled.
+struct Registration {
+    negotiated: Negotiated,
+    /// The last event the server has applied.
+    last_event_seq: u64,
+    resumed: bool,
+}
+
+type Inbound = tonic::Streaming<MetricsResponse>;
+type Opening =
+    Pin<Box<dyn Future<Output = Result<tonic::Response<Inbound>, tonic::Status>> + Send>>;
+/// A message of the server's answer stream, as tonic gives it.
+type Answer = Result<Option<MetricsResponse>, tonic::Status>;
+
+/// One StreamMetrics call: its two ends and the conversation's state.
+struct Stream {
+    negotiated: Negotiated,
+    out: mpsc::Sender<MetricsRequest>,
+    /// Polled in the loop, not awaited before it: a grpcio server (the
+    /// seed's) sends its response headers only with its first answer, which
+    /// comes only after our first batch.
+    opening: Option<Opening>,
+    inbound: Option<Inbound>,
+    state: StreamState,
+}
+
+impl Stream {
+    fn fail(&self, error: impl Into<StreamError>) -> Attempt {
+        Attempt::Failed(Failure {
+            error: error.into(),
+            answered: self.state.answered(),
+        })
+    }
+
+    /// Takes the opened answer stream if the call has opened, without waiting.
+    async fn poll_open(&mut self) -> Result<(), Attempt> {
+        let Some(fut) = self.opening.as_mut() else {
+            return Ok(());
+        };
+        let polled = tokio::select! {
+            biased;
+            r = fut => Some(r),
+            _ = std::future::ready(()) => None,
+        };
+        match polled {
+            Some(Ok(r)) => {
+                self.inbound = Some(r.into_inner());
+                self.opening = None;
+                Ok(())
+            }
+            Some(Err(status)) => Err(self.fail(StreamError::Open(status))),
+            None => Ok(()),
+        }
+    }
+
+    /// The server's next message if one is ready now.
+    async fn try_answer(&mut self) -> Option<Answer> {
+        let stream = self.inbound.as_mut()?;
+        tokio::select! {
+            biased;
+            m = stream.message() => Some(m),
+            _ = std::future::ready(()) => None,
+        }
+    }
+
+    /// Queues `req`; a closed queue means the stream is gone.
+    fn send(&self, req: MetricsRequest) -> Result<(), Attempt> {
+        self.out
+            .try_send(req)
+            .map_err(|_| self.fail(StreamError::SendQueueClosed))
     }
 }
 
@@ -184,12 +224,12 @@ struct Session {
 impl Session {
     fn new(reader: Reader, ctx: Arc<SessionContext>) -> Session {
         let info = reader.header();
-        let id = session_id(
+        let id = proto::session_id(
             &ctx.settings.device_id,
             &reader.config().run_name,
             info.writer_start_unix_ns,
         );
-        let config = training_config(reader.config());
+        let config = messages::training_config(reader.config());
         Session {
             id,
             reader,
@@ -207,332 +247,336 @@ impl Session {
     }
 
     fn request(&self, payload: Payload, timestamp_ms: u64, event_seq: u64) -> MetricsRequest {
-        MetricsRequest {
-            session_id: self.id.clone(),
-            timestamp_ms,
-            payload: Some(payload),
-            event_seq,
-        }
+        messages::request(&self.id, payload, timestamp_ms, event_seq)
     }
 
     /// Registers, streams until something ends the stream, and says why.
     async fn attempt(&mut self, stop: &CancellationToken) -> Attempt {
-        let settings = self.ctx.settings.clone();
-        // A fresh connection per attempt: the one a dead stream ran on may be
-        // dead too (a black hole keeps a TCP connection open for minutes).
-        let channel = match super::channel::connect_lazy(&settings) {
-            Ok(c) => c,
-            Err(e) => return failed(&e.to_string(), false),
+        let (client, reg) = match self.register(stop).await {
+            Ok(r) => r,
+            Err(end) => return end,
         };
-        let mut client = super::channel::client(&channel, 64 << 20);
-        let info = SessionInfo {
-            session_id: self.id.clone(),
-            client_name: "trainwatch-agent".into(),
-            client_version: env!("CARGO_PKG_VERSION").into(),
-            config: Some(self.config.clone()),
-            timestamp_ms: proto::now_ms(),
-        };
-        let registered = tokio::select! {
-            _ = stop.cancelled() => return Attempt::Stopped,
-            r = tokio::time::timeout(super::channel::CONNECT_TIMEOUT * 2, client.register_training_session(info)) => r,
-        };
-        let resp = match registered {
-            Err(_) => return failed("registration timed out", false),
-            Ok(Err(status)) => return failed(&format!("registration failed: {status}"), false),
-            Ok(Ok(r)) => r.into_inner(),
-        };
-        if !resp.success {
-            return failed(&format!("registration refused: {}", resp.message), false);
-        }
-        let sc = resp.server_config.unwrap_or_default();
-        let heartbeat = Duration::from_millis(u64::from(if sc.heartbeat_interval_ms == 0 {
-            2000
-        } else {
-            sc.heartbeat_interval_ms.clamp(100, 600_000)
-        }));
-        let max_images = if sc.max_batch_size == 0 {
-            16
-        } else {
-            sc.max_batch_size as usize
-        };
-        let max_dim = sc.max_image_dimension;
-
-        let mut cursor = EventCursor::resume(resp.last_event_seq, EVENT_WINDOW);
-        self.reader.seek_events(cursor.acked);
+        self.reader.seek_events(reg.last_event_seq);
         if let Some((seq, _)) = &self.final_status {
-            if resp.last_event_seq >= *seq {
+            if reg.last_event_seq >= *seq {
                 return Attempt::Finished;
             }
         }
-
-        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-        // Opened in the loop, not awaited here: a grpcio server (the seed's)
-        // sends its response headers only with its first answer, which comes
-        // only after our first batch.
-        let mut opening = Some(Box::pin(client.stream_metrics(ReceiverStream::new(out_rx))));
-        let mut inbound: Option<tonic::Streaming<proto::MetricsResponse>> = None;
-        tracing::info!(
-            session = %self.id,
-            resumed = resp.resumed,
-            last_event_seq = resp.last_event_seq,
-            heartbeat_ms = heartbeat.as_millis() as u64,
-            max_images,
-            max_dim,
-            "stream open"
-        );
-
-        let now = Instant::now();
-        let window = heartbeat * settings.liveness_intervals;
-        let mut liveness = Liveness::new(window, now);
-        let mut pacer = FramePacer::new(settings.max_fps, now);
-        let mut next_heartbeat = now;
-        let mut next_performance = now + settings.telemetry.interval;
-        let mut frames = FrameClock::default();
-        let mut next_writer_check = now;
+        let mut stream = self.open(client, &reg);
         // A server message that ended the wait at the bottom of the loop.
         let mut woken_by = None;
-        let mut healthy = false;
-
-        loop {
+        let end = loop {
             let now = Instant::now();
-            // Answers from the server, without waiting.
-            if let Some(fut) = opening.as_mut() {
-                let polled = tokio::select! {
-                    biased;
-                    r = fut => Some(r),
-                    _ = std::future::ready(()) => None,
-                };
-                match polled {
-                    Some(Ok(r)) => {
-                        inbound = Some(r.into_inner());
-                        opening = None;
-                    }
-                    Some(Err(status)) => {
-                        return failed(&format!("opening the stream failed: {status}"), false)
-                    }
-                    None => {}
-                }
-            }
-            loop {
-                let msg = match woken_by.take() {
-                    Some(m) => m,
-                    None => {
-                        let Some(stream) = inbound.as_mut() else {
-                            break;
-                        };
-                        tokio::select! {
-                            biased;
-                            m = stream.message() => m,
-                            _ = std::future::ready(()) => break,
-                        }
-                    }
-                };
-                let resp = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return failed("the server ended the stream", healthy),
-                    Err(status) => return failed(&format!("stream error: {status}"), healthy),
-                };
-                let hb = matches!(&resp.payload, Some(metrics_response::Payload::Ack(a)) if a.kind == AckKind::Heartbeat as i32);
-                liveness.on_response(Instant::now(), hb);
-                healthy = true;
-                match resp.payload {
-                    Some(metrics_response::Payload::Ack(a)) => match AckKind::try_from(a.kind) {
-                        Ok(AckKind::Batch) => AgentStats::add(&self.ctx.stats.frames_acked, 1),
-                        Ok(AckKind::Event) => {
-                            let before = cursor.acked;
-                            if cursor.on_ack(a.event_seq) {
-                                AgentStats::add(
-                                    &self.ctx.stats.events_acked,
-                                    cursor.acked - before,
-                                );
-                                // The final status this agent made up is not in
-                                // the ring; record only what the ring holds.
-                                let in_ring = cursor.acked.min(self.reader.events_written());
-                                if let Err(e) = self.reader.ack_events(in_ring) {
-                                    tracing::warn!(session = %self.id, error = %e, "cannot record acknowledged events in the segment");
-                                }
-                            }
-                            if let Some((seq, _)) = &self.final_status {
-                                if cursor.acked >= *seq {
-                                    return close_gracefully(out_tx, inbound).await;
-                                }
-                            }
-                        }
-                        _ => {}
-                    },
-                    Some(metrics_response::Payload::Command(cmd)) => self.queue_command(cmd),
-                    Some(metrics_response::Payload::Error(e)) => {
-                        match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::UnknownError) {
-                            ErrorCode::InvalidSession => {
-                                return failed(
-                                    &format!("server lost the session: {}", e.message),
-                                    true,
-                                )
-                            }
-                            ErrorCode::BufferFull => {
-                                AgentStats::add(&self.ctx.stats.buffer_full, 1);
-                                pacer.on_buffer_full(now);
-                                // An event the server could not take is resent.
-                                cursor = EventCursor::resume(cursor.acked, EVENT_WINDOW);
-                                self.reader.seek_events(cursor.acked);
-                            }
-                            _ => self.log_fault(&e.message),
-                        }
-                    }
-                    None => {}
-                }
-            }
-
-            self.deliver_commands();
-
-            // Events, every one and in order.
-            let mut writer_done = false;
-            while cursor.may_send() && out_tx.capacity() > 0 {
-                match self.reader.next_event() {
-                    Ok(Some(EventRead::Event {
-                        seq,
-                        timestamp_unix_ns,
-                        event,
-                    })) => {
-                        let ts = timestamp_unix_ns / 1_000_000;
-                        let payload = event_payload(&event, ts);
-                        let req = self.request(payload, ts, seq);
-                        if out_tx.try_send(req).is_err() {
-                            return failed("the stream's send queue closed", healthy);
-                        }
-                        cursor.sent(seq);
-                        AgentStats::add(&self.ctx.stats.events_sent, 1);
-                    }
-                    Ok(Some(EventRead::Missed { first, count })) => {
-                        AgentStats::add(&self.ctx.stats.events_missed, count);
-                        tracing::error!(session = %self.id, first, count, "events overwritten in the segment before they were read (the event ring was lapped)");
-                        cursor.skip_to(first + count);
-                    }
-                    Ok(None) => {
-                        writer_done = true;
-                        break;
-                    }
-                    Err(e) => {
-                        self.log_fault(&format!("unreadable event skipped: {e}"));
-                    }
-                }
-            }
-
-            // The trainer's newest batch, read once for this round.
-            let progress = self.reader.progress();
-            let last_publish = progress.map(|p| instant_at(now, p.mono_ns));
-
-            let mut sent_frame = false;
-            // The newest frame, when the pacer allows one published when
-            // the trainer's newest batch was.
-            if pacer.ready(last_publish.unwrap_or(now)) {
-                match self.reader.latest_frame(&mut self.frame) {
-                    Ok(FrameRead::New) => {
-                        AgentStats::add(&self.ctx.stats.frames_read, 1);
-                        let published = instant_at(now, self.frame.mono_ns);
-                        frames.on_frame(published, now);
-                        if out_tx.capacity() == 0 {
-                            AgentStats::add(&self.ctx.stats.frames_dropped, 1);
-                        } else {
-                            match self.encode(max_images, max_dim).await {
-                                Some(req) => {
-                                    if out_tx.try_send(req).is_err() {
-                                        AgentStats::add(&self.ctx.stats.frames_dropped, 1);
-                                    } else {
-                                        pacer.sent(published);
-                                        sent_frame = true;
-                                        liveness.on_batch_sent(Instant::now());
-                                        AgentStats::add(&self.ctx.stats.frames_sent, 1);
-                                    }
-                                }
-                                None => AgentStats::add(&self.ctx.stats.frames_dropped, 1),
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => self.log_fault(&format!("unreadable frame skipped: {e}")),
-                }
-            }
-
-            if now >= next_heartbeat {
-                next_heartbeat = now + heartbeat;
-                self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
-                let hb = Payload::Heartbeat(Heartbeat {
-                    timestamp_ms: proto::now_ms(),
-                    sequence_number: self.heartbeat_seq,
-                });
-                let req = self.request(hb, proto::now_ms(), 0);
-                if out_tx.try_send(req).is_ok() {
-                    liveness.on_heartbeat_sent(now);
-                }
-                self.reader.touch();
-            }
-
-            self.observe(progress);
-            if now >= next_performance {
-                next_performance = now + settings.telemetry.interval;
-                let req = self.performance();
-                // Figures are replaced by the next ones: never worth waiting.
-                let _ = out_tx.try_send(req);
-            }
-
-            if let Some(reason) = liveness.dead(now) {
-                return failed(&reason, false);
-            }
-
-            // A writer gone for good, every event sent and acknowledged: end
-            // the session, with a final status if the trainer left none.
-            if writer_done
-                && cursor.in_flight() == 0
-                && self.final_status.is_none()
-                && (self.reader.writer_closed()
-                    || (now >= next_writer_check
-                        && last_publish.is_none_or(|t| now - t >= WRITER_CHECK)))
-            {
-                next_writer_check = now + WRITER_CHECK;
-                match self.reader.writer_state(IDLE_AFTER_NS) {
-                    // The writer may have published its last events (and
-                    // closed) after `next_event` found none: only end once
-                    // every event it wrote is acknowledged. Read after the
-                    // state, so nothing can be written after this check.
-                    state @ (WriterState::Closed | WriterState::Dead)
-                        if self.reader.events_written() <= cursor.acked =>
-                    {
-                        tracing::info!(session = %self.id, ?state, events = cursor.acked, "trainer is gone; ending the run");
-                        // The run's last figures (every batch counted).
-                        self.observe_progress();
-                        let _ = out_tx.try_send(self.performance());
-                        match self.final_status_request(state, cursor.acked) {
-                            None => return close_gracefully(out_tx, inbound).await,
-                            Some((seq, req)) => {
-                                if out_tx.try_send(req.clone()).is_err() {
-                                    return failed("the stream's send queue closed", healthy);
-                                }
-                                cursor.sent(seq);
-                                self.final_status = Some((seq, req));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-
-            // Sleep until something can be due: the next frame (the
-            // trainer's usual gap after the last, and not before the pacer
-            // takes one published then), a heartbeat, figures, a look
-            // at events; a server message ends the wait at once. Right
-            // after a frame went, a trainer faster than a millisecond a
-            // batch may have the next one ready: no minimum sleep then.
-            let mut wake = (now + POLL_IDLE).min(next_heartbeat).min(next_performance);
-            if let Some(look) = frames.next_look(now) {
-                wake = wake.min(look.max(pacer.next_due(now)));
-            }
-            let earliest = if sent_frame { now } else { now + POLL_ACTIVE };
+            let sent_frame = match self.round(&mut stream, now, woken_by.take()).await {
+                Ok(sent) => sent,
+                Err(end) => break end,
+            };
+            let wake = stream.state.next_wake(now, sent_frame);
             woken_by = tokio::select! {
                 _ = stop.cancelled() => return Attempt::Stopped,
-                _ = tokio::time::sleep_until(wake.max(earliest).into()) => None,
-                m = next_message(&mut inbound) => Some(m),
+                _ = tokio::time::sleep_until(wake.into()) => None,
+                m = next_message(&mut stream.inbound) => Some(m),
             };
+        };
+        match end {
+            Attempt::Finished => close_gracefully(stream).await,
+            end => end,
+        }
+    }
+
+    /// RegisterTrainingSession on a fresh connection: the one a dead stream
+    /// ran on may be dead too (a black hole keeps a TCP connection open for
+    /// minutes).
+    async fn register(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<(MetricsServiceClient<Channel>, Registration), Attempt> {
+        let failed = |error: StreamError| {
+            Attempt::Failed(Failure {
+                error,
+                answered: false,
+            })
+        };
+        let channel =
+            super::channel::connect_lazy(&self.ctx.settings).map_err(|e| failed(e.into()))?;
+        let mut client = super::channel::client(&channel, MAX_MESSAGE_BYTES);
+        let info = messages::session_info(&self.id, &self.config);
+        let timeout = super::channel::CONNECT_TIMEOUT * 2;
+        let registered = tokio::select! {
+            _ = stop.cancelled() => return Err(Attempt::Stopped),
+            r = tokio::time::timeout(timeout, client.register_training_session(info)) => r,
+        };
+        let resp = match registered {
+            Err(_) => return Err(failed(StreamError::RegistrationTimeout(timeout))),
+            Ok(Err(status)) => return Err(failed(StreamError::Registration(status))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        if !resp.success {
+            return Err(failed(StreamError::Refused(resp.message)));
+        }
+        let reg = Registration {
+            negotiated: Negotiated::from_server(&resp.server_config.unwrap_or_default()),
+            last_event_seq: resp.last_event_seq,
+            resumed: resp.resumed,
+        };
+        Ok((client, reg))
+    }
+
+    /// Starts the StreamMetrics call (it opens in the loop).
+    fn open(&self, mut client: MetricsServiceClient<Channel>, reg: &Registration) -> Stream {
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let opening: Opening =
+            Box::pin(async move { client.stream_metrics(ReceiverStream::new(out_rx)).await });
+        let n = &reg.negotiated;
+        tracing::info!(
+            session = %self.id,
+            resumed = reg.resumed,
+            last_event_seq = reg.last_event_seq,
+            heartbeat_ms = n.heartbeat.as_millis() as u64,
+            max_images = n.max_images,
+            max_dim = n.max_dim,
+            "stream open"
+        );
+        let s = &self.ctx.settings;
+        let state = StreamState::new(
+            n,
+            s.max_fps,
+            s.liveness_intervals,
+            s.telemetry.interval,
+            reg.last_event_seq,
+            Instant::now(),
+        );
+        Stream {
+            negotiated: reg.negotiated,
+            out,
+            opening: Some(opening),
+            inbound: None,
+            state,
+        }
+    }
+
+    /// One time round the loop, in the module doc's order; returns whether
+    /// a frame went. `Err` ends the attempt.
+    async fn round(
+        &mut self,
+        st: &mut Stream,
+        now: Instant,
+        woken_by: Option<Answer>,
+    ) -> Result<bool, Attempt> {
+        st.poll_open().await?;
+        // Answers from the server, without waiting.
+        let mut next = woken_by;
+        loop {
+            let answer = match next.take() {
+                Some(a) => a,
+                None => match st.try_answer().await {
+                    Some(a) => a,
+                    None => break,
+                },
+            };
+            self.on_answer(st, now, answer)?;
+        }
+        self.deliver_commands();
+        let writer_done = self.send_events(st)?;
+        // The trainer's newest batch, read once for this round.
+        let progress = self.reader.progress();
+        let last_publish = progress.map(|p| instant_at(now, p.mono_ns));
+        let sent_frame = self.send_frame(st, now, last_publish).await;
+        self.send_heartbeat(st, now);
+        self.observe(progress);
+        if st.state.figures_due(now) {
+            let req = self.performance();
+            // Figures are replaced by the next ones: never worth waiting.
+            let _ = st.out.try_send(req);
+        }
+        if let Some(silence) = st.state.liveness.dead(now) {
+            return Err(st.fail(silence));
+        }
+        if writer_done {
+            self.writer_gone(st, now, last_publish)?;
+        }
+        Ok(sent_frame)
+    }
+
+    /// A message from the server: acks advance the event cursor and are
+    /// written back to the segment, commands go into the control ring.
+    fn on_answer(&mut self, st: &mut Stream, now: Instant, answer: Answer) -> Result<(), Attempt> {
+        let resp = match answer {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(st.fail(StreamError::ServerEnded)),
+            Err(status) => return Err(st.fail(StreamError::Stream(status))),
+        };
+        let hb = matches!(&resp.payload, Some(metrics_response::Payload::Ack(a)) if a.kind == AckKind::Heartbeat as i32);
+        st.state.on_response(Instant::now(), hb);
+        match resp.payload {
+            Some(metrics_response::Payload::Ack(a)) => match AckKind::try_from(a.kind) {
+                Ok(AckKind::Batch) => AgentStats::add(&self.ctx.stats.frames_acked, 1),
+                Ok(AckKind::Event) => return self.on_event_ack(st, a.event_seq),
+                _ => {}
+            },
+            Some(metrics_response::Payload::Command(cmd)) => self.queue_command(cmd),
+            Some(metrics_response::Payload::Error(e)) => {
+                match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::UnknownError) {
+                    ErrorCode::InvalidSession => {
+                        return Err(st.fail(StreamError::SessionLost(e.message)))
+                    }
+                    ErrorCode::BufferFull => {
+                        AgentStats::add(&self.ctx.stats.buffer_full, 1);
+                        // An event the server could not take is resent.
+                        st.state.on_buffer_full(now);
+                        self.reader.seek_events(st.state.cursor.acked);
+                    }
+                    _ => self.log_fault(&e.message),
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Every event up to `seq` is applied; once that includes the final
+    /// status this agent made up, the run is finished.
+    fn on_event_ack(&mut self, st: &mut Stream, seq: u64) -> Result<(), Attempt> {
+        let cursor = &mut st.state.cursor;
+        let before = cursor.acked;
+        if cursor.on_ack(seq) {
+            AgentStats::add(&self.ctx.stats.events_acked, cursor.acked - before);
+            // The final status this agent made up is not in the ring;
+            // record only what the ring holds.
+            let in_ring = cursor.acked.min(self.reader.events_written());
+            if let Err(e) = self.reader.ack_events(in_ring) {
+                tracing::warn!(session = %self.id, error = %e, "cannot record acknowledged events in the segment");
+            }
+        }
+        match &self.final_status {
+            Some((seq, _)) if cursor.acked >= *seq => Err(Attempt::Finished),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next events, every one and in order, a bounded window ahead of
+    /// the acknowledgements; returns whether the ring has no more now.
+    fn send_events(&mut self, st: &mut Stream) -> Result<bool, Attempt> {
+        while st.state.cursor.may_send() && st.out.capacity() > 0 {
+            match self.reader.next_event() {
+                Ok(Some(EventRead::Event {
+                    seq,
+                    timestamp_unix_ns,
+                    event,
+                })) => {
+                    let ts = timestamp_unix_ns / 1_000_000;
+                    let payload = messages::event_payload(&event, ts);
+                    st.send(self.request(payload, ts, seq))?;
+                    st.state.cursor.sent(seq);
+                    AgentStats::add(&self.ctx.stats.events_sent, 1);
+                }
+                Ok(Some(EventRead::Missed { first, count })) => {
+                    AgentStats::add(&self.ctx.stats.events_missed, count);
+                    tracing::error!(session = %self.id, first, count, "events overwritten in the segment before they were read (the event ring was lapped)");
+                    st.state.cursor.skip_to(first + count);
+                }
+                Ok(None) => return Ok(true),
+                Err(e) => {
+                    self.log_fault(&format!("unreadable event skipped: {e}"));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The newest frame, when the pacer allows one published when the
+    /// trainer's newest batch was (`last_publish`); returns whether one went.
+    async fn send_frame(
+        &mut self,
+        st: &mut Stream,
+        now: Instant,
+        last_publish: Option<Instant>,
+    ) -> bool {
+        if !st.state.pacer.ready(last_publish.unwrap_or(now)) {
+            return false;
+        }
+        match self.reader.latest_frame(&mut self.frame) {
+            Ok(FrameRead::New) => {
+                AgentStats::add(&self.ctx.stats.frames_read, 1);
+                let published = instant_at(now, self.frame.mono_ns);
+                st.state.frames.on_frame(published, now);
+                if st.out.capacity() == 0 {
+                    AgentStats::add(&self.ctx.stats.frames_dropped, 1);
+                    return false;
+                }
+                let n = st.negotiated;
+                let Some(req) = self.encode(n.max_images, n.max_dim).await else {
+                    AgentStats::add(&self.ctx.stats.frames_dropped, 1);
+                    return false;
+                };
+                if st.out.try_send(req).is_err() {
+                    AgentStats::add(&self.ctx.stats.frames_dropped, 1);
+                    return false;
+                }
+                st.state.pacer.sent(published);
+                st.state.liveness.on_batch_sent(Instant::now());
+                AgentStats::add(&self.ctx.stats.frames_sent, 1);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                self.log_fault(&format!("unreadable frame skipped: {e}"));
+                false
+            }
+        }
+    }
+
+    /// A heartbeat when due; it also tells the trainer the agent is there.
+    fn send_heartbeat(&mut self, st: &mut Stream, now: Instant) {
+        if !st.state.heartbeat_due(now) {
+            return;
+        }
+        self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
+        let req = self.request(messages::heartbeat(self.heartbeat_seq), proto::now_ms(), 0);
+        if st.out.try_send(req).is_ok() {
+            st.state.liveness.on_heartbeat_sent(now);
+        }
+        self.reader.touch();
+    }
+
+    /// A writer gone for good, with every event sent and acknowledged:
+    /// ends the session, with a final status if the trainer left none.
+    fn writer_gone(
+        &mut self,
+        st: &mut Stream,
+        now: Instant,
+        last_publish: Option<Instant>,
+    ) -> Result<(), Attempt> {
+        if st.state.cursor.in_flight() != 0
+            || self.final_status.is_some()
+            || !st
+                .state
+                .writer_check_due(now, last_publish, || self.reader.writer_closed())
+        {
+            return Ok(());
+        }
+        let acked = st.state.cursor.acked;
+        match self.reader.writer_state(IDLE_AFTER_NS) {
+            // The writer may have published its last events (and closed)
+            // after `next_event` found none: only end once every event it
+            // wrote is acknowledged. Read after the state, so nothing can
+            // be written after this check.
+            state @ (WriterState::Closed | WriterState::Dead)
+                if self.reader.events_written() <= acked =>
+            {
+                tracing::info!(session = %self.id, ?state, events = acked, "trainer is gone; ending the run");
+                // The run's last figures (every batch counted).
+                self.observe_progress();
+                let _ = st.out.try_send(self.performance());
+                let Some((seq, req)) = self.final_status_request(state, acked) else {
+                    return Err(Attempt::Finished);
+                };
+                st.send(req.clone())?;
+                st.state.cursor.sent(seq);
+                self.final_status = Some((seq, req));
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -584,38 +628,10 @@ impl Session {
             }
             return None;
         }
-        let f = &self.frame;
-        let samples = f.predictions().len();
-        let n = if f.images.is_some() {
-            encoded.len().min(samples)
-        } else {
-            0
-        };
-        let mut images = Vec::with_capacity(n);
-        let mut bytes = 0u64;
-        for img in encoded.drain().take(n) {
-            bytes += img.bytes.len() as u64;
-            images.push(ImageData::from(img));
-        }
-        encoded.clear();
+        let (batch, bytes) = messages::batch_data(&self.frame, &mut encoded);
         self.encoded = encoded;
         AgentStats::add(&self.ctx.stats.image_bytes_sent, bytes);
-        let batch = BatchData {
-            epoch: f.epoch,
-            batch_idx: f.batch_idx,
-            images,
-            predictions: f.predictions()[..n]
-                .iter()
-                .zip(&f.confidences()[..n])
-                .map(|(&c, &p)| Prediction {
-                    predicted_class: c,
-                    confidence: p,
-                })
-                .collect(),
-            ground_truth: f.labels()[..n].to_vec(),
-            batch_loss: f.loss,
-        };
-        let ts = f.timestamp_unix_ns / 1_000_000;
+        let ts = self.frame.timestamp_unix_ns / 1_000_000;
         Some(self.request(Payload::BatchData(batch), ts, 0))
     }
 
@@ -665,8 +681,8 @@ impl Session {
             Err(_) => None,
         };
         let ts = proto::now_ms();
-        let data = perf.to_proto(ts, sample.as_ref().map(Into::into));
-        self.request(Payload::PerformanceData(data), ts, 0)
+        let payload = messages::performance(&perf, sample.as_ref().map(Into::into), ts);
+        self.request(payload, ts, 0)
     }
 
     fn queue_command(&mut self, mut cmd: ControlCommand) {
@@ -688,16 +704,9 @@ impl Session {
     /// Writes waiting commands into the segment's control ring.
     fn deliver_commands(&mut self) {
         while let Some(cmd) = self.commands.front() {
-            let kind = match cmd.r#type() {
-                CommandType::PauseTraining => CommandKind::Pause,
-                CommandType::ResumeTraining => CommandKind::Resume,
-                CommandType::StopTraining => CommandKind::Stop,
-                CommandType::AdjustBatchSize => CommandKind::AdjustBatchSize,
-                CommandType::ChangeLearningRate => CommandKind::ChangeLearningRate,
-                CommandType::UnknownCommand => {
-                    self.commands.pop_front();
-                    continue;
-                }
+            let Some(kind) = messages::command_kind(cmd.r#type()) else {
+                self.commands.pop_front();
+                continue;
             };
             let id = cmd.command_id.to_string();
             let mut params: Vec<(&str, &str)> = cmd
@@ -734,24 +743,11 @@ impl Session {
         ) {
             return None;
         }
-        let (status, message) = match state {
-            WriterState::Dead => (proto::TrainingStatus::Failed, "trainer process exited"),
-            _ => (proto::TrainingStatus::Completed, "trainer closed the run"),
-        };
         // Numbered after the ring's last event, so a restarted agent makes up
         // the same number and the server applies it once.
         let seq = self.reader.events_written().max(acked) + 1;
         let ts = proto::now_ms();
-        let req = self.request(
-            Payload::StatusUpdate(StatusUpdate {
-                status: status as i32,
-                message: message.into(),
-                config: None,
-                timestamp_ms: ts,
-            }),
-            ts,
-            seq,
-        );
+        let req = self.request(messages::final_status(state, ts), ts, seq);
         Some((seq, req))
     }
 
@@ -796,9 +792,7 @@ fn encode_frame(
 }
 
 /// The next message of the server's answer stream; never, without one.
-async fn next_message(
-    inbound: &mut Option<tonic::Streaming<proto::MetricsResponse>>,
-) -> Result<Option<proto::MetricsResponse>, tonic::Status> {
+async fn next_message(inbound: &mut Option<Inbound>) -> Answer {
     match inbound {
         Some(stream) => stream.message().await,
         None => std::future::pending().await,
@@ -807,55 +801,14 @@ async fn next_message(
 
 /// Ends the request stream and waits (briefly) for the server to end its
 /// answers, so what was queued last (the final figures) is delivered.
-async fn close_gracefully(
-    out_tx: mpsc::Sender<MetricsRequest>,
-    inbound: Option<tonic::Streaming<proto::MetricsResponse>>,
-) -> Attempt {
-    drop(out_tx);
-    if let Some(mut stream) = inbound {
-        let drain = async { while let Ok(Some(_)) = stream.message().await {} };
+async fn close_gracefully(stream: Stream) -> Attempt {
+    let Stream { out, inbound, .. } = stream;
+    drop(out);
+    if let Some(mut inbound) = inbound {
+        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
     Attempt::Finished
-}
-
-fn failed(reason: &str, healthy: bool) -> Attempt {
-    Attempt::Failed {
-        reason: reason.to_string(),
-        healthy,
-    }
-}
-
-fn event_payload(event: &Event, timestamp_ms: u64) -> Payload {
-    match event {
-        Event::Epoch {
-            epoch,
-            average_loss,
-            average_accuracy,
-        } => Payload::EpochData(EpochData {
-            epoch: *epoch,
-            average_loss: *average_loss,
-            average_accuracy: *average_accuracy,
-        }),
-        Event::Status { status, message } => Payload::StatusUpdate(StatusUpdate {
-            status: status_to_proto(*status) as i32,
-            message: message.clone(),
-            config: None,
-            timestamp_ms,
-        }),
-    }
-}
-
-fn status_to_proto(s: shm::TrainingStatus) -> proto::TrainingStatus {
-    match s {
-        shm::TrainingStatus::Initializing => proto::TrainingStatus::Initializing,
-        shm::TrainingStatus::Running => proto::TrainingStatus::Running,
-        shm::TrainingStatus::Paused => proto::TrainingStatus::Paused,
-        shm::TrainingStatus::Completed => proto::TrainingStatus::Completed,
-        shm::TrainingStatus::Failed => proto::TrainingStatus::Failed,
-        #[allow(unreachable_patterns)]
-        _ => proto::TrainingStatus::Unknown,
-    }
 }
 
 /// Whether `path` looks like a segment (not a temporary file of a writer

@@ -7,6 +7,8 @@
 //! a [`LimitsError`] under the key that [`LimitField::key`] names, so the
 //! arrow runs from config to the server and never back.
 
+use crate::proto::negotiated;
+
 /// One bounded setting of [`Limits`] or [`History`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitField {
@@ -84,10 +86,10 @@ impl Default for Limits {
     fn default() -> Self {
         // The seed's own server answers these values.
         Limits {
-            max_batch_size: 16,
-            max_image_dimension: 512,
-            heartbeat_interval_ms: 2000,
-            buffer_size: 100,
+            max_batch_size: negotiated::MAX_BATCH_SIZE,
+            max_image_dimension: negotiated::MAX_IMAGE_DIMENSION,
+            heartbeat_interval_ms: negotiated::HEARTBEAT_INTERVAL_MS,
+            buffer_size: negotiated::BUFFER_SIZE,
             max_message_bytes: 16 << 20,
         }
     }
