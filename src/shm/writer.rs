@@ -7,13 +7,13 @@
 //! cost a few atomic stores.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::layout::{self, control, event, frame, hdr, Geometry, RawTensor, RunConfig, MAX_IMAGES};
 use super::map::Mapping;
+use super::seqlock::{read_slot, write_slot, SlotRead};
 use super::{decode_params, monotonic_ns, unix_ns, Command, CommandKind, ShmError, TrainingStatus};
 use crate::tensor::TensorDesc;
 
@@ -318,14 +318,13 @@ impl Writer {
         }
         self.last_batch_ns = now;
         let m = &self.map;
-        self.progress_seq += 2;
-        m.store_u64(hdr::PROGRESS_SEQ, self.progress_seq - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u32(hdr::PROGRESS_EPOCH, epoch, Ordering::Relaxed);
-        m.store_u32(hdr::PROGRESS_BATCH_IDX, batch_idx, Ordering::Relaxed);
-        m.store_f32(hdr::PROGRESS_LOSS, loss);
-        m.store_u64(hdr::PROGRESS_MONO_NS, now, Ordering::Relaxed);
-        m.store_u64(hdr::PROGRESS_SEQ, self.progress_seq, Ordering::Release);
+        self.progress_seq += 1;
+        write_slot(m, hdr::PROGRESS_SEQ, self.progress_seq, || {
+            m.store_u32(hdr::PROGRESS_EPOCH, epoch, Ordering::Relaxed);
+            m.store_u32(hdr::PROGRESS_BATCH_IDX, batch_idx, Ordering::Relaxed);
+            m.store_f32(hdr::PROGRESS_LOSS, loss);
+            m.store_u64(hdr::PROGRESS_MONO_NS, now, Ordering::Relaxed);
+        });
         m.add_u64(hdr::BATCHES_SEEN, 1);
         m.store_u64(hdr::WRITER_HEARTBEAT_NS, now, Ordering::Relaxed);
     }
@@ -383,55 +382,54 @@ impl Writer {
         let f = self.frame_no + 1;
         let base = self.geo.frame_slot(f);
         let m = &self.map;
-        m.store_u64(base + frame::SEQ, 2 * f - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u64(base + frame::FRAME_NO, f, Ordering::Relaxed);
-        m.store_u64(
-            base + frame::TIMESTAMP_UNIX_NS,
-            unix_ns(),
-            Ordering::Relaxed,
-        );
-        m.store_u64(base + frame::MONO_NS, self.last_batch_ns, Ordering::Relaxed);
-        m.store_u32(base + frame::EPOCH, batch.epoch, Ordering::Relaxed);
-        m.store_u32(base + frame::BATCH_IDX, batch.batch_idx, Ordering::Relaxed);
-        m.store_f32(base + frame::LOSS, batch.loss);
-        m.store_u32(
-            base + frame::SAMPLE_COUNT,
-            samples as u32,
-            Ordering::Relaxed,
-        );
-        for i in 0..samples {
-            m.store_u32(
-                base + frame::PREDICTIONS + 4 * i,
-                batch.predictions[i] as u32,
+        write_slot(m, base + frame::SEQ, f, || {
+            m.store_u64(base + frame::FRAME_NO, f, Ordering::Relaxed);
+            m.store_u64(
+                base + frame::TIMESTAMP_UNIX_NS,
+                unix_ns(),
                 Ordering::Relaxed,
             );
-            m.store_f32(base + frame::CONFIDENCES + 4 * i, batch.confidences[i]);
+            m.store_u64(base + frame::MONO_NS, self.last_batch_ns, Ordering::Relaxed);
+            m.store_u32(base + frame::EPOCH, batch.epoch, Ordering::Relaxed);
+            m.store_u32(base + frame::BATCH_IDX, batch.batch_idx, Ordering::Relaxed);
+            m.store_f32(base + frame::LOSS, batch.loss);
             m.store_u32(
-                base + frame::LABELS + 4 * i,
-                batch.labels[i] as u32,
+                base + frame::SAMPLE_COUNT,
+                samples as u32,
                 Ordering::Relaxed,
             );
-        }
-        let raw = images
-            .map(|(d, _)| RawTensor::from_desc(&d))
-            .unwrap_or_default();
-        m.store_u32(base + frame::DTYPE, raw.dtype, Ordering::Relaxed);
-        m.store_u32(base + frame::LAYOUT, raw.layout, Ordering::Relaxed);
-        m.store_u32(base + frame::IMAGE_COUNT, raw.count, Ordering::Relaxed);
-        m.store_u32(base + frame::CHANNELS, raw.channels, Ordering::Relaxed);
-        m.store_u32(base + frame::HEIGHT, raw.height, Ordering::Relaxed);
-        m.store_u32(base + frame::WIDTH, raw.width, Ordering::Relaxed);
-        m.store_u32(base + frame::HAS_NORM, raw.has_norm, Ordering::Relaxed);
-        for i in 0..3 {
-            m.store_f32(base + frame::MEAN + 4 * i, raw.mean[i]);
-            m.store_f32(base + frame::STD + 4 * i, raw.std[i]);
-        }
-        m.store_u64(base + frame::DATA_LEN, raw.data_len, Ordering::Relaxed);
-        if let Some((_, data)) = images {
-            m.write_bytes(base + frame::DATA, data);
-        }
-        m.store_u64(base + frame::SEQ, 2 * f, Ordering::Release);
+            for i in 0..samples {
+                m.store_u32(
+                    base + frame::PREDICTIONS + 4 * i,
+                    batch.predictions[i] as u32,
+                    Ordering::Relaxed,
+                );
+                m.store_f32(base + frame::CONFIDENCES + 4 * i, batch.confidences[i]);
+                m.store_u32(
+                    base + frame::LABELS + 4 * i,
+                    batch.labels[i] as u32,
+                    Ordering::Relaxed,
+                );
+            }
+            let raw = images
+                .map(|(d, _)| RawTensor::from_desc(&d))
+                .unwrap_or_default();
+            m.store_u32(base + frame::DTYPE, raw.dtype, Ordering::Relaxed);
+            m.store_u32(base + frame::LAYOUT, raw.layout, Ordering::Relaxed);
+            m.store_u32(base + frame::IMAGE_COUNT, raw.count, Ordering::Relaxed);
+            m.store_u32(base + frame::CHANNELS, raw.channels, Ordering::Relaxed);
+            m.store_u32(base + frame::HEIGHT, raw.height, Ordering::Relaxed);
+            m.store_u32(base + frame::WIDTH, raw.width, Ordering::Relaxed);
+            m.store_u32(base + frame::HAS_NORM, raw.has_norm, Ordering::Relaxed);
+            for i in 0..3 {
+                m.store_f32(base + frame::MEAN + 4 * i, raw.mean[i]);
+                m.store_f32(base + frame::STD + 4 * i, raw.std[i]);
+            }
+            m.store_u64(base + frame::DATA_LEN, raw.data_len, Ordering::Relaxed);
+            if let Some((_, data)) = images {
+                m.write_bytes(base + frame::DATA, data);
+            }
+        });
         m.store_u64(hdr::FRAME_WRITE_SEQ, f, Ordering::Release);
         self.frame_no = f;
         Ok(f)
@@ -472,21 +470,20 @@ impl Writer {
         let n = self.event_no + 1;
         let base = self.geo.event_slot(n);
         let m = &self.map;
-        m.store_u64(base + event::SEQ, 2 * n - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u32(base + event::KIND, kind, Ordering::Relaxed);
-        m.store_u32(base + event::STATUS, status, Ordering::Relaxed);
-        m.store_u64(
-            base + event::TIMESTAMP_UNIX_NS,
-            unix_ns(),
-            Ordering::Relaxed,
-        );
-        m.store_u32(base + event::EPOCH, epoch, Ordering::Relaxed);
-        m.store_f32(base + event::AVG_LOSS, loss);
-        m.store_f32(base + event::AVG_ACCURACY, acc);
-        m.store_u32(base + event::MSG_LEN, msg.len() as u32, Ordering::Relaxed);
-        m.write_bytes(base + event::MSG, msg);
-        m.store_u64(base + event::SEQ, 2 * n, Ordering::Release);
+        write_slot(m, base + event::SEQ, n, || {
+            m.store_u32(base + event::KIND, kind, Ordering::Relaxed);
+            m.store_u32(base + event::STATUS, status, Ordering::Relaxed);
+            m.store_u64(
+                base + event::TIMESTAMP_UNIX_NS,
+                unix_ns(),
+                Ordering::Relaxed,
+            );
+            m.store_u32(base + event::EPOCH, epoch, Ordering::Relaxed);
+            m.store_f32(base + event::AVG_LOSS, loss);
+            m.store_f32(base + event::AVG_ACCURACY, acc);
+            m.store_u32(base + event::MSG_LEN, msg.len() as u32, Ordering::Relaxed);
+            m.write_bytes(base + event::MSG, msg);
+        });
         m.store_u64(hdr::EVENT_WRITE_SEQ, n, Ordering::Release);
         m.store_u64(hdr::WRITER_HEARTBEAT_NS, monotonic_ns(), Ordering::Relaxed);
         self.event_no = n;
@@ -530,36 +527,39 @@ impl Writer {
         }
         let n = self.applied + 1;
         let base = self.geo.control_slot(n);
-        let s1 = m.load_u64(base + control::SEQ, Ordering::Acquire);
         // The agent publishes control_write_seq only after the slot is
         // complete, so anything but 2n here is corruption: skipped below.
         let read = || -> Result<Command, ShmError> {
-            if s1 != 2 * n {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("control slot for command {n} seq"),
-                    s1,
-                    (2 * n).to_string(),
-                ));
-            }
-            let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
-            let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
-            let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
             let mut buf = [0u8; control::PARAMS_CAP];
-            let len_ok = len <= control::PARAMS_CAP;
-            if len_ok {
-                m.read_bytes(base + control::PARAMS, &mut buf[..len]);
-            }
-            fence(Ordering::Acquire);
-            if m.load_u64(base + control::SEQ, Ordering::Relaxed) != s1 {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("control slot for command {n}"),
-                    "rewritten while read",
-                    "stable".into(),
-                ));
-            }
-            if !len_ok {
+            let fields = read_slot(m, base + control::SEQ, n, || {
+                let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
+                let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
+                let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+                if len <= control::PARAMS_CAP {
+                    m.read_bytes(base + control::PARAMS, &mut buf[..len]);
+                }
+                (code, len, ts)
+            });
+            let (code, len, ts) = match fields {
+                SlotRead::Read(f) => f,
+                SlotRead::Seq(s1) => {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("control slot for command {n} seq"),
+                        s1,
+                        (2 * n).to_string(),
+                    ))
+                }
+                SlotRead::Torn => {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("control slot for command {n}"),
+                        "rewritten while read",
+                        "stable".into(),
+                    ))
+                }
+            };
+            if len > control::PARAMS_CAP {
                 return Err(ShmError::field(
                     &self.path,
                     &format!("command {n} params_len"),
@@ -636,14 +636,6 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), ShmError> {
             "segment size {len} too large"
         )));
     };
-    // SAFETY: posix_fallocate takes a valid open fd and plain integers.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    match rc {
-        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
-        e => Err(ShmError::io(
-            path,
-            "reserve memory for the segment",
-            std::io::Error::from_raw_os_error(e),
-        )),
-    }
+    super::map::fallocate(file, len)
+        .map_err(|e| ShmError::io(path, "reserve memory for the segment", e))
 }
