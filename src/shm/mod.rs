@@ -25,6 +25,8 @@ pub mod writer;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::tensor::TensorError;
+
 pub use layout::RunConfig;
 pub use reader::{
     Event, EventRead, Frame, FrameRead, HeaderInfo, Progress, Reader, SendOutcome, WriterState,
@@ -67,6 +69,16 @@ pub enum ShmError {
         value: String,
         expected: String,
     },
+    /// A frame slot's tensor breaks the tensor rule.
+    #[error("segment {}: {what} {error}", path.display())]
+    BadTensor {
+        path: PathBuf,
+        what: String,
+        error: TensorError,
+    },
+    /// Images given to the writer break the tensor rule.
+    #[error("images: {0}")]
+    Images(TensorError),
     #[error("segment {}: opened read-only, cannot {op}", path.display())]
     ReadOnly { path: PathBuf, op: &'static str },
     #[error("invalid argument: {0}")]
@@ -99,7 +111,10 @@ impl ShmError {
     /// True when the segment itself is bad (skip it); false for I/O trouble
     /// or a caller's mistake.
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, ShmError::TooShort { .. } | ShmError::Field { .. })
+        matches!(
+            self,
+            ShmError::TooShort { .. } | ShmError::Field { .. } | ShmError::BadTensor { .. }
+        )
     }
 }
 

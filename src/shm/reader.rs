@@ -12,12 +12,12 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::layout::{
-    self, control, event, frame, hdr, Geometry, RawGeometry, RawTensor, RunConfig, MAX_IMAGES,
+    self, control, event, frame, hdr, Geometry, RawGeometry, RunConfig, MAX_IMAGES,
 };
 use super::map::Mapping;
 use super::seqlock::{read_slot, write_slot, SlotRead};
 use super::{encode_params, monotonic_ns, unix_ns, CommandKind, ShmError, TrainingStatus};
-use crate::tensor::TensorDesc;
+use crate::tensor::{RawTensor, TensorDesc};
 
 /// Reads of a slot that keeps changing under the reader before giving up
 /// for this call (the writer lapped it; the next call reads a newer one).
@@ -437,8 +437,8 @@ impl Reader {
             has_norm: m.load_u32(base + frame::HAS_NORM, Ordering::Relaxed),
             mean: [0, 1, 2].map(|i| m.load_f32(base + frame::MEAN + 4 * i)),
             std: [0, 1, 2].map(|i| m.load_f32(base + frame::STD + 4 * i)),
-            data_len: m.load_u64(base + frame::DATA_LEN, Ordering::Relaxed),
         };
+        let data_len = m.load_u64(base + frame::DATA_LEN, Ordering::Relaxed);
         let what = || format!("frame {f}");
         if frame_no != f {
             return Err(ShmError::field(
@@ -456,7 +456,13 @@ impl Reader {
                 format!("at most {MAX_IMAGES}"),
             ));
         }
-        let images = raw.validate(&self.path, what, self.geo.frame_data_capacity)?;
+        let images = layout::frame_tensor(
+            &self.path,
+            what,
+            &raw,
+            data_len,
+            self.geo.frame_data_capacity,
+        )?;
         out.frame_no = f;
         out.epoch = m.load_u32(base + frame::EPOCH, Ordering::Relaxed);
         out.batch_idx = m.load_u32(base + frame::BATCH_IDX, Ordering::Relaxed);
@@ -473,7 +479,7 @@ impl Reader {
         out.images = images;
         out.data_len = 0;
         if copy_data {
-            let len = raw.data_len as usize; // validated ≤ capacity
+            let len = data_len as usize; // validated ≤ capacity
             if out.data.len() < len {
                 out.data.resize(len, 0);
             }

@@ -11,11 +11,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::layout::{self, control, event, frame, hdr, Geometry, RawTensor, RunConfig, MAX_IMAGES};
+use super::layout::{self, control, event, frame, hdr, Geometry, RunConfig, MAX_IMAGES};
 use super::map::Mapping;
 use super::seqlock::{read_slot, write_slot, SlotRead};
 use super::{decode_params, monotonic_ns, unix_ns, Command, CommandKind, ShmError, TrainingStatus};
-use crate::tensor::TensorDesc;
+use crate::tensor::{RawTensor, TensorDesc};
 
 /// When batches are copied into the frame ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,38 +341,9 @@ impl Writer {
             )));
         }
         let samples = n.min(MAX_IMAGES);
-        let mut dropped = 0u64;
-        let images = match &batch.images {
-            Some(img) if img.desc.count > 0 => {
-                let mut desc = img.desc;
-                // Size check on the caller's descriptor as given; then keep
-                // what fits (MAX_IMAGES, slot capacity) and validate that.
-                let size = desc.image_bytes();
-                if size == 0 || img.data.len() as u128 != size as u128 * u128::from(desc.count) {
-                    return Err(ShmError::InvalidArgument(format!(
-                        "images: {} bytes given, the descriptor ({} x {}x{}x{} {}) needs {}",
-                        img.data.len(),
-                        desc.count,
-                        desc.channels,
-                        desc.height,
-                        desc.width,
-                        desc.dtype,
-                        size as u128 * u128::from(desc.count)
-                    )));
-                }
-                let fit = (self.geo.frame_data_capacity / size).min(MAX_IMAGES) as u32;
-                if desc.count > fit {
-                    dropped = u64::from(desc.count - fit);
-                    desc.count = fit;
-                }
-                if desc.count > 0 {
-                    RawTensor::from_desc(&desc)
-                        .validate(&self.path, || "published images".into(), usize::MAX)
-                        .map_err(|e| ShmError::InvalidArgument(e.to_string()))?;
-                }
-                (desc.count > 0).then(|| (desc, &img.data[..desc.total_bytes()]))
-            }
-            _ => None,
+        let (images, dropped) = match &batch.images {
+            Some(img) if img.desc.count > 0 => self.fit_images(img)?,
+            _ => (None, 0),
         };
 
         self.note_batch(batch.epoch, batch.batch_idx, batch.loss);
@@ -414,6 +385,7 @@ impl Writer {
             let raw = images
                 .map(|(d, _)| RawTensor::from_desc(&d))
                 .unwrap_or_default();
+            let data_len = images.map_or(0, |(d, _)| d.total_bytes() as u64);
             m.store_u32(base + frame::DTYPE, raw.dtype, Ordering::Relaxed);
             m.store_u32(base + frame::LAYOUT, raw.layout, Ordering::Relaxed);
             m.store_u32(base + frame::IMAGE_COUNT, raw.count, Ordering::Relaxed);
@@ -425,7 +397,7 @@ impl Writer {
                 m.store_f32(base + frame::MEAN + 4 * i, raw.mean[i]);
                 m.store_f32(base + frame::STD + 4 * i, raw.std[i]);
             }
-            m.store_u64(base + frame::DATA_LEN, raw.data_len, Ordering::Relaxed);
+            m.store_u64(base + frame::DATA_LEN, data_len, Ordering::Relaxed);
             if let Some((_, data)) = images {
                 m.write_bytes(base + frame::DATA, data);
             }
@@ -433,6 +405,37 @@ impl Writer {
         m.store_u64(hdr::FRAME_WRITE_SEQ, f, Ordering::Release);
         self.frame_no = f;
         Ok(f)
+    }
+
+    /// Checks the caller's images against the tensor rule and their bytes,
+    /// then keeps what one frame holds (`MAX_IMAGES`, the slot capacity):
+    /// the images to copy, if any, and how many were dropped.
+    fn fit_images<'b>(&self, img: &Images<'b>) -> Result<(Option<Fitted<'b>>, u64), ShmError> {
+        let mut desc = img.desc;
+        desc.validate().map_err(ShmError::Images)?;
+        let size = desc.image_bytes();
+        if img.data.len() as u128 != size as u128 * u128::from(desc.count) {
+            return Err(ShmError::InvalidArgument(format!(
+                "images: {} bytes given, the descriptor ({} x {}x{}x{} {}) needs {}",
+                img.data.len(),
+                desc.count,
+                desc.channels,
+                desc.height,
+                desc.width,
+                desc.dtype,
+                size as u128 * u128::from(desc.count)
+            )));
+        }
+        let fit = (self.geo.frame_data_capacity / size).min(MAX_IMAGES) as u32;
+        let mut dropped = 0;
+        if desc.count > fit {
+            dropped = u64::from(desc.count - fit);
+            desc.count = fit;
+        }
+        Ok((
+            (desc.count > 0).then(|| (desc, &img.data[..desc.total_bytes()])),
+            dropped,
+        ))
     }
 
     /// Publishes an epoch summary; returns its event number.
@@ -639,3 +642,6 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), ShmError> {
     super::map::fallocate(file, len)
         .map_err(|e| ShmError::io(path, "reserve memory for the segment", e))
 }
+
+/// Images that fit one frame: their descriptor (count capped) and bytes.
+type Fitted<'b> = (TensorDesc, &'b [u8]);
