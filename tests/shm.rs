@@ -254,7 +254,7 @@ mod format {
         let dir = shm_dir();
         let cfg = config("run1");
         let mut w = Writer::create(&cfg, &opts(dir.path())).unwrap();
-        let mut d = desc(DType::U8, Layout::Nhwc, 3, 3, 5, 7);
+        let mut d = desc(DType::F32, Layout::Nhwc, 3, 3, 5, 7);
         d.normalization = Some(Normalization {
             mean: [0.1, 0.2, 0.3],
             std: [0.4, 0.5, 0.6],
@@ -389,6 +389,45 @@ mod format {
             })
             .unwrap_err();
         assert!(e.to_string().contains("expected equal counts"), "{e}");
+    }
+
+    /// Issue 20: a u8 tensor with mean/std passed the writer and the
+    /// reader, then failed in the agent's pipeline on every frame. The one
+    /// tensor rule refuses it when it is published, naming the field.
+    #[test]
+    fn a_normalized_u8_tensor_is_refused_at_publish() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("u8norm"), &opts(dir.path())).unwrap();
+        let d = TensorDesc {
+            normalization: Some(Normalization {
+                mean: [0.5; 3],
+                std: [0.25; 3],
+            }),
+            ..desc(DType::U8, Layout::Nchw, 1, 3, 4, 4)
+        };
+        let data = vec![0u8; d.total_bytes()];
+        let e = w
+            .publish_frame(&batch(
+                0,
+                0,
+                Some(Images {
+                    desc: d,
+                    data: &data,
+                }),
+                &[],
+            ))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("has_norm is 1 with dtype u8, expected 0"),
+            "{e}"
+        );
+        assert!(
+            !e.is_corrupt(),
+            "the caller's mistake, not a bad segment: {e}"
+        );
+        let r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.header().frames_published, 0);
     }
 
     #[test]
@@ -548,6 +587,31 @@ mod bad_input {
             e.to_string().contains("expected at most the slot capacity"),
             "{e}"
         );
+    }
+
+    /// The reader applies the same tensor rule as the writer: a slot
+    /// whose u8 images claim mean/std is corrupt, not a frame that fails
+    /// later in the pipeline.
+    #[test]
+    fn a_stored_normalized_u8_tensor_is_corrupt() {
+        let dir = shm_dir();
+        let (bytes, _) = valid_image(dir.path());
+        let r = Reader::from_bytes(Path::new("s"), &bytes).unwrap();
+        let slot = r.geometry().frame_slot(2);
+        let mut b = bytes.clone();
+        put_u32(&mut b, slot + frame::HAS_NORM, 1);
+        for i in 0..3 {
+            put_u32(&mut b, slot + frame::MEAN + 4 * i, 0.5f32.to_bits());
+            put_u32(&mut b, slot + frame::STD + 4 * i, 0.25f32.to_bits());
+        }
+        let mut r = Reader::from_bytes(Path::new("s"), &b).unwrap();
+        let e = r.latest_frame(&mut Frame::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("frame 2 has_norm is 1 with dtype u8, expected 0"),
+            "{e}"
+        );
+        assert!(e.is_corrupt());
     }
 
     #[test]
@@ -1201,6 +1265,29 @@ mod python {
         assert!(child.wait().unwrap().success());
     }
 
+    /// The tensor rule reaches a Python trainer as an exception carrying
+    /// the library's message, at the call that published the bad batch.
+    #[test]
+    fn python_gets_the_tensor_rule_error_at_once() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let out = output_bounded(python(dir.path(), &["u8norm"]));
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("TrainwatchError")
+                && text.contains("has_norm is 1 with dtype u8, expected 0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_missing_library_names_every_path_tried() {
         if skip_without_numpy() {
@@ -1306,10 +1393,12 @@ mod c_abi {
                     mean: [0.5, 0.25, 0.125],
                     std: [2.0, 4.0, 8.0]
                 }),
-                ..desc(DType::U8, Layout::Nchw, 2, 3, 2, 2)
+                ..desc(DType::F32, Layout::Nchw, 2, 3, 2, 2)
             }
         );
-        let want: Vec<u8> = (0..24).map(|i| i * 3).collect();
+        let want: Vec<u8> = (0..24u8)
+            .flat_map(|i| (f32::from(i) * 3.0).to_le_bytes())
+            .collect();
         assert_eq!(f.image_bytes(), &want[..]);
         assert_eq!(seqs(&all_events(&mut r)), vec![1, 2]);
         assert_eq!(r.writer_state(u64::MAX), WriterState::Closed);

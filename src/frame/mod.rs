@@ -117,6 +117,9 @@ pub enum FrameError {
     BadImageSize { width: u32, height: u32, max: u32 },
     #[error("tensor is {dtype} with mean/std normalization; normalization applies to f32/f16 tensors only")]
     NormalizedInteger { dtype: DType },
+    /// The rest of the tensor rule ([`TensorDesc::validate`](crate::tensor::TensorDesc::validate)).
+    #[error("tensor {0}")]
+    Tensor(crate::tensor::TensorError),
     #[error("tensor data is {actual} bytes, expected at least {expected} for {count} {layout} images of {dtype}")]
     ShortTensor {
         actual: usize,

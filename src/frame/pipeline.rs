@@ -13,7 +13,7 @@ use super::resize::{target_size, Resizer};
 use super::ycbcr::Yuv420;
 use super::{FrameConfig, FrameError, MAX_IMAGES_LIMIT, MAX_JPEG_DIMENSION};
 use crate::proto::ImageData;
-use crate::tensor::{DType, Layout, TensorDesc};
+use crate::tensor::{DType, Layout, TensorDesc, TensorError};
 
 /// Largest `max_dimension` / `max_source_dimension` accepted: one 8192²
 /// RGB convert buffer is already 192 MiB per worker.
@@ -240,23 +240,25 @@ impl FramePipeline {
         result
     }
 
-    /// Checks `desc` against the config and `data`; returns its image count.
+    /// Checks `desc` against the tensor rule (already applied at publish
+    /// and read; here in defence), the config and `data`; returns its image
+    /// count. The rule's errors keep the pipeline's own variants where it
+    /// has them, so callers match one error type either way.
     fn check_tensor(&self, desc: &TensorDesc, data: &[u8]) -> Result<usize, FrameError> {
-        if desc.channels != 1 && desc.channels != 3 {
-            return Err(FrameError::UnsupportedChannels {
-                channels: desc.channels,
-            });
-        }
         let max = self.config.max_source_dimension;
+        let bad_size = || FrameError::BadImageSize {
+            width: desc.width,
+            height: desc.height,
+            max,
+        };
+        desc.validate().map_err(|e| match e {
+            TensorError::Channels(channels) => FrameError::UnsupportedChannels { channels },
+            TensorError::Side { .. } => bad_size(),
+            TensorError::NormalizedInteger(dtype) => FrameError::NormalizedInteger { dtype },
+            e => FrameError::Tensor(e),
+        })?;
         if !(1..=max).contains(&desc.width) || !(1..=max).contains(&desc.height) {
-            return Err(FrameError::BadImageSize {
-                width: desc.width,
-                height: desc.height,
-                max,
-            });
-        }
-        if desc.dtype == DType::U8 && desc.normalization.is_some() {
-            return Err(FrameError::NormalizedInteger { dtype: desc.dtype });
+            return Err(bad_size());
         }
         let expected = desc.total_bytes();
         if data.len() < expected {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use super::layout::{self, control};
 use super::writer::{Batch, ImagePolicy, Images, Published, Writer, WriterOptions};
 use super::{shm_dir_from_env, RunConfig, ShmError, TrainingStatus};
-use crate::tensor::{DType, Layout, Normalization, TensorDesc};
+use crate::tensor::RawTensor;
 
 /// Bumped with any change to the structs or functions below.
 pub const ABI_VERSION: u32 = 1;
@@ -48,20 +48,48 @@ pub struct TwOptions {
     pub mode: u32,
 }
 
+/// `tw_images`: the header spells out the descriptor's fields flat (C
+/// trainers write `im.dtype`); here they are one [`RawTensor`], the type
+/// the segment code uses too. The layout is the same either way, and is
+/// pinned below and checked against the header by tests/shm.rs.
 #[repr(C)]
 pub struct TwImages {
     pub data: *const c_void,
     pub len: u64,
-    pub dtype: u32,
-    pub layout: u32,
-    pub count: u32,
-    pub channels: u32,
-    pub height: u32,
-    pub width: u32,
-    pub has_norm: u32,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub tensor: RawTensor,
 }
+
+/// Offsets and size of `tw_images` as include/trainwatch.h lays it out on
+/// the 64-bit targets we build for: a change here is an ABI change.
+pub mod images_layout {
+    pub const LEN: usize = 8;
+    pub const DTYPE: usize = 16;
+    pub const LAYOUT: usize = 20;
+    pub const COUNT: usize = 24;
+    pub const CHANNELS: usize = 28;
+    pub const HEIGHT: usize = 32;
+    pub const WIDTH: usize = 36;
+    pub const HAS_NORM: usize = 40;
+    pub const MEAN: usize = 44;
+    pub const STD: usize = 56;
+    pub const SIZE: usize = 72;
+}
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    let t = offset_of!(TwImages, tensor);
+    assert!(offset_of!(TwImages, len) == images_layout::LEN);
+    assert!(t + offset_of!(RawTensor, dtype) == images_layout::DTYPE);
+    assert!(t + offset_of!(RawTensor, layout) == images_layout::LAYOUT);
+    assert!(t + offset_of!(RawTensor, count) == images_layout::COUNT);
+    assert!(t + offset_of!(RawTensor, channels) == images_layout::CHANNELS);
+    assert!(t + offset_of!(RawTensor, height) == images_layout::HEIGHT);
+    assert!(t + offset_of!(RawTensor, width) == images_layout::WIDTH);
+    assert!(t + offset_of!(RawTensor, has_norm) == images_layout::HAS_NORM);
+    assert!(t + offset_of!(RawTensor, mean) == images_layout::MEAN);
+    assert!(t + offset_of!(RawTensor, std) == images_layout::STD);
+    assert!(size_of::<TwImages>() == images_layout::SIZE);
+};
 
 #[repr(C)]
 pub struct TwBatch {
@@ -236,34 +264,15 @@ unsafe fn batch<'a>(b: *const TwBatch) -> Result<Batch<'a>, ShmError> {
     // SAFETY: per the contract.
     let images = match unsafe { b.images.as_ref() } {
         None => None,
+        // No images to publish: nothing to check either, as in the writer.
+        Some(i) if i.tensor.count == 0 => None,
         Some(i) => {
-            let dtype = DType::from_code(i.dtype.try_into().unwrap_or(0)).ok_or_else(|| {
-                ShmError::InvalidArgument(format!(
-                    "images dtype is {}, expected 1 (u8), 2 (f32) or 3 (f16)",
-                    i.dtype
-                ))
-            })?;
-            let layout = Layout::from_code(i.layout.try_into().unwrap_or(0)).ok_or_else(|| {
-                ShmError::InvalidArgument(format!(
-                    "images layout is {}, expected 1 (NCHW) or 2 (NHWC)",
-                    i.layout
-                ))
-            })?;
+            // The tensor rule, at the call, with the field and value.
+            let desc = i.tensor.decode().map_err(ShmError::Images)?;
             let len = usize::try_from(i.len)
                 .map_err(|_| ShmError::InvalidArgument("images len too large".into()))?;
             Some(Images {
-                desc: TensorDesc {
-                    dtype,
-                    layout,
-                    count: i.count,
-                    channels: i.channels,
-                    height: i.height,
-                    width: i.width,
-                    normalization: (i.has_norm != 0).then_some(Normalization {
-                        mean: i.mean,
-                        std: i.std,
-                    }),
-                },
+                desc,
                 // SAFETY: `len` readable bytes per the contract.
                 data: unsafe { slice(i.data as *const u8, len, "images data")? },
             })

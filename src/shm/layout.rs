@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use super::ShmError;
-use crate::tensor::{DType, Layout, Normalization, TensorDesc};
+use crate::tensor::{RawTensor, TensorDesc};
 
 /// `b"TRNWATCH"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRNWATCH");
@@ -92,8 +92,7 @@ pub mod hdr {
 /// Most images (and predictions, labels) per frame, as the seed's
 /// dashboard shows them.
 pub const MAX_IMAGES: usize = 16;
-/// Largest image side accepted; beyond any sample a dashboard shows.
-pub const MAX_DIM: u32 = 16384;
+pub use crate::tensor::MAX_DIM;
 
 /// Frame slot: a seqlock word, metadata, then the tensor bytes.
 pub mod frame {
@@ -572,152 +571,61 @@ impl Cursor<'_> {
     }
 }
 
-/// Frame tensor metadata as stored, before validation.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RawTensor {
-    pub dtype: u32,
-    pub layout: u32,
-    pub count: u32,
-    pub channels: u32,
-    pub height: u32,
-    pub width: u32,
-    pub has_norm: u32,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub data_len: u64,
-}
-
-impl RawTensor {
-    pub fn from_desc(desc: &TensorDesc) -> RawTensor {
-        let norm = desc.normalization;
-        RawTensor {
-            dtype: desc.dtype as u32,
-            layout: desc.layout as u32,
-            count: desc.count,
-            channels: desc.channels,
-            height: desc.height,
-            width: desc.width,
-            has_norm: norm.is_some() as u32,
-            mean: norm.map_or([0.0; 3], |n| n.mean),
-            std: norm.map_or([0.0; 3], |n| n.std),
-            data_len: desc.total_bytes() as u64,
-        }
-    }
-
-    /// Validates a stored descriptor; `None` for a frame without images.
-    /// Errors name the field (prefixed by `what`) and the value.
-    /// `what` names the frame, built only for an error: the read path does
-    /// not allocate.
-    pub fn validate(
-        &self,
-        path: &Path,
-        what: impl Fn() -> String,
-        capacity: usize,
-    ) -> Result<Option<TensorDesc>, ShmError> {
-        let f = |name: &str| format!("{} {name}", what());
-        if self.count == 0 {
-            if self.data_len != 0 {
-                return Err(ShmError::field(
-                    path,
-                    &f("data_len"),
-                    self.data_len,
-                    "0 (no images)".into(),
-                ));
-            }
-            return Ok(None);
-        }
-        if self.count as usize > MAX_IMAGES {
-            return Err(ShmError::field(
-                path,
-                &f("image_count"),
-                self.count,
-                format!("at most {MAX_IMAGES}"),
-            ));
-        }
-        let dtype = DType::from_code(self.dtype.try_into().unwrap_or(0)).ok_or_else(|| {
-            ShmError::field(
-                path,
-                &f("dtype"),
-                self.dtype,
-                "1 (u8), 2 (f32) or 3 (f16)".into(),
-            )
-        })?;
-        let layout = Layout::from_code(self.layout.try_into().unwrap_or(0)).ok_or_else(|| {
-            ShmError::field(
-                path,
-                &f("layout"),
-                self.layout,
-                "1 (NCHW) or 2 (NHWC)".into(),
-            )
-        })?;
-        if self.channels != 1 && self.channels != 3 {
-            return Err(ShmError::field(
-                path,
-                &f("channels"),
-                self.channels,
-                "1 or 3".into(),
-            ));
-        }
-        for (name, v) in [("height", self.height), ("width", self.width)] {
-            if v == 0 || v > MAX_DIM {
-                return Err(ShmError::field(path, &f(name), v, format!("1..={MAX_DIM}")));
-            }
-        }
-        let normalization = match self.has_norm {
-            0 => None,
-            1 => {
-                for (i, (m, s)) in self.mean.iter().zip(&self.std).enumerate() {
-                    if !m.is_finite() {
-                        return Err(ShmError::field(
-                            path,
-                            &f(&format!("mean[{i}]")),
-                            m,
-                            "a finite number".into(),
-                        ));
-                    }
-                    if !s.is_finite() || (i < self.channels as usize && *s == 0.0) {
-                        return Err(ShmError::field(
-                            path,
-                            &f(&format!("std[{i}]")),
-                            s,
-                            "a finite non-zero number".into(),
-                        ));
-                    }
-                }
-                Some(Normalization {
-                    mean: self.mean,
-                    std: self.std,
-                })
-            }
-            v => return Err(ShmError::field(path, &f("has_norm"), v, "0 or 1".into())),
-        };
-        let desc = TensorDesc {
-            dtype,
-            layout,
-            count: self.count,
-            channels: self.channels,
-            height: self.height,
-            width: self.width,
-            normalization,
-        };
-        // count ≤ 16, c ≤ 3, h, w ≤ 16384, size ≤ 4: the product fits in u64.
-        let expected = desc.total_bytes() as u64;
-        if self.data_len != expected {
+/// The tensor of a frame slot as stored: `None` for a frame without
+/// images; otherwise the image count within [`MAX_IMAGES`], the tensor rule
+/// ([`RawTensor::decode`]), and `data_len` equal to the shape's bytes and
+/// within the slot's `capacity`. Errors name the field, prefixed by `what`
+/// (the frame), which is built only for an error: the read path does not
+/// allocate.
+pub fn frame_tensor(
+    path: &Path,
+    what: impl Fn() -> String,
+    raw: &RawTensor,
+    data_len: u64,
+    capacity: usize,
+) -> Result<Option<TensorDesc>, ShmError> {
+    let f = |name: &str| format!("{} {name}", what());
+    if raw.count == 0 {
+        if data_len != 0 {
             return Err(ShmError::field(
                 path,
                 &f("data_len"),
-                self.data_len,
-                format!("{expected} (count x channels x height x width x dtype size)"),
+                data_len,
+                "0 (no images)".into(),
             ));
         }
-        if expected > capacity as u64 {
-            return Err(ShmError::field(
-                path,
-                &f("data_len"),
-                self.data_len,
-                format!("at most the slot capacity {capacity}"),
-            ));
-        }
-        Ok(Some(desc))
+        return Ok(None);
     }
+    if raw.count as usize > MAX_IMAGES {
+        return Err(ShmError::field(
+            path,
+            &f("image_count"),
+            raw.count,
+            format!("at most {MAX_IMAGES}"),
+        ));
+    }
+    let desc = raw.decode().map_err(|error| ShmError::BadTensor {
+        path: path.to_owned(),
+        what: what(),
+        error,
+    })?;
+    // count ≤ 16, c ≤ 3, h, w ≤ 16384, size ≤ 4: the product fits in u64.
+    let expected = desc.total_bytes() as u64;
+    if data_len != expected {
+        return Err(ShmError::field(
+            path,
+            &f("data_len"),
+            data_len,
+            format!("{expected} (count x channels x height x width x dtype size)"),
+        ));
+    }
+    if expected > capacity as u64 {
+        return Err(ShmError::field(
+            path,
+            &f("data_len"),
+            data_len,
+            format!("at most the slot capacity {capacity}"),
+        ));
+    }
+    Ok(Some(desc))
 }

@@ -11,17 +11,21 @@
 //! cannot be had from Python's `mmap`, so the writer is Rust ([`Writer`]),
 //! exported to C and Python through [`ffi`]. The [`Reader`] is the agent's
 //! side: it trusts nothing in the mapping and names the field that is wrong.
-#![allow(unsafe_code)]
 
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod inspect;
 pub mod layout;
+#[allow(unsafe_code)]
 mod map;
 pub mod reader;
+mod seqlock;
 pub mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::tensor::TensorError;
 
 pub use layout::RunConfig;
 pub use reader::{
@@ -65,6 +69,16 @@ pub enum ShmError {
         value: String,
         expected: String,
     },
+    /// A frame slot's tensor breaks the tensor rule.
+    #[error("segment {}: {what} {error}", path.display())]
+    BadTensor {
+        path: PathBuf,
+        what: String,
+        error: TensorError,
+    },
+    /// Images given to the writer break the tensor rule.
+    #[error("images: {0}")]
+    Images(TensorError),
     #[error("segment {}: opened read-only, cannot {op}", path.display())]
     ReadOnly { path: PathBuf, op: &'static str },
     #[error("invalid argument: {0}")]
@@ -97,7 +111,10 @@ impl ShmError {
     /// True when the segment itself is bad (skip it); false for I/O trouble
     /// or a caller's mistake.
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, ShmError::TooShort { .. } | ShmError::Field { .. })
+        matches!(
+            self,
+            ShmError::TooShort { .. } | ShmError::Field { .. } | ShmError::BadTensor { .. }
+        )
     }
 }
 
@@ -256,26 +273,11 @@ pub(crate) fn decode_params(
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the
 /// machine, so writer and reader can compare stamps.
 pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
+    map::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 pub fn unix_ns() -> u64 {
-    clock_ns(libc::CLOCK_REALTIME)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; clock_gettime writes only it.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    map::clock_ns(libc::CLOCK_REALTIME)
 }
 
 /// Start time of a process in clock ticks since boot (/proc/PID/stat field
@@ -288,15 +290,4 @@ pub(crate) fn process_start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
-/// Whether a process with this pid exists (alive, or ours to not signal).
-pub(crate) fn pid_exists(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
+pub(crate) use map::pid_exists;

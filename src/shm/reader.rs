@@ -7,16 +7,17 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
 use super::layout::{
-    self, control, event, frame, hdr, Geometry, RawGeometry, RawTensor, RunConfig, MAX_IMAGES,
+    self, control, event, frame, hdr, Geometry, RawGeometry, RunConfig, MAX_IMAGES,
 };
 use super::map::Mapping;
+use super::seqlock::{read_slot, write_slot, SlotRead};
 use super::{encode_params, monotonic_ns, unix_ns, CommandKind, ShmError, TrainingStatus};
-use crate::tensor::TensorDesc;
+use crate::tensor::{RawTensor, TensorDesc};
 
 /// Reads of a slot that keeps changing under the reader before giving up
 /// for this call (the writer lapped it; the next call reads a newer one).
@@ -392,115 +393,121 @@ impl Reader {
                 return Ok(FrameRead::Unchanged);
             }
             let base = self.geo.frame_slot(f);
-            let s1 = m.load_u64(base + frame::SEQ, Ordering::Acquire);
-            if s1 != 2 * f {
-                if s1 > 2 * f {
-                    continue; // already reused for a newer frame
+            match read_slot(m, base + frame::SEQ, f, || {
+                self.copy_frame(base, f, out, copy_data)
+            }) {
+                SlotRead::Read(Ok(())) => return Ok(FrameRead::New),
+                // Checked on a stable slot: the writer really wrote it so.
+                SlotRead::Read(Err(e)) => return Err(e),
+                SlotRead::Torn => continue, // the writer reused the slot while we copied
+                SlotRead::Seq(s1) if s1 > 2 * f => continue, // already reused for a newer frame
+                SlotRead::Seq(s1) => {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("frame slot for frame {f} seq"),
+                        s1,
+                        (2 * f).to_string(),
+                    ))
                 }
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("frame slot for frame {f} seq"),
-                    s1,
-                    (2 * f).to_string(),
-                ));
             }
-            let frame_no = m.load_u64(base + frame::FRAME_NO, Ordering::Relaxed);
-            let sample_count = m.load_u32(base + frame::SAMPLE_COUNT, Ordering::Relaxed);
-            let raw = RawTensor {
-                dtype: m.load_u32(base + frame::DTYPE, Ordering::Relaxed),
-                layout: m.load_u32(base + frame::LAYOUT, Ordering::Relaxed),
-                count: m.load_u32(base + frame::IMAGE_COUNT, Ordering::Relaxed),
-                channels: m.load_u32(base + frame::CHANNELS, Ordering::Relaxed),
-                height: m.load_u32(base + frame::HEIGHT, Ordering::Relaxed),
-                width: m.load_u32(base + frame::WIDTH, Ordering::Relaxed),
-                has_norm: m.load_u32(base + frame::HAS_NORM, Ordering::Relaxed),
-                mean: [0, 1, 2].map(|i| m.load_f32(base + frame::MEAN + 4 * i)),
-                std: [0, 1, 2].map(|i| m.load_f32(base + frame::STD + 4 * i)),
-                data_len: m.load_u64(base + frame::DATA_LEN, Ordering::Relaxed),
-            };
-            // Validate before the sizes steer a copy; a failure only counts
-            // if the slot did not change meanwhile.
-            let what = || format!("frame {f}");
-            let checked = if frame_no != f {
-                Err(ShmError::field(
-                    &self.path,
-                    &format!("{} frame_no", what()),
-                    frame_no,
-                    f.to_string(),
-                ))
-            } else if sample_count as usize > MAX_IMAGES {
-                Err(ShmError::field(
-                    &self.path,
-                    &format!("{} sample_count", what()),
-                    sample_count,
-                    format!("at most {MAX_IMAGES}"),
-                ))
-            } else {
-                raw.validate(&self.path, what, self.geo.frame_data_capacity)
-            };
-            let images = match checked {
-                Ok(images) => images,
-                Err(e) => {
-                    fence(Ordering::Acquire);
-                    if m.load_u64(base + frame::SEQ, Ordering::Relaxed) != s1 {
-                        continue;
-                    }
-                    return Err(e);
-                }
-            };
-            out.frame_no = f;
-            out.epoch = m.load_u32(base + frame::EPOCH, Ordering::Relaxed);
-            out.batch_idx = m.load_u32(base + frame::BATCH_IDX, Ordering::Relaxed);
-            out.loss = m.load_f32(base + frame::LOSS);
-            out.timestamp_unix_ns = m.load_u64(base + frame::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
-            out.mono_ns = m.load_u64(base + frame::MONO_NS, Ordering::Relaxed);
-            out.sample_count = sample_count as usize;
-            for i in 0..out.sample_count {
-                out.predictions[i] =
-                    m.load_u32(base + frame::PREDICTIONS + 4 * i, Ordering::Relaxed) as i32;
-                out.confidences[i] = m.load_f32(base + frame::CONFIDENCES + 4 * i);
-                out.labels[i] = m.load_u32(base + frame::LABELS + 4 * i, Ordering::Relaxed) as i32;
-            }
-            out.images = images;
-            out.data_len = 0;
-            if copy_data {
-                let len = raw.data_len as usize; // validated ≤ capacity
-                if out.data.len() < len {
-                    out.data.resize(len, 0);
-                }
-                m.read_bytes(base + frame::DATA, &mut out.data[..len]);
-                out.data_len = len;
-            }
-            fence(Ordering::Acquire);
-            if m.load_u64(base + frame::SEQ, Ordering::Relaxed) != s1 {
-                continue; // torn: the writer reused the slot while we copied
-            }
-            return Ok(FrameRead::New);
         }
         Ok(FrameRead::Busy)
+    }
+
+    /// Copies frame `f` from the slot at `base` into `out`, checking the
+    /// sizes before they steer the copy. Runs inside the slot's seqlock: what
+    /// it reads may be torn, and `read_slot` decides whether it counts.
+    fn copy_frame(
+        &self,
+        base: usize,
+        f: u64,
+        out: &mut Frame,
+        copy_data: bool,
+    ) -> Result<(), ShmError> {
+        let m = &self.map;
+        let frame_no = m.load_u64(base + frame::FRAME_NO, Ordering::Relaxed);
+        let sample_count = m.load_u32(base + frame::SAMPLE_COUNT, Ordering::Relaxed);
+        let raw = RawTensor {
+            dtype: m.load_u32(base + frame::DTYPE, Ordering::Relaxed),
+            layout: m.load_u32(base + frame::LAYOUT, Ordering::Relaxed),
+            count: m.load_u32(base + frame::IMAGE_COUNT, Ordering::Relaxed),
+            channels: m.load_u32(base + frame::CHANNELS, Ordering::Relaxed),
+            height: m.load_u32(base + frame::HEIGHT, Ordering::Relaxed),
+            width: m.load_u32(base + frame::WIDTH, Ordering::Relaxed),
+            has_norm: m.load_u32(base + frame::HAS_NORM, Ordering::Relaxed),
+            mean: [0, 1, 2].map(|i| m.load_f32(base + frame::MEAN + 4 * i)),
+            std: [0, 1, 2].map(|i| m.load_f32(base + frame::STD + 4 * i)),
+        };
+        let data_len = m.load_u64(base + frame::DATA_LEN, Ordering::Relaxed);
+        let what = || format!("frame {f}");
+        if frame_no != f {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("{} frame_no", what()),
+                frame_no,
+                f.to_string(),
+            ));
+        }
+        if sample_count as usize > MAX_IMAGES {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("{} sample_count", what()),
+                sample_count,
+                format!("at most {MAX_IMAGES}"),
+            ));
+        }
+        let images = layout::frame_tensor(
+            &self.path,
+            what,
+            &raw,
+            data_len,
+            self.geo.frame_data_capacity,
+        )?;
+        out.frame_no = f;
+        out.epoch = m.load_u32(base + frame::EPOCH, Ordering::Relaxed);
+        out.batch_idx = m.load_u32(base + frame::BATCH_IDX, Ordering::Relaxed);
+        out.loss = m.load_f32(base + frame::LOSS);
+        out.timestamp_unix_ns = m.load_u64(base + frame::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+        out.mono_ns = m.load_u64(base + frame::MONO_NS, Ordering::Relaxed);
+        out.sample_count = sample_count as usize;
+        for i in 0..out.sample_count {
+            out.predictions[i] =
+                m.load_u32(base + frame::PREDICTIONS + 4 * i, Ordering::Relaxed) as i32;
+            out.confidences[i] = m.load_f32(base + frame::CONFIDENCES + 4 * i);
+            out.labels[i] = m.load_u32(base + frame::LABELS + 4 * i, Ordering::Relaxed) as i32;
+        }
+        out.images = images;
+        out.data_len = 0;
+        if copy_data {
+            let len = data_len as usize; // validated ≤ capacity
+            if out.data.len() < len {
+                out.data.resize(len, 0);
+            }
+            m.read_bytes(base + frame::DATA, &mut out.data[..len]);
+            out.data_len = len;
+        }
+        Ok(())
     }
 
     /// The newest batch's numbers (updated even for batches not copied).
     pub fn progress(&self) -> Option<Progress> {
         let m = &self.map;
         for _ in 0..READ_TRIES {
-            let s1 = m.load_u64(hdr::PROGRESS_SEQ, Ordering::Acquire);
-            if s1 == 0 {
+            // The progress block is a one-slot ring: read the version the
+            // word names, or wait out the one being written.
+            let s = m.load_u64(hdr::PROGRESS_SEQ, Ordering::Relaxed);
+            if s == 0 {
                 return None;
             }
-            if s1 % 2 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let p = Progress {
+            let read = read_slot(m, hdr::PROGRESS_SEQ, s.div_ceil(2), || Progress {
                 epoch: m.load_u32(hdr::PROGRESS_EPOCH, Ordering::Relaxed),
                 batch_idx: m.load_u32(hdr::PROGRESS_BATCH_IDX, Ordering::Relaxed),
                 loss: m.load_f32(hdr::PROGRESS_LOSS),
                 mono_ns: m.load_u64(hdr::PROGRESS_MONO_NS, Ordering::Relaxed),
-            };
-            fence(Ordering::Acquire);
-            if m.load_u64(hdr::PROGRESS_SEQ, Ordering::Relaxed) == s1 {
-                return Some(p);
+            });
+            match read {
+                SlotRead::Read(p) => return Some(p),
+                SlotRead::Seq(_) | SlotRead::Torn => std::hint::spin_loop(),
             }
         }
         None
@@ -586,34 +593,36 @@ impl Reader {
     fn read_event(&self, n: u64) -> Result<Option<EventRead>, ShmError> {
         let m = &self.map;
         let base = self.geo.event_slot(n);
-        let s1 = m.load_u64(base + event::SEQ, Ordering::Acquire);
-        if s1 > 2 * n {
-            return Ok(None);
-        }
-        if s1 != 2 * n {
-            return Err(ShmError::field(
-                &self.path,
-                &format!("event slot for event {n} seq"),
-                s1,
-                (2 * n).to_string(),
-            ));
-        }
-        let kind = m.load_u32(base + event::KIND, Ordering::Relaxed);
-        let status = m.load_u32(base + event::STATUS, Ordering::Relaxed);
-        let ts = m.load_u64(base + event::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
-        let epoch = m.load_u32(base + event::EPOCH, Ordering::Relaxed);
-        let loss = m.load_f32(base + event::AVG_LOSS);
-        let acc = m.load_f32(base + event::AVG_ACCURACY);
-        let len = m.load_u32(base + event::MSG_LEN, Ordering::Relaxed) as usize;
         let mut msg = [0u8; event::MSG_CAP];
+        let read = read_slot(m, base + event::SEQ, n, || {
+            let len = m.load_u32(base + event::MSG_LEN, Ordering::Relaxed) as usize;
+            if len <= event::MSG_CAP {
+                m.read_bytes(base + event::MSG, &mut msg[..len]);
+            }
+            (
+                m.load_u32(base + event::KIND, Ordering::Relaxed),
+                m.load_u32(base + event::STATUS, Ordering::Relaxed),
+                m.load_u64(base + event::TIMESTAMP_UNIX_NS, Ordering::Relaxed),
+                m.load_u32(base + event::EPOCH, Ordering::Relaxed),
+                m.load_f32(base + event::AVG_LOSS),
+                m.load_f32(base + event::AVG_ACCURACY),
+                len,
+            )
+        });
+        let (kind, status, ts, epoch, loss, acc, len) = match read {
+            SlotRead::Read(fields) => fields,
+            SlotRead::Torn => return Ok(None),
+            SlotRead::Seq(s1) if s1 > 2 * n => return Ok(None), // lapped
+            SlotRead::Seq(s1) => {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("event slot for event {n} seq"),
+                    s1,
+                    (2 * n).to_string(),
+                ))
+            }
+        };
         let len_ok = len <= event::MSG_CAP;
-        if len_ok {
-            m.read_bytes(base + event::MSG, &mut msg[..len]);
-        }
-        fence(Ordering::Acquire);
-        if m.load_u64(base + event::SEQ, Ordering::Relaxed) != s1 {
-            return Ok(None);
-        }
         let field = |name: &str, v: u32, expected: &str| {
             ShmError::field(&self.path, &format!("event {n} {name}"), v, expected.into())
         };
@@ -746,21 +755,20 @@ impl Reader {
         }
         let n = written + 1;
         let base = self.geo.control_slot(n);
-        m.store_u64(base + control::SEQ, 2 * n - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u32(base + control::COMMAND, kind as u32, Ordering::Relaxed);
-        m.store_u32(
-            base + control::PARAMS_LEN,
-            encoded.len() as u32,
-            Ordering::Relaxed,
-        );
-        m.store_u64(
-            base + control::TIMESTAMP_UNIX_NS,
-            unix_ns(),
-            Ordering::Relaxed,
-        );
-        m.write_bytes(base + control::PARAMS, &encoded);
-        m.store_u64(base + control::SEQ, 2 * n, Ordering::Release);
+        write_slot(m, base + control::SEQ, n, || {
+            m.store_u32(base + control::COMMAND, kind as u32, Ordering::Relaxed);
+            m.store_u32(
+                base + control::PARAMS_LEN,
+                encoded.len() as u32,
+                Ordering::Relaxed,
+            );
+            m.store_u64(
+                base + control::TIMESTAMP_UNIX_NS,
+                unix_ns(),
+                Ordering::Relaxed,
+            );
+            m.write_bytes(base + control::PARAMS, &encoded);
+        });
         m.store_u64(hdr::CONTROL_WRITE_SEQ, n, Ordering::Release);
         Ok(SendOutcome::Sent(n))
     }

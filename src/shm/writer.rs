@@ -7,15 +7,15 @@
 //! cost a few atomic stores.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::layout::{self, control, event, frame, hdr, Geometry, RawTensor, RunConfig, MAX_IMAGES};
+use super::layout::{self, control, event, frame, hdr, Geometry, RunConfig, MAX_IMAGES};
 use super::map::Mapping;
+use super::seqlock::{read_slot, write_slot, SlotRead};
 use super::{decode_params, monotonic_ns, unix_ns, Command, CommandKind, ShmError, TrainingStatus};
-use crate::tensor::TensorDesc;
+use crate::tensor::{RawTensor, TensorDesc};
 
 /// When batches are copied into the frame ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,14 +318,13 @@ impl Writer {
         }
         self.last_batch_ns = now;
         let m = &self.map;
-        self.progress_seq += 2;
-        m.store_u64(hdr::PROGRESS_SEQ, self.progress_seq - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u32(hdr::PROGRESS_EPOCH, epoch, Ordering::Relaxed);
-        m.store_u32(hdr::PROGRESS_BATCH_IDX, batch_idx, Ordering::Relaxed);
-        m.store_f32(hdr::PROGRESS_LOSS, loss);
-        m.store_u64(hdr::PROGRESS_MONO_NS, now, Ordering::Relaxed);
-        m.store_u64(hdr::PROGRESS_SEQ, self.progress_seq, Ordering::Release);
+        self.progress_seq += 1;
+        write_slot(m, hdr::PROGRESS_SEQ, self.progress_seq, || {
+            m.store_u32(hdr::PROGRESS_EPOCH, epoch, Ordering::Relaxed);
+            m.store_u32(hdr::PROGRESS_BATCH_IDX, batch_idx, Ordering::Relaxed);
+            m.store_f32(hdr::PROGRESS_LOSS, loss);
+            m.store_u64(hdr::PROGRESS_MONO_NS, now, Ordering::Relaxed);
+        });
         m.add_u64(hdr::BATCHES_SEEN, 1);
         m.store_u64(hdr::WRITER_HEARTBEAT_NS, now, Ordering::Relaxed);
     }
@@ -342,38 +341,9 @@ impl Writer {
             )));
         }
         let samples = n.min(MAX_IMAGES);
-        let mut dropped = 0u64;
-        let images = match &batch.images {
-            Some(img) if img.desc.count > 0 => {
-                let mut desc = img.desc;
-                // Size check on the caller's descriptor as given; then keep
-                // what fits (MAX_IMAGES, slot capacity) and validate that.
-                let size = desc.image_bytes();
-                if size == 0 || img.data.len() as u128 != size as u128 * u128::from(desc.count) {
-                    return Err(ShmError::InvalidArgument(format!(
-                        "images: {} bytes given, the descriptor ({} x {}x{}x{} {}) needs {}",
-                        img.data.len(),
-                        desc.count,
-                        desc.channels,
-                        desc.height,
-                        desc.width,
-                        desc.dtype,
-                        size as u128 * u128::from(desc.count)
-                    )));
-                }
-                let fit = (self.geo.frame_data_capacity / size).min(MAX_IMAGES) as u32;
-                if desc.count > fit {
-                    dropped = u64::from(desc.count - fit);
-                    desc.count = fit;
-                }
-                if desc.count > 0 {
-                    RawTensor::from_desc(&desc)
-                        .validate(&self.path, || "published images".into(), usize::MAX)
-                        .map_err(|e| ShmError::InvalidArgument(e.to_string()))?;
-                }
-                (desc.count > 0).then(|| (desc, &img.data[..desc.total_bytes()]))
-            }
-            _ => None,
+        let (images, dropped) = match &batch.images {
+            Some(img) if img.desc.count > 0 => self.fit_images(img)?,
+            _ => (None, 0),
         };
 
         self.note_batch(batch.epoch, batch.batch_idx, batch.loss);
@@ -383,58 +353,89 @@ impl Writer {
         let f = self.frame_no + 1;
         let base = self.geo.frame_slot(f);
         let m = &self.map;
-        m.store_u64(base + frame::SEQ, 2 * f - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u64(base + frame::FRAME_NO, f, Ordering::Relaxed);
-        m.store_u64(
-            base + frame::TIMESTAMP_UNIX_NS,
-            unix_ns(),
-            Ordering::Relaxed,
-        );
-        m.store_u64(base + frame::MONO_NS, self.last_batch_ns, Ordering::Relaxed);
-        m.store_u32(base + frame::EPOCH, batch.epoch, Ordering::Relaxed);
-        m.store_u32(base + frame::BATCH_IDX, batch.batch_idx, Ordering::Relaxed);
-        m.store_f32(base + frame::LOSS, batch.loss);
-        m.store_u32(
-            base + frame::SAMPLE_COUNT,
-            samples as u32,
-            Ordering::Relaxed,
-        );
-        for i in 0..samples {
-            m.store_u32(
-                base + frame::PREDICTIONS + 4 * i,
-                batch.predictions[i] as u32,
+        write_slot(m, base + frame::SEQ, f, || {
+            m.store_u64(base + frame::FRAME_NO, f, Ordering::Relaxed);
+            m.store_u64(
+                base + frame::TIMESTAMP_UNIX_NS,
+                unix_ns(),
                 Ordering::Relaxed,
             );
-            m.store_f32(base + frame::CONFIDENCES + 4 * i, batch.confidences[i]);
+            m.store_u64(base + frame::MONO_NS, self.last_batch_ns, Ordering::Relaxed);
+            m.store_u32(base + frame::EPOCH, batch.epoch, Ordering::Relaxed);
+            m.store_u32(base + frame::BATCH_IDX, batch.batch_idx, Ordering::Relaxed);
+            m.store_f32(base + frame::LOSS, batch.loss);
             m.store_u32(
-                base + frame::LABELS + 4 * i,
-                batch.labels[i] as u32,
+                base + frame::SAMPLE_COUNT,
+                samples as u32,
                 Ordering::Relaxed,
             );
-        }
-        let raw = images
-            .map(|(d, _)| RawTensor::from_desc(&d))
-            .unwrap_or_default();
-        m.store_u32(base + frame::DTYPE, raw.dtype, Ordering::Relaxed);
-        m.store_u32(base + frame::LAYOUT, raw.layout, Ordering::Relaxed);
-        m.store_u32(base + frame::IMAGE_COUNT, raw.count, Ordering::Relaxed);
-        m.store_u32(base + frame::CHANNELS, raw.channels, Ordering::Relaxed);
-        m.store_u32(base + frame::HEIGHT, raw.height, Ordering::Relaxed);
-        m.store_u32(base + frame::WIDTH, raw.width, Ordering::Relaxed);
-        m.store_u32(base + frame::HAS_NORM, raw.has_norm, Ordering::Relaxed);
-        for i in 0..3 {
-            m.store_f32(base + frame::MEAN + 4 * i, raw.mean[i]);
-            m.store_f32(base + frame::STD + 4 * i, raw.std[i]);
-        }
-        m.store_u64(base + frame::DATA_LEN, raw.data_len, Ordering::Relaxed);
-        if let Some((_, data)) = images {
-            m.write_bytes(base + frame::DATA, data);
-        }
-        m.store_u64(base + frame::SEQ, 2 * f, Ordering::Release);
+            for i in 0..samples {
+                m.store_u32(
+                    base + frame::PREDICTIONS + 4 * i,
+                    batch.predictions[i] as u32,
+                    Ordering::Relaxed,
+                );
+                m.store_f32(base + frame::CONFIDENCES + 4 * i, batch.confidences[i]);
+                m.store_u32(
+                    base + frame::LABELS + 4 * i,
+                    batch.labels[i] as u32,
+                    Ordering::Relaxed,
+                );
+            }
+            let raw = images
+                .map(|(d, _)| RawTensor::from_desc(&d))
+                .unwrap_or_default();
+            let data_len = images.map_or(0, |(d, _)| d.total_bytes() as u64);
+            m.store_u32(base + frame::DTYPE, raw.dtype, Ordering::Relaxed);
+            m.store_u32(base + frame::LAYOUT, raw.layout, Ordering::Relaxed);
+            m.store_u32(base + frame::IMAGE_COUNT, raw.count, Ordering::Relaxed);
+            m.store_u32(base + frame::CHANNELS, raw.channels, Ordering::Relaxed);
+            m.store_u32(base + frame::HEIGHT, raw.height, Ordering::Relaxed);
+            m.store_u32(base + frame::WIDTH, raw.width, Ordering::Relaxed);
+            m.store_u32(base + frame::HAS_NORM, raw.has_norm, Ordering::Relaxed);
+            for i in 0..3 {
+                m.store_f32(base + frame::MEAN + 4 * i, raw.mean[i]);
+                m.store_f32(base + frame::STD + 4 * i, raw.std[i]);
+            }
+            m.store_u64(base + frame::DATA_LEN, data_len, Ordering::Relaxed);
+            if let Some((_, data)) = images {
+                m.write_bytes(base + frame::DATA, data);
+            }
+        });
         m.store_u64(hdr::FRAME_WRITE_SEQ, f, Ordering::Release);
         self.frame_no = f;
         Ok(f)
+    }
+
+    /// Checks the caller's images against the tensor rule and their bytes,
+    /// then keeps what one frame holds (`MAX_IMAGES`, the slot capacity):
+    /// the images to copy, if any, and how many were dropped.
+    fn fit_images<'b>(&self, img: &Images<'b>) -> Result<(Option<Fitted<'b>>, u64), ShmError> {
+        let mut desc = img.desc;
+        desc.validate().map_err(ShmError::Images)?;
+        let size = desc.image_bytes();
+        if img.data.len() as u128 != size as u128 * u128::from(desc.count) {
+            return Err(ShmError::InvalidArgument(format!(
+                "images: {} bytes given, the descriptor ({} x {}x{}x{} {}) needs {}",
+                img.data.len(),
+                desc.count,
+                desc.channels,
+                desc.height,
+                desc.width,
+                desc.dtype,
+                size as u128 * u128::from(desc.count)
+            )));
+        }
+        let fit = (self.geo.frame_data_capacity / size).min(MAX_IMAGES) as u32;
+        let mut dropped = 0;
+        if desc.count > fit {
+            dropped = u64::from(desc.count - fit);
+            desc.count = fit;
+        }
+        Ok((
+            (desc.count > 0).then(|| (desc, &img.data[..desc.total_bytes()])),
+            dropped,
+        ))
     }
 
     /// Publishes an epoch summary; returns its event number.
@@ -472,21 +473,20 @@ impl Writer {
         let n = self.event_no + 1;
         let base = self.geo.event_slot(n);
         let m = &self.map;
-        m.store_u64(base + event::SEQ, 2 * n - 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        m.store_u32(base + event::KIND, kind, Ordering::Relaxed);
-        m.store_u32(base + event::STATUS, status, Ordering::Relaxed);
-        m.store_u64(
-            base + event::TIMESTAMP_UNIX_NS,
-            unix_ns(),
-            Ordering::Relaxed,
-        );
-        m.store_u32(base + event::EPOCH, epoch, Ordering::Relaxed);
-        m.store_f32(base + event::AVG_LOSS, loss);
-        m.store_f32(base + event::AVG_ACCURACY, acc);
-        m.store_u32(base + event::MSG_LEN, msg.len() as u32, Ordering::Relaxed);
-        m.write_bytes(base + event::MSG, msg);
-        m.store_u64(base + event::SEQ, 2 * n, Ordering::Release);
+        write_slot(m, base + event::SEQ, n, || {
+            m.store_u32(base + event::KIND, kind, Ordering::Relaxed);
+            m.store_u32(base + event::STATUS, status, Ordering::Relaxed);
+            m.store_u64(
+                base + event::TIMESTAMP_UNIX_NS,
+                unix_ns(),
+                Ordering::Relaxed,
+            );
+            m.store_u32(base + event::EPOCH, epoch, Ordering::Relaxed);
+            m.store_f32(base + event::AVG_LOSS, loss);
+            m.store_f32(base + event::AVG_ACCURACY, acc);
+            m.store_u32(base + event::MSG_LEN, msg.len() as u32, Ordering::Relaxed);
+            m.write_bytes(base + event::MSG, msg);
+        });
         m.store_u64(hdr::EVENT_WRITE_SEQ, n, Ordering::Release);
         m.store_u64(hdr::WRITER_HEARTBEAT_NS, monotonic_ns(), Ordering::Relaxed);
         self.event_no = n;
@@ -530,36 +530,39 @@ impl Writer {
         }
         let n = self.applied + 1;
         let base = self.geo.control_slot(n);
-        let s1 = m.load_u64(base + control::SEQ, Ordering::Acquire);
         // The agent publishes control_write_seq only after the slot is
         // complete, so anything but 2n here is corruption: skipped below.
         let read = || -> Result<Command, ShmError> {
-            if s1 != 2 * n {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("control slot for command {n} seq"),
-                    s1,
-                    (2 * n).to_string(),
-                ));
-            }
-            let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
-            let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
-            let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
             let mut buf = [0u8; control::PARAMS_CAP];
-            let len_ok = len <= control::PARAMS_CAP;
-            if len_ok {
-                m.read_bytes(base + control::PARAMS, &mut buf[..len]);
-            }
-            fence(Ordering::Acquire);
-            if m.load_u64(base + control::SEQ, Ordering::Relaxed) != s1 {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("control slot for command {n}"),
-                    "rewritten while read",
-                    "stable".into(),
-                ));
-            }
-            if !len_ok {
+            let fields = read_slot(m, base + control::SEQ, n, || {
+                let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
+                let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
+                let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+                if len <= control::PARAMS_CAP {
+                    m.read_bytes(base + control::PARAMS, &mut buf[..len]);
+                }
+                (code, len, ts)
+            });
+            let (code, len, ts) = match fields {
+                SlotRead::Read(f) => f,
+                SlotRead::Seq(s1) => {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("control slot for command {n} seq"),
+                        s1,
+                        (2 * n).to_string(),
+                    ))
+                }
+                SlotRead::Torn => {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("control slot for command {n}"),
+                        "rewritten while read",
+                        "stable".into(),
+                    ))
+                }
+            };
+            if len > control::PARAMS_CAP {
                 return Err(ShmError::field(
                     &self.path,
                     &format!("command {n} params_len"),
@@ -636,14 +639,9 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), ShmError> {
             "segment size {len} too large"
         )));
     };
-    // SAFETY: posix_fallocate takes a valid open fd and plain integers.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    match rc {
-        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
-        e => Err(ShmError::io(
-            path,
-            "reserve memory for the segment",
-            std::io::Error::from_raw_os_error(e),
-        )),
-    }
+    super::map::fallocate(file, len)
+        .map_err(|e| ShmError::io(path, "reserve memory for the segment", e))
 }
+
+/// Images that fit one frame: their descriptor (count capped) and bytes.
+type Fitted<'b> = (TensorDesc, &'b [u8]);

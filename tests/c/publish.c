@@ -36,9 +36,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", tw_last_error());
         return 5;
     }
-    unsigned char px[2 * 3 * 2 * 2];
-    for (unsigned i = 0; i < sizeof px; i++) px[i] = (unsigned char)(i * 3);
-    tw_images im = {px, sizeof px, TW_DTYPE_U8, TW_LAYOUT_NCHW, 2, 3, 2, 2, 1,
+    /* Normalized images are float: mean/std undo a float transform. */
+    float px[2 * 3 * 2 * 2];
+    for (unsigned i = 0; i < sizeof px / sizeof px[0]; i++) px[i] = (float)(i * 3);
+    tw_images im = {px, sizeof px, TW_DTYPE_F32, TW_LAYOUT_NCHW, 2, 3, 2, 2, 1,
                     {0.5f, 0.25f, 0.125f}, {2.0f, 4.0f, 8.0f}};
     int32_t preds[2] = {1, 0};
     float confs[2] = {0.75f, 0.5f};

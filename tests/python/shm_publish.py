@@ -7,6 +7,8 @@
                                       copied, in step with the test on stdin
     shm_publish.py die                prints the path, exits without closing
     shm_publish.py load               only loads the library (error text on stderr)
+    shm_publish.py u8norm             publishes u8 images with mean/std: prints
+                                      the exception raised
 
 Segments go to $TRAINWATCH_SHM_DIR; the library comes from $TRAINWATCH_LIB.
 """
@@ -127,6 +129,17 @@ def die():
     os._exit(0)
 
 
+def u8norm():
+    pub = Publisher("u8norm", frame_capacity=4096, event_slots=64, copy_images="always")
+    x = np.zeros((1, 3, 4, 4), dtype=np.uint8)
+    try:
+        pub.batch(0, 0, images=x, predictions=[1], loss=0.5, mean=(0.5,), std=(0.25,))
+        print("accepted")
+    except TrainwatchError as e:
+        print("TrainwatchError: %s" % e)
+    pub.close(unlink=True)
+
+
 def load():
     try:
         Publisher("x")
@@ -147,5 +160,7 @@ if __name__ == "__main__":
         die()
     elif mode == "load":
         load()
+    elif mode == "u8norm":
+        u8norm()
     else:
         raise SystemExit("unknown mode " + mode)
