@@ -51,8 +51,6 @@ use crate::telemetry::{BatchSample, FpsTracker, ResourceSampler, RunTotals};
 const OUT_QUEUE: usize = 32;
 /// Commands waiting for room in the segment's control ring.
 const PENDING_COMMANDS: usize = 32;
-/// A writer silent this long counts as idle, not live (for reporting).
-const IDLE_AFTER_NS: u64 = 5_000_000_000;
 /// Batches of at most this many pixels (16 x 64x64) are encoded on the
 /// session's own task: a fraction of a millisecond, less than the hand-off
 /// to a blocking thread and back costs. Larger ones go to a blocking thread.
@@ -556,7 +554,7 @@ impl Session {
             return Ok(());
         }
         let acked = st.state.cursor.acked;
-        match self.reader.writer_state(IDLE_AFTER_NS) {
+        match self.reader.writer_state(shm::IDLE_AFTER_NS) {
             // The writer may have published its last events (and closed)
             // after `next_event` found none: only end once every event it
             // wrote is acknowledged. Read after the state, so nothing can

@@ -9,10 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::reader::{Event, EventRead, Frame, FrameRead, Reader};
-use super::ShmError;
+use super::{ShmError, IDLE_AFTER_NS};
 
-/// A writer silent this long is reported idle.
-const IDLE_AFTER_NS: u64 = 5_000_000_000;
 /// Pending events listed at most.
 const MAX_EVENTS_SHOWN: usize = 20;
 

@@ -36,6 +36,10 @@ pub use writer::{Batch, ImagePolicy, Images, Published, Writer, WriterOptions};
 /// Default directory of segments; the agent watches it.
 pub const DEFAULT_SHM_DIR: &str = "/dev/shm/trainwatch";
 
+/// A writer silent this long counts as idle, not live, wherever a run's
+/// state is reported (the agent's log, `trainwatch inspect`).
+pub const IDLE_AFTER_NS: u64 = 5_000_000_000;
+
 /// The segment directory from `TRAINWATCH_SHM_DIR`, else the default. Only
 /// the C ABI's "no directory given" path reads the environment.
 pub fn shm_dir_from_env() -> PathBuf {
