@@ -679,7 +679,7 @@ mod fuzz {
     use std::sync::OnceLock;
 
     fn exercise(bytes: &[u8]) {
-        trainwatch::shm::reader::fuzz_exercise(bytes);
+        trainwatch::shm::inspect::fuzz_exercise(bytes);
     }
 
     fn valid() -> &'static Vec<u8> {

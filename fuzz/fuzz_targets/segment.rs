@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    trainwatch::shm::reader::fuzz_exercise(data);
+    trainwatch::shm::inspect::fuzz_exercise(data);
 });

@@ -3,13 +3,13 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::reader::{Event, EventRead, Frame, FrameRead, Reader};
-use super::{ShmError, IDLE_AFTER_NS};
+use super::{CommandKind, ShmError, IDLE_AFTER_NS};
 
 /// Pending events listed at most.
 const MAX_EVENTS_SHOWN: usize = 20;
@@ -307,4 +307,29 @@ pub fn report_text(r: &Reader) -> String {
         None => s.push_str("reader   none attached"),
     }
     s
+}
+
+/// Everything a reader does with a segment image, for fuzzing: the result
+/// is thrown away, only a panic or an out-of-bounds read would show.
+#[doc(hidden)]
+pub fn fuzz_exercise(bytes: &[u8]) {
+    let Ok(mut r) = Reader::from_bytes(Path::new("fuzz"), bytes) else {
+        return;
+    };
+    let mut f = Frame::default();
+    let _ = r.latest_frame(&mut f);
+    let _ = r.peek_frame(&mut f);
+    let _ = r.progress();
+    let _ = r.header();
+    let _ = r.writer_state(0);
+    let _ = r.pending_events(100);
+    for _ in 0..200 {
+        if let Ok(None) = r.next_event() {
+            break;
+        }
+    }
+    let _ = r.ack_events(1);
+    let _ = r.send_command(CommandKind::Pause, &[("k", "v")]);
+    let _ = report_json(&r);
+    let _ = report_text(&r);
 }

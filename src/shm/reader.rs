@@ -887,28 +887,3 @@ fn check_len(path: &Path, len: u64) -> Result<(), ShmError> {
     }
     Ok(())
 }
-
-/// Everything a reader does with a segment image, for fuzzing: the result
-/// is thrown away, only a panic or an out-of-bounds read would show.
-#[doc(hidden)]
-pub fn fuzz_exercise(bytes: &[u8]) {
-    let Ok(mut r) = Reader::from_bytes(Path::new("fuzz"), bytes) else {
-        return;
-    };
-    let mut f = Frame::default();
-    let _ = r.latest_frame(&mut f);
-    let _ = r.peek_frame(&mut f);
-    let _ = r.progress();
-    let _ = r.header();
-    let _ = r.writer_state(0);
-    let _ = r.pending_events(100);
-    for _ in 0..200 {
-        if let Ok(None) = r.next_event() {
-            break;
-        }
-    }
-    let _ = r.ack_events(1);
-    let _ = r.send_command(CommandKind::Pause, &[("k", "v")]);
-    let _ = super::inspect::report_json(&r);
-    let _ = super::inspect::report_text(&r);
-}
