@@ -145,24 +145,36 @@ async fn demo_trains_and_obeys_pause_resume_and_stop() {
 
     // Pause: once PAUSED is reported and frames in flight have landed, the
     // batch counter stands still for a window in which ~40 batches would
-    // otherwise have come.
+    // otherwise have come. The agent's figures (one PerformanceData a
+    // second, stamped with its clock, on the stream the frames take) are
+    // the clock: settled is no new batch between two samples, and the
+    // window is a second of samples after that.
     command(http, &id, json!({"type": "pause"})).await;
     wait_status(http, &id, "PAUSED").await;
-    let last = std::cell::Cell::new(
-        detail(http, &id).await["batches_received"]
-            .as_u64()
-            .unwrap(),
-    );
-    let paused_at = eventually("batches to settle after PAUSED", || async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = detail(http, &id).await["batches_received"]
-            .as_u64()
-            .unwrap();
-        (last.replace(now) == now).then_some(now)
+    let sample = |s: &Value| -> Option<(u64, u64)> {
+        Some((
+            s["performance"]["timestamp_ms"].as_u64()?,
+            s["batches_received"].as_u64()?,
+        ))
+    };
+    let last = std::cell::Cell::new(sample(&detail(http, &id).await));
+    let (settled_ms, paused_at) = eventually("batches to settle after PAUSED", || async {
+        let (t, now) = sample(&detail(http, &id).await)?;
+        match last.get() {
+            Some((t0, _)) if t == t0 => None,
+            Some((_, before)) if before == now => Some((t, now)),
+            _ => {
+                last.set(Some((t, now)));
+                None
+            }
+        }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let s = detail(http, &id).await;
+    let s = eventually("a second of figures while paused", || async {
+        let s = detail(http, &id).await;
+        (sample(&s)?.0 >= settled_ms + 1000).then_some(s)
+    })
+    .await;
     assert_eq!(
         s["batches_received"].as_u64().unwrap(),
         paused_at,

@@ -4,37 +4,12 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use trainwatch::frame::{Backend, EncodedBatch, FrameConfig, FramePipeline};
 use trainwatch::tensor::{DType, Layout, TensorDesc};
+use util::alloc::{process_allocations, Counting};
 use util::images::{natural_image, tensor_from_pixels, IMAGENET};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// Counts every allocation and reallocation in the process, on any thread.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
-        // SAFETY: `ptr` came from `alloc`/`realloc` above, i.e. from System.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as for `dealloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+// Counted on every thread: the worker pool's threads are watched too.
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
@@ -54,14 +29,14 @@ fn allocations_per_frame(
             .encode_batch_into(desc, data, 16, 0, batch)
             .unwrap();
     }
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = process_allocations();
     for _ in 0..FRAMES {
         pipeline
             .encode_batch_into(desc, data, 16, 0, batch)
             .unwrap();
         assert_eq!(batch.len(), desc.count as usize);
     }
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = process_allocations();
     (after - before) as f64 / FRAMES as f64
 }
 

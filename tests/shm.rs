@@ -4,8 +4,6 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,37 +17,14 @@ use trainwatch::shm::{
     RunConfig, SendOutcome, ShmError, TrainingStatus, Writer, WriterOptions, WriterState,
 };
 use trainwatch::tensor::{DType, Layout, Normalization, TensorDesc};
+use util::alloc::{thread_allocations as allocs, Counting};
 use util::TEST_TIMEOUT;
 
 // ---------------------------------------------------------------- helpers
 
-/// Counts this thread's allocations, to show the hot paths make none.
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counter is a const-init
-// thread-local Cell, which itself never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: AllocLayout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
+/// Counts allocations, to show the hot paths make none.
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
 
 /// A segment directory on tmpfs when there is one (as in production), else
 /// the system temp dir. Never the real /dev/shm/trainwatch.

@@ -6,8 +6,6 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,42 +14,12 @@ use trainwatch::telemetry::{
     BatchSample, FpsTracker, ResourceSample, ResourceSampler, RunTotals, TelemetryConfig,
     TelemetryError,
 };
+use util::alloc::{allocations_in, Counting};
 
-/// Counts this thread's allocations, to show the per-sample paths that
-/// promise it allocate nothing.
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the
-// counter is a const-initialised thread-local, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Counts allocations, to show the per-sample paths that promise it
+/// allocate nothing.
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
 
 fn close(actual: Option<f32>, expected: f32) -> bool {
     actual.is_some_and(|a| (a - expected).abs() <= 1e-3 * expected.abs().max(1.0))

@@ -11,40 +11,13 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
+use super::kernels::{to_u8, Affine};
 use super::ycbcr::yuv420_portable;
 use crate::tensor::{DType, Layout, TensorDesc};
 
 /// Elements per chunk: a multiple of 3 (so an NHWC chunk starts on a pixel)
 /// and of 16 (a whole number of vectors); 192 f32 stay well inside L1.
 const CHUNK: usize = 192;
-
-/// Per-channel `pixel = x * scale + offset` for one tensor description.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Affine {
-    pub(super) scale: [f32; 3],
-    pub(super) offset: [f32; 3],
-}
-
-impl Affine {
-    /// Float tensors are [0, 1] scale, normalized ones `(x * std + mean) * 255`;
-    /// u8 tensors are taken as they are.
-    pub fn for_desc(desc: &TensorDesc) -> Affine {
-        match (desc.dtype, desc.normalization) {
-            (DType::U8, _) => Affine {
-                scale: [1.0; 3],
-                offset: [0.0; 3],
-            },
-            (_, None) => Affine {
-                scale: [255.0; 3],
-                offset: [0.0; 3],
-            },
-            (_, Some(n)) => Affine {
-                scale: n.std.map(|s| s * 255.0),
-                offset: n.mean.map(|m| m * 255.0),
-            },
-        }
-    }
-}
 
 /// Converts one image of `desc` (`src` holds exactly its `image_bytes()`)
 /// into interleaved 8-bit pixels: gray (1 byte) or RGB (3 bytes) per pixel.
@@ -286,19 +259,6 @@ fn f16_chunk(
     for i in 0..CHUNK {
         d[i] = to_u8(f[i] * scale[i] + offset[i]);
     }
-}
-
-/// `round(clamp(v, 0, 255))`, ties to even; NaN becomes 0.
-#[inline(always)]
-// Not `clamp`: it keeps a NaN (with whatever payload the tensor had), max()
-// turns it into 0.
-#[allow(clippy::manual_clamp)]
-pub(super) fn to_u8(v: f32) -> u8 {
-    /// 2^23: adding it to a value in [0, 256) leaves that value, rounded to
-    /// the nearest integer, in the low mantissa bits. Unlike an `as` cast
-    /// (saturating, NaN-checked, scalar on x86_64) this vectorizes.
-    const ROUNDER: f32 = 8_388_608.0;
-    (v.max(0.0).min(255.0) + ROUNDER).to_bits() as u8
 }
 
 #[cfg(test)]

@@ -19,13 +19,15 @@
 
 mod convert;
 mod encode;
+mod kernels;
 mod pipeline;
 mod pool;
 mod resize;
 mod ycbcr;
 
-pub use convert::{convert_image, convert_image_yuv420, Affine};
+pub use convert::{convert_image, convert_image_yuv420};
 pub use encode::{max_jpeg_len, Backend, Encoder};
+pub use kernels::Affine;
 pub use pipeline::{EncodedBatch, EncodedImage, FramePipeline, SERIAL_PIXELS};
 pub use resize::target_size;
 pub use ycbcr::Yuv420;

@@ -14,7 +14,7 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::convert::{to_u8, Affine};
+use super::kernels::{to_u8, Affine};
 use crate::tensor::{DType, TensorDesc};
 
 // Pixels per row segment: even (whole 2x2 blocks) and a whole number of

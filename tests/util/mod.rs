@@ -32,6 +32,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+pub mod alloc;
 pub mod blackhole;
 pub mod grpc;
 pub mod http;
