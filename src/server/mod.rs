@@ -11,6 +11,7 @@ pub mod http;
 pub mod latency;
 pub mod service;
 pub mod session;
+pub mod store;
 pub mod validate;
 
 use std::net::SocketAddr;

@@ -35,6 +35,7 @@ pub fn repo_root() -> PathBuf {
 pub mod blackhole;
 pub mod grpc;
 pub mod http;
+pub mod postgres;
 pub mod proc;
 pub mod procs;
 pub mod python;
