@@ -20,6 +20,7 @@ pub mod registry;
 pub mod service;
 pub mod session;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 use std::net::SocketAddr;

@@ -36,6 +36,7 @@ pub mod alloc;
 pub mod blackhole;
 pub mod grpc;
 pub mod http;
+pub mod postgres;
 pub mod proc;
 pub mod procs;
 pub mod python;

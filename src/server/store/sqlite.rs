@@ -1,0 +1,1100 @@
+//! The embedded backend: one SQLite file (rusqlite, bundled SQLite), the
+//! default store.
+//!
+//! WAL journal with `synchronous=NORMAL`: a commit appends to the WAL and
+//! returns without an fsync; the WAL is synced at checkpoints. A killed
+//! process (kill -9, a crash) loses nothing committed, because the WAL is in
+//! the OS's page cache and the next open replays it; a power loss or kernel
+//! panic may roll back the last commits before a checkpoint, never corrupt
+//! the file. That is the trade the group-commit writer makes for throughput.
+//!
+//! One writer connection (all writes come from the [`Writer`] task) and a
+//! small pool of reader connections; every call runs on tokio's blocking
+//! pool so the runtime's threads never wait on disk.
+//!
+//! [`Writer`]: super::Writer
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::StreamExt;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use super::{
+    admit, bucket_width, decode_cursor, encode_cursor, Applied, Bucket, CommandRecord, EpochRecord,
+    ImageSample, PerfSample, Point, PointStream, Result, Retention, RetentionReport, RunPage,
+    RunQuery, RunRecord, RunStatus, RunSummary, ScalarPoint, ScalarQuery, SeqKind, Series,
+    StatusRecord, Store, StoreError, StoreOptions, Write, DEFAULT_PAGE, EXPORT_CHUNK, MAX_PAGE,
+    SCHEMA_VERSION,
+};
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    name TEXT NOT NULL,
+    model TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_ms INTEGER,
+    ended_ms INTEGER,
+    updated_ms INTEGER NOT NULL,
+    last_event_seq INTEGER NOT NULL DEFAULT 0,
+    last_point_seq INTEGER NOT NULL DEFAULT 0,
+    epochs INTEGER NOT NULL DEFAULT 0,
+    points INTEGER NOT NULL DEFAULT 0,
+    last_step INTEGER,
+    images INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_newest ON runs (created_ms DESC, id DESC);
+CREATE INDEX runs_by_status ON runs (status, created_ms DESC, id DESC);
+CREATE INDEX runs_by_device ON runs (device, created_ms DESC, id DESC);
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    key TEXT NOT NULL,
+    UNIQUE (run, key)
+);
+CREATE TABLE points (
+    series INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (series, step, seq)
+) WITHOUT ROWID;
+CREATE TABLE statuses (
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (run, seq)
+);
+CREATE TABLE epochs (
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run, seq)
+);
+CREATE TABLE perf (
+    run TEXT NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    fps REAL, batch_ms REAL, cpu_percent REAL, ram_mb REAL,
+    gpu_percent REAL, gpu_mem_mb REAL, gpu_clock_mhz REAL,
+    PRIMARY KEY (run, wall_ms)
+);
+CREATE TABLE commands (
+    run TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    when_ms INTEGER NOT NULL,
+    what TEXT NOT NULL,
+    delivered_ms INTEGER,
+    applied_ms INTEGER,
+    PRIMARY KEY (run, id)
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    predictions TEXT NOT NULL,
+    labels TEXT NOT NULL
+);
+CREATE INDEX images_by_run ON images (run, step);
+CREATE TABLE image_jpegs (
+    image INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (image, idx)
+) WITHOUT ROWID;
+CREATE INDEX image_jpegs_by_hash ON image_jpegs (hash);
+CREATE TABLE blobs (
+    hash BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+"#];
+
+/// How long a connection waits on another's lock before failing: only
+/// checkpoints and the one writer contend, so a long wait means trouble.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reader connections kept open between reads.
+const READER_POOL: usize = 8;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    options: StoreOptions,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic inside a closure leaves the connection usable: SQLite rolls
+    // back the open transaction when it is dropped.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        place: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], refusing a newer one.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<i64> = tx
+        .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let found = found.unwrap_or(0) as u32;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            place: path.display().to_string(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (v, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [v as i64 + 1],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and migrates it.
+    pub async fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || {
+            let mut conn = connect(&p)?;
+            migrate(&mut conn, &p)?;
+            Ok::<_, StoreError>(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))??;
+        Ok(SqliteStore {
+            path,
+            options,
+            writer: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, StoreOptions) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.writer.clone();
+        let options = self.options;
+        tokio::task::spawn_blocking(move || f(&mut lock(&conn), options))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match lock(&pool).pop() {
+                Some(c) => c,
+                None => connect(&path)?,
+            };
+            let r = f(&conn);
+            let mut pool = lock(&pool);
+            if pool.len() < READER_POOL {
+                pool.push(conn);
+            }
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+// ---- writes ----------------------------------------------------------
+
+/// The run's stored (last_event_seq, last_point_seq), or UnknownRun.
+fn seqs(tx: &Transaction, run: &str) -> Result<(u64, u64)> {
+    tx.prepare_cached("SELECT last_event_seq, last_point_seq FROM runs WHERE id = ?1")?
+        .query_row([run], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::UnknownRun {
+            run: run.to_string(),
+        })
+}
+
+/// Applies one write. The outer error aborts the whole group (SQL failed);
+/// the inner one refuses only this write.
+fn apply_one(tx: &Transaction, options: StoreOptions, w: Write) -> Result<Result<Applied>> {
+    if let Err(e) = w.check() {
+        return Ok(Err(e));
+    }
+    if !matches!(w, Write::Run(_)) {
+        if let Err(e) = seqs(tx, w.run()) {
+            return match e {
+                StoreError::UnknownRun { .. } => Ok(Err(e)),
+                e => Err(e),
+            };
+        }
+    }
+    match w {
+        Write::Run(r) => upsert_run(tx, &r).map(Ok),
+        Write::Status { run, record } => status(tx, &run, &record),
+        Write::Epoch { run, record } => epoch(tx, &run, &record),
+        Write::Points {
+            run,
+            first_seq,
+            points,
+        } => insert_points(tx, &run, first_seq, &points),
+        Write::Perf { run, samples } => perf(tx, &run, &samples).map(Ok),
+        Write::Command { run, record } => command(tx, &run, &record).map(Ok),
+        Write::CommandDelivered { run, id, at_ms } => command_mark(tx, &run, id, at_ms, false),
+        Write::CommandApplied { run, id, at_ms } => command_mark(tx, &run, id, at_ms, true),
+        Write::Image { run, sample } => image(tx, options, &run, &sample).map(Ok),
+    }
+}
+
+fn upsert_run(tx: &Transaction, r: &RunRecord) -> Result<Applied> {
+    tx.prepare_cached(
+        "INSERT INTO runs (id, device, name, model, dataset, config, created_ms, status, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'initializing', ?7)
+         ON CONFLICT (id) DO UPDATE SET device = excluded.device, name = excluded.name,
+           model = excluded.model, dataset = excluded.dataset, config = excluded.config",
+    )?
+    .execute(params![r.id, r.device, r.name, r.model, r.dataset, r.config, r.created_ms])?;
+    Ok(Applied {
+        stored: 1,
+        skipped: 0,
+    })
+}
+
+const SKIPPED_ONE: Applied = Applied {
+    stored: 0,
+    skipped: 1,
+};
+const STORED_ONE: Applied = Applied {
+    stored: 1,
+    skipped: 0,
+};
+
+fn status(tx: &Transaction, run: &str, s: &StatusRecord) -> Result<Result<Applied>> {
+    let (last, _) = seqs(tx, run)?;
+    match admit(run, SeqKind::Event, last, s.seq, 1) {
+        Err(e) => return Ok(Err(e)),
+        Ok(1) => return Ok(Ok(SKIPPED_ONE)),
+        Ok(_) => {}
+    }
+    tx.prepare_cached(
+        "INSERT INTO statuses (run, seq, wall_ms, status, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        run,
+        s.seq as i64,
+        s.wall_ms,
+        s.status.as_str(),
+        s.message
+    ])?;
+    tx.prepare_cached(
+        "UPDATE runs SET status = ?2, last_event_seq = ?3, updated_ms = max(updated_ms, ?4),
+           started_ms = CASE WHEN started_ms IS NULL AND ?2 = 'running' THEN ?4 ELSE started_ms END,
+           ended_ms = CASE WHEN ?5 THEN ?4 ELSE NULL END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        run,
+        s.status.as_str(),
+        s.seq as i64,
+        s.wall_ms,
+        s.status.is_finished()
+    ])?;
+    Ok(Ok(STORED_ONE))
+}
+
+fn epoch(tx: &Transaction, run: &str, e: &EpochRecord) -> Result<Result<Applied>> {
+    let (last, _) = seqs(tx, run)?;
+    match admit(run, SeqKind::Event, last, e.seq, 1) {
+        Err(e) => return Ok(Err(e)),
+        Ok(1) => return Ok(Ok(SKIPPED_ONE)),
+        Ok(_) => {}
+    }
+    let metrics = serde_json::to_string(&e.metrics).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO epochs (run, seq, epoch, wall_ms, metrics) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![run, e.seq as i64, e.epoch, e.wall_ms, metrics])?;
+    tx.prepare_cached(
+        "UPDATE runs SET epochs = epochs + 1, last_event_seq = ?2,
+           updated_ms = max(updated_ms, ?3) WHERE id = ?1",
+    )?
+    .execute(params![run, e.seq as i64, e.wall_ms])?;
+    Ok(Ok(STORED_ONE))
+}
+
+fn series_id(tx: &Transaction, run: &str, key: &str) -> Result<i64> {
+    tx.prepare_cached("INSERT OR IGNORE INTO series (run, key) VALUES (?1, ?2)")?
+        .execute([run, key])?;
+    Ok(tx
+        .prepare_cached("SELECT id FROM series WHERE run = ?1 AND key = ?2")?
+        .query_row([run, key], |r| r.get(0))?)
+}
+
+fn insert_points(
+    tx: &Transaction,
+    run: &str,
+    first_seq: u64,
+    points: &[Point],
+) -> Result<Result<Applied>> {
+    let n = points.len() as u64;
+    if n == 0 {
+        return Ok(Ok(Applied::default()));
+    }
+    let (_, last) = seqs(tx, run)?;
+    let skip = match admit(run, SeqKind::Point, last, first_seq, n) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    if skip == n {
+        return Ok(Ok(Applied {
+            stored: 0,
+            skipped: n,
+        }));
+    }
+    let mut ids: HashMap<&str, i64> = HashMap::new();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO points (series, step, seq, wall_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let (mut max_step, mut max_wall) = (i64::MIN, i64::MIN);
+    for (i, p) in points.iter().enumerate().skip(skip as usize) {
+        let id = match ids.get(p.key.as_str()) {
+            Some(&id) => id,
+            None => {
+                let id = series_id(tx, run, &p.key)?;
+                ids.insert(&p.key, id);
+                id
+            }
+        };
+        insert.execute(params![
+            id,
+            p.step,
+            (first_seq + i as u64) as i64,
+            p.wall_ms,
+            p.value
+        ])?;
+        max_step = max_step.max(p.step);
+        max_wall = max_wall.max(p.wall_ms);
+    }
+    tx.prepare_cached(
+        "UPDATE runs SET last_point_seq = ?2, points = points + ?3,
+           last_step = max(coalesce(last_step, ?4), ?4), updated_ms = max(updated_ms, ?5)
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        run,
+        (first_seq + n - 1) as i64,
+        (n - skip) as i64,
+        max_step,
+        max_wall
+    ])?;
+    Ok(Ok(Applied {
+        stored: n - skip,
+        skipped: skip,
+    }))
+}
+
+fn perf(tx: &Transaction, run: &str, samples: &[PerfSample]) -> Result<Applied> {
+    let mut st = tx.prepare_cached(
+        "INSERT OR REPLACE INTO perf (run, wall_ms, fps, batch_ms, cpu_percent, ram_mb,
+           gpu_percent, gpu_mem_mb, gpu_clock_mhz) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for s in samples {
+        st.execute(params![
+            run,
+            s.wall_ms,
+            s.fps,
+            s.batch_ms,
+            s.cpu_percent,
+            s.ram_mb,
+            s.gpu_percent,
+            s.gpu_mem_mb,
+            s.gpu_clock_mhz
+        ])?;
+    }
+    Ok(Applied {
+        stored: samples.len() as u64,
+        skipped: 0,
+    })
+}
+
+fn command(tx: &Transaction, run: &str, c: &CommandRecord) -> Result<Applied> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO commands (run, id, who, when_ms, what, delivered_ms, applied_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        run,
+        c.id as i64,
+        c.who,
+        c.when_ms,
+        c.what,
+        c.delivered_ms,
+        c.applied_ms
+    ])?;
+    Ok(STORED_ONE)
+}
+
+fn command_mark(
+    tx: &Transaction,
+    run: &str,
+    id: u64,
+    at_ms: i64,
+    applied: bool,
+) -> Result<Result<Applied>> {
+    let sql = if applied {
+        "UPDATE commands SET applied_ms = ?3 WHERE run = ?1 AND id = ?2"
+    } else {
+        "UPDATE commands SET delivered_ms = ?3 WHERE run = ?1 AND id = ?2"
+    };
+    let n = tx
+        .prepare_cached(sql)?
+        .execute(params![run, id as i64, at_ms])?;
+    if n == 0 {
+        return Ok(Err(StoreError::UnknownCommand {
+            run: run.to_string(),
+            id,
+        }));
+    }
+    Ok(Ok(STORED_ONE))
+}
+
+fn image(tx: &Transaction, options: StoreOptions, run: &str, s: &ImageSample) -> Result<Applied> {
+    let predictions = serde_json::to_string(&s.predictions).unwrap_or_default();
+    let labels = serde_json::to_string(&s.labels).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO images (run, epoch, step, wall_ms, predictions, labels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        run,
+        s.epoch,
+        s.step,
+        s.wall_ms,
+        predictions,
+        labels
+    ])?;
+    let image = tx.last_insert_rowid();
+    for (idx, jpeg) in s.jpegs.iter().enumerate() {
+        let hash = super::content_hash(jpeg);
+        tx.prepare_cached("INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?1, ?2, ?3)")?
+            .execute(params![hash, jpeg.len() as i64, &jpeg[..]])?;
+        tx.prepare_cached("INSERT INTO image_jpegs (image, idx, hash) VALUES (?1, ?2, ?3)")?
+            .execute(params![image, idx as i64, hash])?;
+    }
+    tx.prepare_cached("UPDATE runs SET images = images + 1 WHERE id = ?1")?
+        .execute([run])?;
+    if options.images_per_run > 0 {
+        let over: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM images WHERE run = ?1 ORDER BY step DESC, id DESC LIMIT -1 OFFSET ?2",
+            )?
+            .query_map(params![run, options.images_per_run], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        drop_images(tx, run, &over)?;
+    }
+    Ok(STORED_ONE)
+}
+
+/// Deletes image samples `ids` of `run` and the JPEGs nothing else uses.
+fn drop_images(tx: &Transaction, run: &str, ids: &[i64]) -> Result<()> {
+    for &id in ids {
+        let hashes: Vec<Vec<u8>> = tx
+            .prepare_cached("SELECT hash FROM image_jpegs WHERE image = ?1")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.prepare_cached("DELETE FROM image_jpegs WHERE image = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM images WHERE id = ?1")?
+            .execute([id])?;
+        for h in hashes {
+            tx.prepare_cached(
+                "DELETE FROM blobs WHERE hash = ?1
+                 AND NOT EXISTS (SELECT 1 FROM image_jpegs WHERE hash = ?1)",
+            )?
+            .execute([h])?;
+        }
+    }
+    if !ids.is_empty() {
+        tx.prepare_cached("UPDATE runs SET images = max(images - ?2, 0) WHERE id = ?1")?
+            .execute(params![run, ids.len() as i64])?;
+    }
+    Ok(())
+}
+
+fn run_images(tx: &Transaction, run: &str) -> Result<Vec<i64>> {
+    Ok(tx
+        .prepare_cached("SELECT id FROM images WHERE run = ?1")?
+        .query_map([run], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes every row of `run`; false when it was not stored.
+fn delete_run_tx(tx: &Transaction, run: &str) -> Result<bool> {
+    let ids = run_images(tx, run)?;
+    drop_images(tx, run, &ids)?;
+    tx.execute(
+        "DELETE FROM points WHERE series IN (SELECT id FROM series WHERE run = ?1)",
+        [run],
+    )?;
+    for table in ["series", "statuses", "epochs", "perf", "commands"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE run = ?1"), [run])?;
+    }
+    Ok(tx.execute("DELETE FROM runs WHERE id = ?1", [run])? > 0)
+}
+
+fn blob_bytes(c: &Connection) -> Result<u64> {
+    let n: i64 = c.query_row("SELECT coalesce(sum(size), 0) FROM blobs", [], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+fn retain_tx(tx: &Transaction, policy: Retention, now_ms: i64) -> Result<RetentionReport> {
+    let mut report = RetentionReport::default();
+    if policy.keep_days > 0 {
+        let cutoff = now_ms - i64::from(policy.keep_days) * 86_400_000;
+        let old: Vec<String> = tx
+            .prepare("SELECT id FROM runs WHERE ended_ms IS NOT NULL AND ended_ms < ?1")?
+            .query_map([cutoff], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for run in old {
+            delete_run_tx(tx, &run)?;
+            report.runs_deleted.push(run);
+        }
+    }
+    let mut bytes = blob_bytes(tx)?;
+    if policy.image_quota_bytes > 0 && bytes > policy.image_quota_bytes {
+        // Oldest finished first; live runs are bounded by the per-run cap.
+        let victims: Vec<String> = tx
+            .prepare(
+                "SELECT id FROM runs WHERE ended_ms IS NOT NULL AND images > 0
+                 ORDER BY ended_ms, created_ms, id",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for run in victims {
+            if bytes <= policy.image_quota_bytes {
+                break;
+            }
+            let ids = run_images(tx, &run)?;
+            drop_images(tx, &run, &ids)?;
+            report.images_evicted.push(run);
+            bytes = blob_bytes(tx)?;
+        }
+    }
+    report.image_bytes = bytes;
+    Ok(report)
+}
+
+// ---- reads -----------------------------------------------------------
+
+const RUN_COLUMNS: &str = "id, device, name, model, dataset, config, created_ms, status,
+    started_ms, ended_ms, updated_ms, last_event_seq, last_point_seq, epochs, points,
+    last_step, images";
+
+fn run_row(r: &Row) -> Result<RunSummary> {
+    let status: String = r.get(7)?;
+    Ok(RunSummary {
+        run: RunRecord {
+            id: r.get(0)?,
+            device: r.get(1)?,
+            name: r.get(2)?,
+            model: r.get(3)?,
+            dataset: r.get(4)?,
+            config: r.get(5)?,
+            created_ms: r.get(6)?,
+        },
+        status: RunStatus::parse(&status)?,
+        started_ms: r.get(8)?,
+        ended_ms: r.get(9)?,
+        updated_ms: r.get(10)?,
+        last_event_seq: r.get::<_, i64>(11)? as u64,
+        last_point_seq: r.get::<_, i64>(12)? as u64,
+        epochs: r.get::<_, i64>(13)? as u64,
+        points: r.get::<_, i64>(14)? as u64,
+        last_step: r.get(15)?,
+        images: r.get::<_, i64>(16)? as u64,
+    })
+}
+
+fn list_runs(c: &Connection, q: &RunQuery) -> Result<RunPage> {
+    let limit = if q.limit == 0 {
+        DEFAULT_PAGE
+    } else {
+        q.limit.min(MAX_PAGE)
+    };
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    use rusqlite::types::Value as V;
+    if let Some(s) = q.status {
+        args.push(V::Text(s.as_str().into()));
+        sql += &format!(" AND status = ?{}", args.len());
+    }
+    if let Some(d) = &q.device {
+        args.push(V::Text(d.clone()));
+        sql += &format!(" AND device = ?{}", args.len());
+    }
+    if let Some(t) = q.text.as_ref().filter(|t| !t.is_empty()) {
+        args.push(V::Text(t.to_lowercase()));
+        let n = args.len();
+        sql += &format!(
+            " AND (instr(lower(id), ?{n}) > 0 OR instr(lower(name), ?{n}) > 0
+               OR instr(lower(model), ?{n}) > 0 OR instr(lower(dataset), ?{n}) > 0)"
+        );
+    }
+    if let Some(cursor) = &q.cursor {
+        let (ms, id) = decode_cursor(cursor)?;
+        args.push(V::Integer(ms));
+        args.push(V::Text(id));
+        let (a, b) = (args.len() - 1, args.len());
+        sql += &format!(" AND (created_ms < ?{a} OR (created_ms = ?{a} AND id < ?{b}))");
+    }
+    args.push(V::Integer(limit as i64 + 1));
+    sql += &format!(" ORDER BY created_ms DESC, id DESC LIMIT ?{}", args.len());
+    let mut st = c.prepare_cached(&sql)?;
+    let mut rows = st.query(rusqlite::params_from_iter(args))?;
+    let mut runs = Vec::new();
+    while let Some(r) = rows.next()? {
+        runs.push(run_row(r)?);
+    }
+    let next = if runs.len() > limit {
+        runs.truncate(limit);
+        runs.last()
+            .map(|r| encode_cursor(r.run.created_ms, &r.run.id))
+    } else {
+        None
+    };
+    Ok(RunPage { runs, next })
+}
+
+fn bucket_row(r: &Row) -> rusqlite::Result<Bucket> {
+    Ok(Bucket::point(r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+/// One series over `from..=to`: every point when there are at most
+/// `n`, else at most `n` buckets, each aggregated by SQLite over a range
+/// of the primary key (so nothing is sorted and only the range is read).
+fn series_buckets(c: &Connection, series: i64, from: i64, to: i64, n: usize) -> Result<Series> {
+    let mut raw = c.prepare_cached(
+        "SELECT step, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
+         ORDER BY step, seq LIMIT ?4",
+    )?;
+    let probe: Vec<Bucket> = raw
+        .query_map(params![series, from, to, n as i64 + 1], bucket_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    if probe.len() <= n {
+        return Ok(Series {
+            key: String::new(),
+            downsampled: false,
+            buckets: probe,
+        });
+    }
+    let mut last = c.prepare_cached(
+        "SELECT step, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
+         ORDER BY step DESC, seq DESC LIMIT 1",
+    )?;
+    let lo = probe[0].step;
+    let hi = last.query_row(params![series, from, to], |r| r.get::<_, i64>(0))?;
+    let w = bucket_width(lo, hi, n);
+    let mut agg = c.prepare_cached(
+        "SELECT min(value), max(value), count(*) FROM points
+         WHERE series = ?1 AND step >= ?2 AND step <= ?3",
+    )?;
+    let mut buckets = Vec::with_capacity(n);
+    let mut b_lo = lo;
+    while b_lo <= hi {
+        let b_hi = b_lo.saturating_add(w - 1).min(hi);
+        let (min, max, count): (Option<f64>, Option<f64>, i64) = agg
+            .query_row(params![series, b_lo, b_hi], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        if let (Some(min), Some(max), true) = (min, max, count > 0) {
+            let l = last.query_row(params![series, b_lo, b_hi], bucket_row)?;
+            buckets.push(Bucket {
+                min,
+                max,
+                count: count as u64,
+                ..l
+            });
+        }
+        if b_hi == hi {
+            break;
+        }
+        b_lo = b_hi + 1;
+    }
+    Ok(Series {
+        key: String::new(),
+        downsampled: true,
+        buckets,
+    })
+}
+
+fn scalars(c: &Connection, run: &str, q: &ScalarQuery) -> Result<Vec<Series>> {
+    let all: Vec<(i64, String)> = c
+        .prepare_cached("SELECT id, key FROM series WHERE run = ?1 ORDER BY key")?
+        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let from = q.from.unwrap_or(i64::MIN);
+    let to = q.to.unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for (id, key) in all {
+        if !q.keys.is_empty() && !q.keys.contains(&key) {
+            continue;
+        }
+        let mut s = series_buckets(c, id, from, to, q.points.max(1))?;
+        s.key = key;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn export_rows(
+    conn: &Connection,
+    run: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<ScalarPoint>>>,
+) -> Result<()> {
+    let mut st = conn.prepare(
+        "SELECT s.key, p.step, p.wall_ms, p.value FROM series s
+         JOIN points p ON p.series = s.id WHERE s.run = ?1 ORDER BY s.key, p.step, p.seq",
+    )?;
+    let mut rows = st.query([run])?;
+    let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
+    while let Some(r) = rows.next()? {
+        chunk.push(ScalarPoint {
+            run: run.to_string(),
+            key: r.get(0)?,
+            step: r.get(1)?,
+            wall_ms: r.get(2)?,
+            value: r.get(3)?,
+        });
+        if chunk.len() == EXPORT_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(EXPORT_CHUNK));
+            if tx.blocking_send(Ok(full)).is_err() {
+                return Ok(()); // the client went away
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+    Ok(())
+}
+
+fn image_rows(c: &Connection, run: &str, from: i64, to: i64) -> Result<Vec<ImageSample>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, epoch, step, wall_ms, predictions, labels FROM images
+         WHERE run = ?1 AND step >= ?2 AND step <= ?3 ORDER BY step, id",
+    )?;
+    let heads: Vec<(i64, u32, i64, i64, String, String)> = st
+        .query_map(params![run, from, to], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut jpegs = c.prepare_cached(
+        "SELECT b.data FROM image_jpegs j JOIN blobs b ON b.hash = j.hash
+         WHERE j.image = ?1 ORDER BY j.idx",
+    )?;
+    let mut out = Vec::with_capacity(heads.len());
+    for (id, epoch, step, wall_ms, predictions, labels) in heads {
+        let data: Vec<bytes::Bytes> = jpegs
+            .query_map([id], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|r| r.map(bytes::Bytes::from))
+            .collect::<rusqlite::Result<_>>()?;
+        out.push(ImageSample {
+            epoch,
+            step,
+            wall_ms,
+            jpegs: data,
+            predictions: parse_json("image predictions", &predictions)?,
+            labels: parse_json("image labels", &labels)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|_| StoreError::Corrupt {
+        what,
+        value: s.chars().take(80).collect(),
+    })
+}
+
+fn collect<T>(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    f: impl FnMut(&Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    Ok(c.prepare_cached(sql)?
+        .query_map(args, f)?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn schema_version(&self) -> Result<u32> {
+        self.read(|c| {
+            let v: i64 =
+                c.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
+            Ok(v as u32)
+        })
+        .await
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Result<Applied>>> {
+        self.write(move |conn, options| {
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(apply_one(&tx, options, w)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunSummary>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let mut st =
+                c.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?;
+            let mut rows = st.query([&id])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(run_row(r)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn runs(&self, query: &RunQuery) -> Result<RunPage> {
+        let q = query.clone();
+        self.read(move |c| list_runs(c, &q)).await
+    }
+
+    async fn scalars(&self, run: &str, query: &ScalarQuery) -> Result<Vec<Series>> {
+        let (run, q) = (run.to_string(), query.clone());
+        self.read(move |c| scalars(c, &run, &q)).await
+    }
+
+    async fn export(&self, run: &str) -> Result<PointStream> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let path = self.path.clone();
+        let run = run.to_string();
+        // Its own connection: one statement holds one WAL snapshot for the
+        // whole export, so it is consistent while the writer goes on.
+        let conn = tokio::task::spawn_blocking(move || connect(&path))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = export_rows(&conn, &run, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(chunks
+            .flat_map(|chunk| {
+                let items: Vec<Result<ScalarPoint>> = match chunk {
+                    Ok(points) => points.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures_util::stream::iter(items)
+            })
+            .boxed())
+    }
+
+    async fn images(&self, run: &str, from: i64, to: i64) -> Result<Vec<ImageSample>> {
+        let run = run.to_string();
+        self.read(move |c| image_rows(c, &run, from, to)).await
+    }
+
+    async fn commands(&self, run: &str) -> Result<Vec<CommandRecord>> {
+        let run = run.to_string();
+        self.read(move |c| {
+            collect(
+                c,
+                "SELECT id, who, when_ms, what, delivered_ms, applied_ms FROM commands
+                 WHERE run = ?1 ORDER BY id",
+                [&run],
+                |r| {
+                    Ok(CommandRecord {
+                        id: r.get::<_, i64>(0)? as u64,
+                        who: r.get(1)?,
+                        when_ms: r.get(2)?,
+                        what: r.get(3)?,
+                        delivered_ms: r.get(4)?,
+                        applied_ms: r.get(5)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn statuses(&self, run: &str) -> Result<Vec<StatusRecord>> {
+        let run = run.to_string();
+        self.read(move |c| {
+            let rows = collect(
+                c,
+                "SELECT seq, wall_ms, status, message FROM statuses WHERE run = ?1 ORDER BY seq",
+                [&run],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get(3)?,
+                    ))
+                },
+            )?;
+            rows.into_iter()
+                .map(|(seq, wall_ms, status, message)| {
+                    Ok(StatusRecord {
+                        seq: seq as u64,
+                        wall_ms,
+                        status: RunStatus::parse(&status)?,
+                        message,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn epochs(&self, run: &str) -> Result<Vec<EpochRecord>> {
+        let run = run.to_string();
+        self.read(move |c| {
+            let rows = collect(
+                c,
+                "SELECT seq, epoch, wall_ms, metrics FROM epochs WHERE run = ?1 ORDER BY seq",
+                [&run],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )?;
+            rows.into_iter()
+                .map(|(seq, epoch, wall_ms, metrics)| {
+                    Ok(EpochRecord {
+                        seq: seq as u64,
+                        epoch,
+                        wall_ms,
+                        metrics: parse_json("epoch metrics", &metrics)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn perf(&self, run: &str, from_ms: i64, to_ms: i64) -> Result<Vec<PerfSample>> {
+        let run = run.to_string();
+        self.read(move |c| {
+            collect(
+                c,
+                "SELECT wall_ms, fps, batch_ms, cpu_percent, ram_mb, gpu_percent, gpu_mem_mb,
+                   gpu_clock_mhz FROM perf
+                 WHERE run = ?1 AND wall_ms >= ?2 AND wall_ms <= ?3 ORDER BY wall_ms",
+                params![run, from_ms, to_ms],
+                |r| {
+                    Ok(PerfSample {
+                        wall_ms: r.get(0)?,
+                        fps: r.get(1)?,
+                        batch_ms: r.get(2)?,
+                        cpu_percent: r.get(3)?,
+                        ram_mb: r.get(4)?,
+                        gpu_percent: r.get(5)?,
+                        gpu_mem_mb: r.get(6)?,
+                        gpu_clock_mhz: r.get(7)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn delete_run(&self, run: &str) -> Result<bool> {
+        let run = run.to_string();
+        self.write(move |conn, _| {
+            let tx = conn.transaction()?;
+            let found = delete_run_tx(&tx, &run)?;
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn retain(&self, policy: Retention, now_ms: i64) -> Result<RetentionReport> {
+        self.write(move |conn, _| {
+            let tx = conn.transaction()?;
+            let report = retain_tx(&tx, policy, now_ms)?;
+            tx.commit()?;
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn image_bytes(&self) -> Result<u64> {
+        self.read(blob_bytes).await
+    }
+}
