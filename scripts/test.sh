@@ -28,5 +28,12 @@ if [ "$(cat "$BSTAMP" 2>/dev/null)" != "$BSUM" ]; then
   (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$BSUM" > "$BSTAMP"
 fi
+# The store suite runs against PostgreSQL too, on a cluster the tests start
+# themselves from Debian's binaries; say loudly when they are missing.
+if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "scripts/test.sh: PostgreSQL found ($(ls -d /usr/lib/postgresql/*/bin | head -n 1)): store tests run on SQLite and PostgreSQL"
+else
+  echo "scripts/test.sh: WARNING: PostgreSQL NOT installed (apt-get install postgresql): the PostgreSQL store tests will be SKIPPED" >&2
+fi
 # Library, binary and integration tests (doc-tests: none; benches: `cargo bench`).
 exec cargo test --lib --bins --tests "$@"
