@@ -492,6 +492,60 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
     })
 }
 
+/// Exit codes of `trainwatch inspect` (sysexits.h): a corrupt or foreign
+/// file, a missing one.
+pub const EXIT_DATAERR: u8 = 65;
+pub const EXIT_NOINPUT: u8 = 66;
+
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// Segment file, e.g. /dev/shm/trainwatch/run1
+    pub segment: PathBuf,
+    /// Print JSON (one object per line with --watch)
+    #[arg(long)]
+    pub json: bool,
+    /// Print again every --interval-ms until interrupted
+    #[arg(long)]
+    pub watch: bool,
+    /// Refresh interval for --watch
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub interval_ms: u64,
+    /// Stop --watch after this many reports (tests, scripts)
+    #[arg(long, hide = true)]
+    pub iterations: Option<u64>,
+}
+
+/// `trainwatch inspect`: reports on stdout, an unreadable segment on stderr
+/// with the exit code that says why.
+pub fn inspect(args: InspectArgs) -> ExitCode {
+    let opts = crate::shm::inspect::Options {
+        segment: args.segment,
+        json: args.json,
+        watch: args.watch,
+        interval: std::time::Duration::from_millis(args.interval_ms),
+        iterations: args.iterations,
+    };
+    match crate::shm::inspect::run(&opts, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trainwatch inspect: {e}");
+            ExitCode::from(inspect_exit_code(&e))
+        }
+    }
+}
+
+fn inspect_exit_code(e: &crate::shm::ShmError) -> u8 {
+    match e {
+        crate::shm::ShmError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            EXIT_NOINPUT
+        }
+        e if e.is_corrupt() => EXIT_DATAERR,
+        _ => EXIT_FAILURE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ enum Command {
     /// Stream the training runs in shared memory to the central server.
     Agent(cli::AgentArgs),
     /// Show a shared-memory segment: header, config, newest frame, events, control.
-    Inspect(trainwatch::shm::inspect::InspectArgs),
+    Inspect(cli::InspectArgs),
     /// Make a CA, a server certificate and client certificates (PEM files).
     Certs(cli::CertsArgs),
     /// Server, agent and a real training run in one process: open the dashboard.
@@ -45,10 +45,6 @@ fn run(command: Command) -> ExitCode {
         Command::Agent(args) => cli::exit("agent", cli::agent(args)),
         Command::Certs(args) => cli::exit("certs", cli::certs(args)),
         Command::Demo(args) => cli::exit("demo", cli::demo(args)),
-        Command::Inspect(args) => ExitCode::from(trainwatch::shm::inspect::run(
-            &args,
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        )),
+        Command::Inspect(args) => cli::inspect(args),
     }
 }

@@ -14,66 +14,40 @@ use super::{CommandKind, ShmError, IDLE_AFTER_NS};
 /// Pending events listed at most.
 const MAX_EVENTS_SHOWN: usize = 20;
 
-/// Exit codes (sysexits.h): a corrupt or foreign file, a missing one.
-pub const EXIT_DATAERR: u8 = 65;
-pub const EXIT_NOINPUT: u8 = 66;
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct InspectArgs {
-    /// Segment file, e.g. /dev/shm/trainwatch/run1
+/// What to inspect and how; the command line (`trainwatch inspect`, in
+/// `cli`) fills it in.
+#[derive(Debug, Clone)]
+pub struct Options {
     pub segment: PathBuf,
-    /// Print JSON (one object per line with --watch)
-    #[arg(long)]
+    /// JSON, one object per line with `watch`.
     pub json: bool,
-    /// Print again every --interval-ms until interrupted
-    #[arg(long)]
+    /// Print again every `interval` until interrupted.
     pub watch: bool,
-    /// Refresh interval for --watch
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
-    pub interval_ms: u64,
-    /// Stop --watch after this many reports (tests, scripts)
-    #[arg(long, hide = true)]
+    pub interval: Duration,
+    /// Stop `watch` after this many reports (tests, scripts).
     pub iterations: Option<u64>,
 }
 
-/// Runs the command; returns the process exit code.
-pub fn run(args: &InspectArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+/// Prints reports until done; an unreadable segment ends it with the
+/// error, which the command line maps to an exit code.
+pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), ShmError> {
     let mut done = 0u64;
     loop {
         // Reopened every time: a trainer restart replaces the file.
-        let report = Reader::open_read_only(&args.segment).map(|r| {
-            if args.json {
-                report_json(&r).to_string()
-            } else {
-                report_text(&r)
-            }
-        });
-        match report {
-            Ok(text) => {
-                if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-                    return 0; // stdout closed (a pager quit): not an error
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(err, "trainwatch inspect: {e}");
-                return exit_code(&e);
-            }
+        let r = Reader::open_read_only(&opts.segment)?;
+        let text = if opts.json {
+            report_json(&r).to_string()
+        } else {
+            report_text(&r)
+        };
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return Ok(()); // stdout closed (a pager quit): not an error
         }
         done += 1;
-        if !args.watch || args.iterations.is_some_and(|n| done >= n) {
-            return 0;
+        if !opts.watch || opts.iterations.is_some_and(|n| done >= n) {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(args.interval_ms));
-    }
-}
-
-fn exit_code(e: &ShmError) -> u8 {
-    match e {
-        ShmError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            EXIT_NOINPUT
-        }
-        e if e.is_corrupt() => EXIT_DATAERR,
-        _ => 1,
+        std::thread::sleep(opts.interval);
     }
 }
 
