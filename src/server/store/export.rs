@@ -86,6 +86,22 @@ fn csv_field(out: &mut String, s: &str) {
 }
 
 /// Collects a stream's error-free prefix; for tests and small tools.
+/// The stream of points a backend's export task sends in chunks (`rx`),
+/// point by point; an error ends it after the points before it.
+pub fn points_from_chunks(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<ScalarPoint>>>,
+) -> PointStream {
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+        .flat_map(|chunk| {
+            let items: Vec<Result<ScalarPoint>> = match chunk {
+                Ok(points) => points.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(items)
+        })
+        .boxed()
+}
+
 pub async fn collect(mut points: PointStream) -> Result<Vec<ScalarPoint>, StoreError> {
     let mut v = Vec::new();
     while let Some(p) = points.next().await {

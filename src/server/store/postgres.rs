@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use futures_util::{pin_mut, stream::StreamExt};
+use futures_util::pin_mut;
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -1048,16 +1048,7 @@ impl Store for PgStore {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(chunks
-            .flat_map(|chunk| {
-                let items: Vec<Result<ScalarPoint>> = match chunk {
-                    Ok(points) => points.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures_util::stream::iter(items)
-            })
-            .boxed())
+        Ok(super::export::points_from_chunks(rx))
     }
 
     async fn images(&self, run: &str, from: i64, to: i64) -> Result<Vec<ImageSample>> {

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::stream::StreamExt;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{
@@ -947,16 +946,7 @@ impl Store for SqliteStore {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(chunks
-            .flat_map(|chunk| {
-                let items: Vec<Result<ScalarPoint>> = match chunk {
-                    Ok(points) => points.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures_util::stream::iter(items)
-            })
-            .boxed())
+        Ok(super::export::points_from_chunks(rx))
     }
 
     async fn images(&self, run: &str, from: i64, to: i64) -> Result<Vec<ImageSample>> {
