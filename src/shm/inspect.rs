@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::reader::{Event, EventRead, Frame, FrameRead, Reader};
+use super::reader::{Event, EventRead, Frame, FrameRead, HeaderInfo, Reader};
 use super::{CommandKind, ShmError, IDLE_AFTER_NS};
 
 /// Pending events listed at most.
@@ -151,6 +151,14 @@ pub fn report_text(r: &Reader) -> String {
         h.writer_start_unix_ns / 1_000_000 % 1000,
         state
     );
+    text_config(&mut s, c);
+    text_frames(&mut s, r, &h);
+    text_events(&mut s, r, &h);
+    text_reader(&mut s, &h);
+    s
+}
+
+fn text_config(s: &mut String, c: &super::RunConfig) {
     let mut classes = c
         .class_names
         .iter()
@@ -173,6 +181,9 @@ pub fn report_text(r: &Reader) -> String {
         c.class_names.len(),
         classes
     );
+}
+
+fn text_frames(s: &mut String, r: &Reader, h: &HeaderInfo) {
     let _ = writeln!(
         s,
         "frames   {} published, {} batches seen, {} skipped, {} images dropped; {} slots x {}",
@@ -227,6 +238,9 @@ pub fn report_text(r: &Reader) -> String {
             p.epoch, p.batch_idx, p.loss
         );
     }
+}
+
+fn text_events(s: &mut String, r: &Reader, h: &HeaderInfo) {
     let _ = writeln!(
         s,
         "events   {} published, {} acknowledged, {} slots",
@@ -262,6 +276,9 @@ pub fn report_text(r: &Reader) -> String {
         };
         let _ = writeln!(s, "  {line}");
     }
+}
+
+fn text_reader(s: &mut String, h: &HeaderInfo) {
     let _ = writeln!(
         s,
         "control  {} written, {} applied",
@@ -280,7 +297,6 @@ pub fn report_text(r: &Reader) -> String {
         }
         None => s.push_str("reader   none attached"),
     }
-    s
 }
 
 /// Everything a reader does with a segment image, for fuzzing: the result
