@@ -135,6 +135,61 @@ impl Drop for PrivateDir {
     }
 }
 
+/// The throw-away PKI, written into the private directory (the server's
+/// key never leaves it): the server's TLS files and the CA the agent trusts.
+fn write_pki(dir: &Path) -> Result<(ServerTlsFiles, PathBuf), DemoError> {
+    let pki = crate::tls::EphemeralPki::new("trainwatch demo CA")?;
+    let tls = ServerTlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: None,
+    };
+    let ca = dir.join("ca.pem");
+    let secret = |name: &str, pem: &str| PemFile {
+        name: name.to_string(),
+        pem: pem.to_string(),
+        mode: SECRET_MODE,
+    };
+    write_pem_files(
+        dir,
+        vec![
+            secret("server.pem", &pki.server_cert_pem),
+            secret("server.key", &pki.server_key_pem),
+            secret("ca.pem", &pki.ca_pem),
+        ],
+    )?;
+    Ok((tls, ca))
+}
+
+/// The demo agent's settings: the demo server over TLS, the demo's segment
+/// directory.
+fn agent_settings(grpc_port: u16, ca: &Path, shm_dir: &Path) -> Result<AgentSettings, DemoError> {
+    let overrides: Overrides = vec![
+        ("server", format!("https://localhost:{grpc_port}").into()),
+        ("tls.ca_cert", ca.display().to_string().into()),
+        ("shm_dir", shm_dir.display().to_string().into()),
+        ("device_id", "demo".into()),
+        // Pick the run up quickly: the user is watching.
+        ("scan_interval_ms", 100u64.into()),
+    ];
+    // No environment: a TRAINWATCH_AGENT_* meant for a real agent must not
+    // steer the demo's.
+    AgentSettings::load(None, &EnvMap::new(), overrides).map_err(|e| DemoError::Config(e.into()))
+}
+
+fn trainer_options(opts: &DemoOptions, run_name: &str, shm_dir: &Path) -> TrainerOptions {
+    TrainerOptions {
+        run_name: run_name.to_string(),
+        shm_dir: shm_dir.to_path_buf(),
+        epochs: opts.epochs,
+        batches_per_epoch: opts.batches_per_epoch,
+        batch_size: opts.batch_size,
+        speed: opts.speed,
+        learning_rate: opts.learning_rate,
+        seed: opts.seed,
+    }
+}
+
 /// Runs the demo until `shutdown` resolves, `duration` passes or the server
 /// stops; calls `serving` once the dashboard accepts connections.
 pub async fn run(
@@ -148,27 +203,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| private.0.join("runs"));
 
-    // The throw-away PKI: the server's key never leaves the private dir.
-    let pki = crate::tls::EphemeralPki::new("trainwatch demo CA")?;
-    let tls = ServerTlsFiles {
-        cert: private.0.join("server.pem"),
-        key: private.0.join("server.key"),
-        client_ca: None,
-    };
-    let ca = private.0.join("ca.pem");
-    let secret = |name: &str, pem: &str| PemFile {
-        name: name.to_string(),
-        pem: pem.to_string(),
-        mode: SECRET_MODE,
-    };
-    write_pem_files(
-        &private.0,
-        vec![
-            secret("server.pem", &pki.server_cert_pem),
-            secret("server.key", &pki.server_key_pem),
-            secret("ca.pem", &pki.ca_pem),
-        ],
-    )?;
+    let (tls, ca) = write_pki(&private.0)?;
 
     let mut server_settings = ServerSettings::local_insecure();
     server_settings.listen = SocketAddr::from(([127, 0, 0, 1], opts.grpc_port));
@@ -177,23 +212,7 @@ pub async fn run(
     server_settings.shutdown_grace = SHUTDOWN_GRACE;
     let server = Server::start(&server_settings).await?;
 
-    let overrides: Overrides = vec![
-        (
-            "server",
-            format!("https://localhost:{}", server.grpc_addr.port()).into(),
-        ),
-        ("tls.ca_cert", ca.display().to_string().into()),
-        ("shm_dir", shm_dir.display().to_string().into()),
-        ("device_id", "demo".into()),
-        // Pick the run up quickly: the user is watching.
-        ("scan_interval_ms", 100u64.into()),
-    ];
-    // No environment: a TRAINWATCH_AGENT_* meant for a real agent must not
-    // steer the demo's.
-    let agent = Agent::new(
-        AgentSettings::load(None, &EnvMap::new(), overrides)
-            .map_err(|e| DemoError::Config(e.into()))?,
-    );
+    let agent = Agent::new(agent_settings(server.grpc_addr.port(), &ca, &shm_dir)?);
     std::fs::create_dir_all(&shm_dir).map_err(|source| DemoError::Io {
         what: "cannot create the segment directory",
         path: shm_dir.clone(),
@@ -206,16 +225,7 @@ pub async fn run(
     };
 
     let run_name = format!("demo-{}", std::process::id());
-    let trainer_opts = TrainerOptions {
-        run_name: run_name.clone(),
-        shm_dir: shm_dir.clone(),
-        epochs: opts.epochs,
-        batches_per_epoch: opts.batches_per_epoch,
-        batch_size: opts.batch_size,
-        speed: opts.speed,
-        learning_rate: opts.learning_rate,
-        seed: opts.seed,
-    };
+    let trainer_opts = trainer_options(&opts, &run_name, &shm_dir);
     let (trainer_stop, stop_rx) = std::sync::mpsc::channel::<()>();
     let mut trainer = tokio::task::spawn_blocking(move || trainer::train(&trainer_opts, &stop_rx));
 
