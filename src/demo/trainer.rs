@@ -76,15 +76,7 @@ struct Run {
 /// Trains until every epoch is done, a STOP command, or `stop` (a message
 /// or a dropped sender). Status: RUNNING, PAUSED, RUNNING…, COMPLETED.
 pub fn train(opts: &TrainerOptions, stop: &Receiver<()>) -> Result<Outcome, ShmError> {
-    let config = RunConfig {
-        run_name: opts.run_name.clone(),
-        model_name: "softmax-regression".into(),
-        dataset_name: "demo-shapes-32x32".into(),
-        class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-        total_epochs: opts.epochs,
-        batches_per_epoch: opts.batches_per_epoch,
-        batch_size: opts.batch_size,
-    };
+    let config = run_config(opts);
     // One epoch is batches_per_epoch batches of the starting batch size.
     let n = (opts.batches_per_epoch as usize * opts.batch_size as usize).clamp(CLASSES, 20_000);
     let data = Dataset::generate(n, opts.seed);
@@ -103,9 +95,7 @@ pub fn train(opts: &TrainerOptions, stop: &Receiver<()>) -> Result<Outcome, ShmE
         run.learning_rate
     ));
 
-    let mut rng = fastrand::Rng::with_seed(opts.seed);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut cursor = n;
+    let mut sampler = Sampler::new(n, opts.seed);
     let period = Duration::from_secs_f64(1.0 / opts.speed);
     let mut next_at = Instant::now();
     let (mut predictions, mut confidences) = (Vec::new(), Vec::new());
@@ -147,15 +137,7 @@ pub fn train(opts: &TrainerOptions, stop: &Receiver<()>) -> Result<Outcome, ShmE
             }
             next_at = (next_at + period).max(Instant::now() - period);
 
-            indices.clear();
-            for _ in 0..run.batch_size {
-                if cursor == n {
-                    rng.shuffle(&mut order);
-                    cursor = 0;
-                }
-                indices.push(order[cursor]);
-                cursor += 1;
-            }
+            sampler.fill(run.batch_size as usize, &mut indices);
             let step = model.forward_backward(
                 indices
                     .iter()
@@ -204,19 +186,65 @@ pub fn train(opts: &TrainerOptions, stop: &Receiver<()>) -> Result<Outcome, ShmE
         outcome.epochs = epoch + 1;
     }
 
-    let message = match outcome.how {
+    let message = final_message(&outcome);
+    run.paused = false;
+    run.writer
+        .publish_status(TrainingStatus::Completed, &message);
+    run.writer.close(false)?;
+    Ok(outcome)
+}
+
+fn run_config(opts: &TrainerOptions) -> RunConfig {
+    RunConfig {
+        run_name: opts.run_name.clone(),
+        model_name: "softmax-regression".into(),
+        dataset_name: "demo-shapes-32x32".into(),
+        class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        total_epochs: opts.epochs,
+        batches_per_epoch: opts.batches_per_epoch,
+        batch_size: opts.batch_size,
+    }
+}
+
+fn final_message(outcome: &Outcome) -> String {
+    match outcome.how {
         End::Finished => format!("finished {} epochs", outcome.epochs),
         End::Stopped => format!(
             "stopped from the dashboard after {} batches",
             outcome.batches
         ),
         End::Interrupted => format!("demo shut down after {} batches", outcome.batches),
-    };
-    run.paused = false;
-    run.writer
-        .publish_status(TrainingStatus::Completed, &message);
-    run.writer.close(false)?;
-    Ok(outcome)
+    }
+}
+
+/// Epochs of shuffled passes over the data set: each image once per pass.
+struct Sampler {
+    rng: fastrand::Rng,
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+impl Sampler {
+    fn new(n: usize, seed: u64) -> Sampler {
+        Sampler {
+            rng: fastrand::Rng::with_seed(seed),
+            order: (0..n).collect(),
+            cursor: n,
+        }
+    }
+
+    /// The next `count` image indices, into `out`.
+    fn fill(&mut self, count: usize, out: &mut Vec<usize>) {
+        out.clear();
+        for _ in 0..count {
+            if self.cursor == self.order.len() {
+                self.rng.shuffle(&mut self.order);
+                self.cursor = 0;
+            }
+            out.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+    }
 }
 
 /// Describes `count` of the demo's images: f32 NCHW, normalized.
