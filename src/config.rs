@@ -704,7 +704,7 @@ impl AgentSettings {
 /// The frame pipeline's configuration, validated by the pipeline's own rules
 /// and reported under the `frames.` keys.
 fn frame_config(raw: &RawFrames) -> Result<crate::frame::FrameConfig, ConfigError> {
-    use crate::frame::{Backend, FrameConfig, FrameError};
+    use crate::frame::{Backend, FrameConfig, FrameError, FrameSetting};
     let backend = match raw.backend.as_str() {
         "auto" => Backend::default_for_build(),
         name => name.parse::<Backend>().map_err(|e| {
@@ -723,13 +723,18 @@ fn frame_config(raw: &RawFrames) -> Result<crate::frame::FrameConfig, ConfigErro
         ..FrameConfig::default()
     };
     c.validate().map_err(|e| match e {
-        FrameError::InvalidConfig { key, value, reason } => {
-            let key = match key {
-                "quality" => "frames.quality",
-                "workers" => "frames.workers",
-                "max_source_dimension" => "frames.max_source_dimension",
-                "pool_batches" => "frames.pool_batches",
-                _ => "frames",
+        FrameError::InvalidConfig {
+            setting,
+            value,
+            reason,
+        } => {
+            let key = match setting {
+                FrameSetting::Quality => "frames.quality",
+                FrameSetting::Workers => "frames.workers",
+                FrameSetting::MaxSourceDimension => "frames.max_source_dimension",
+                FrameSetting::PoolBatches => "frames.pool_batches",
+                // Taken from the negotiated limits, not from a frames key.
+                FrameSetting::MaxDimension | FrameSetting::MaxImages => "frames",
             };
             let value = if key == "frames.quality" {
                 raw.quality.to_string()

@@ -98,12 +98,37 @@ pub fn default_workers() -> usize {
     (cores / 4).clamp(1, 4)
 }
 
+/// One bounded setting of [`FrameConfig`], so that config loading maps an
+/// [`FrameError::InvalidConfig`] to its key by variant, not by text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSetting {
+    Quality,
+    MaxDimension,
+    MaxSourceDimension,
+    MaxImages,
+    Workers,
+    PoolBatches,
+}
+
+impl std::fmt::Display for FrameSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrameSetting::Quality => "quality",
+            FrameSetting::MaxDimension => "max_dimension",
+            FrameSetting::MaxSourceDimension => "max_source_dimension",
+            FrameSetting::MaxImages => "max_images",
+            FrameSetting::Workers => "workers",
+            FrameSetting::PoolBatches => "pool_batches",
+        })
+    }
+}
+
 /// Everything that can go wrong between a tensor and its JPEGs.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame config: {key} = {value} is invalid: {reason}")]
+    #[error("frame config: {setting} = {value} is invalid: {reason}")]
     InvalidConfig {
-        key: &'static str,
+        setting: FrameSetting,
         value: String,
         reason: &'static str,
     },

@@ -12,7 +12,7 @@ use super::kernels::Affine;
 use super::pool::BufferPool;
 use super::resize::{target_size, Resizer};
 use super::ycbcr::Yuv420;
-use super::{FrameConfig, FrameError, MAX_IMAGES_LIMIT, MAX_JPEG_DIMENSION};
+use super::{FrameConfig, FrameError, FrameSetting, MAX_IMAGES_LIMIT, MAX_JPEG_DIMENSION};
 use crate::proto::ImageData;
 use crate::tensor::{DType, Layout, TensorDesc, TensorError};
 
@@ -365,35 +365,51 @@ impl Job<'_> {
 /// Checks a configuration without allocating anything (config loading uses
 /// it; [`FramePipeline::new`] checks again).
 pub(crate) fn validate(c: &FrameConfig) -> Result<(), FrameError> {
-    let bad = |key: &'static str, value: String, reason: &'static str| {
-        Err(FrameError::InvalidConfig { key, value, reason })
+    let bad = |setting: FrameSetting, value: String, reason: &'static str| {
+        Err(FrameError::InvalidConfig {
+            setting,
+            value,
+            reason,
+        })
     };
     if !(1..=100).contains(&c.quality) {
-        return bad("quality", c.quality.to_string(), "expected 1..=100");
+        return bad(
+            FrameSetting::Quality,
+            c.quality.to_string(),
+            "expected 1..=100",
+        );
     }
     if !(1..=DIMENSION_LIMIT).contains(&c.max_dimension) {
         return bad(
-            "max_dimension",
+            FrameSetting::MaxDimension,
             c.max_dimension.to_string(),
             "expected 1..=8192",
         );
     }
     if !(1..=DIMENSION_LIMIT.min(MAX_JPEG_DIMENSION)).contains(&c.max_source_dimension) {
         return bad(
-            "max_source_dimension",
+            FrameSetting::MaxSourceDimension,
             c.max_source_dimension.to_string(),
             "expected 1..=8192",
         );
     }
     if !(1..=MAX_IMAGES_LIMIT).contains(&c.max_images) {
-        return bad("max_images", c.max_images.to_string(), "expected 1..=64");
+        return bad(
+            FrameSetting::MaxImages,
+            c.max_images.to_string(),
+            "expected 1..=64",
+        );
     }
     if !(1..=WORKERS_LIMIT).contains(&c.workers) {
-        return bad("workers", c.workers.to_string(), "expected 1..=16");
+        return bad(
+            FrameSetting::Workers,
+            c.workers.to_string(),
+            "expected 1..=16",
+        );
     }
     if !(1..=16).contains(&c.pool_batches) {
         return bad(
-            "pool_batches",
+            FrameSetting::PoolBatches,
             c.pool_batches.to_string(),
             "expected 1..=16",
         );
