@@ -571,8 +571,8 @@ impl AgentSettings {
         }
         let device_id = match raw.device_id {
             Some(id) => {
-                crate::server::validate::session_id(&id)
-                    .map_err(|e| ConfigError::invalid("device_id", format!("{id:?}"), e.0))?;
+                crate::proto::check_session_id(&id)
+                    .map_err(|e| ConfigError::invalid("device_id", format!("{id:?}"), e))?;
                 id
             }
             None => default_device_id(),
@@ -982,7 +982,7 @@ mod tests {
         assert!(e.contains("tls.client_key"), "{e}");
         let d = AgentSettings::load(None, &EnvMap::new(), vec![]).unwrap();
         assert!(
-            crate::server::validate::session_id(&d.device_id).is_ok(),
+            crate::proto::check_session_id(&d.device_id).is_ok(),
             "{}",
             d.device_id
         );

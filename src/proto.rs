@@ -41,6 +41,34 @@ pub fn session_id(device_id: &str, run_name: &str, writer_start_unix_ns: u64) ->
     format!("{device}:{run}:{}", writer_start_unix_ns / 1_000_000_000)
 }
 
+/// Longest session id accepted.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// The rule for a session id, on both sides: 1–128 characters of
+/// `[A-Za-z0-9._:-]`, safe in URLs, file names and log lines. The error
+/// names what is wrong and the id (its first 40 characters).
+pub fn check_session_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("session_id is empty".into());
+    }
+    if id.len() > MAX_SESSION_ID_LEN {
+        return Err(format!(
+            "session_id is {} bytes long, more than {MAX_SESSION_ID_LEN}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        let shown: String = id.chars().take(40).collect();
+        return Err(format!(
+            "session_id {shown:?} contains {c:?}; allowed are letters, digits, '.', '_', ':' and '-'"
+        ));
+    }
+    Ok(())
+}
+
 /// What a `ServerConfig` settles between agent and server: the defaults the
 /// server answers (the seed server's own values) and how the agent reads an
 /// answer, where 0 (a field the peer left unset) means the default.

@@ -12,8 +12,7 @@ use crate::proto::{
 use crate::telemetry::fps::PERFORMANCE_FIELDS;
 use crate::telemetry::resources::RESOURCE_FIELDS;
 
-/// Longest session id accepted.
-pub const MAX_SESSION_ID_LEN: usize = 128;
+pub use crate::proto::MAX_SESSION_ID_LEN;
 /// Longest free-text field (names, status messages) kept.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Most class names a TrainingConfig may list (ImageNet-21k has ~21,841).
@@ -27,28 +26,10 @@ macro_rules! invalid {
     ($($t:tt)*) => { Err(Invalid(format!($($t)*))) };
 }
 
-/// A session id is 1–128 characters of `[A-Za-z0-9._:-]`: safe in URLs,
-/// file names and log lines.
+/// A session id follows [`proto::check_session_id`], the rule the agent's
+/// ids are built to.
 pub fn session_id(id: &str) -> Result<(), Invalid> {
-    if id.is_empty() {
-        return invalid!("session_id is empty");
-    }
-    if id.len() > MAX_SESSION_ID_LEN {
-        return invalid!(
-            "session_id is {} bytes long, more than {MAX_SESSION_ID_LEN}",
-            id.len()
-        );
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return invalid!(
-            "session_id {:?} contains {c:?}; allowed are letters, digits, '.', '_', ':' and '-'",
-            truncate(id)
-        );
-    }
-    Ok(())
+    crate::proto::check_session_id(id).map_err(Invalid)
 }
 
 fn text(field: &str, s: &str) -> Result<(), Invalid> {
