@@ -8,10 +8,12 @@
 //!
 //! - [`shm`] — the trainer → agent hand-off: one shared-memory segment per
 //!   run (format in [`shm::layout`]), a never-blocking writer exported to C
-//!   and Python, and a reader that validates everything it maps. Seqlocks
-//!   with Acquire/Release atomics make torn reads detectable on aarch64.
+//!   and Python, and a reader that validates everything it maps. Every ring
+//!   goes through one seqlock (`shm/seqlock.rs`), whose Acquire/Release
+//!   ordering makes torn reads detectable on aarch64.
 //! - [`tensor`] — how a batch of sample images is described (dtype, layout,
-//!   channels, size, normalization): the contract between the trainer-side
+//!   channels, size, normalization), and the one rule a description must
+//!   meet, checked at publish time: the contract between the trainer-side
 //!   writer and the agent's converter.
 //! - [`frame`] — tensor → JPEG: convert (dtype, layout, normalization →
 //!   8-bit gray/RGB or YCbCr 4:2:0 planes, vectorized), downscale to the
@@ -23,7 +25,9 @@
 //!   streams each as a session: registration, one StreamMetrics, events in
 //!   order and exactly once across restarts, the newest frame at a paced
 //!   rate, heartbeats, liveness and reconnect with backoff, commands back
-//!   into the segment, health counters, systemd readiness and watchdog.
+//!   into the segment, health counters, systemd readiness and watchdog. The
+//!   stream loop is a state machine ([`agent::stream`]) woken per kind of
+//!   work; segment data → proto messages is [`agent::messages`].
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions). Generated once
 //!   here so agent, server and tests share the types.
@@ -31,7 +35,9 @@
 //!   and stream handling validate every message; valid ones go through a
 //!   bounded per-session queue into a session's bounded state, which the JSON
 //!   HTTP API reads. A bad message is answered with an ErrorResponse and never
-//!   ends the stream or touches another session.
+//!   ends the stream or touches another session. [`server::store`] is the
+//!   run store (SQLite by default, PostgreSQL when shared) behind one trait;
+//!   it is not yet wired into ingest.
 //! - [`demo`] — `trainwatch demo`: server, agent and a trainer in one
 //!   process, over the real paths (shared memory, gRPC with TLS from a
 //!   throw-away CA, the HTTP API). The trainer really learns: softmax
