@@ -3,8 +3,8 @@
 //! imagenet 224x224x3, max 512x512x3 per batch) it runs
 //! - trainwatch: `benches/python/e2e_trainer.py` publishing with `pub.batch`,
 //!   the real `trainwatch agent` process, an in-process server;
-//! - the reference (`TW_BENCH_REF_DIR`, default /work/shared/reference, run from
-//!   a scratch copy): Pillow JPEG + grpcio on the training thread
+//! - the reference (`TW_BENCH_REF_DIR`, default ../shared/reference beside
+//!   the repository, run from a scratch copy): Pillow JPEG + grpcio on the training thread
 //!   (`ref_trainer_bench.py`), the grpcio server (`ref_server.py`);
 //!
 //! both on plaintext gRPC over loopback, with the same images (the

@@ -2,7 +2,7 @@
 //! the reference with, and order statistics.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Env knob `name` parsed as `T`; `default` when unset or unparsable.
 pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -41,11 +41,12 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(crate::util::python)
 }
 
-/// The reference implementation's directory (`TW_BENCH_REF_DIR`).
+/// The reference implementation's directory (`TW_BENCH_REF_DIR`), by
+/// default `../shared/reference` beside the repository.
 pub fn ref_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("TW_BENCH_REF_DIR").unwrap_or_else(|_| "/work/shared/reference".into()),
-    )
+    std::env::var_os("TW_BENCH_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"))
 }
 
 /// The q-quantile by rank (nearest rank, 1-based); NaN when empty.
