@@ -30,7 +30,9 @@
 //!   work; segment data → proto messages is [`agent::messages`].
 //! - [`proto`] — the wire protocol: code generated from `proto/metrics.proto`
 //!   (the seed's `metrics` package plus compatible extensions). Generated once
-//!   here so agent, server and tests share the types.
+//!   here so agent, server and tests share the types, with what both sides
+//!   must agree on beside them: the session-id rule and the negotiated
+//!   defaults and clamps of a `ServerConfig` (`proto::negotiated`).
 //! - [`server`] — `trainwatch server`: the tonic MetricsService. Registration
 //!   and stream handling validate every message; valid ones go through a
 //!   bounded per-session queue into a session's bounded state, which the JSON
