@@ -1,19 +1,18 @@
-//! Tensor elements → 8-bit pixels: undo normalization, clamp, round.
+//! Tensor images → 8-bit pixels: the two entry points and the SIMD dispatch.
 //!
-//! Every dtype is first decoded into a small stack chunk of `f32` (from
-//! little-endian bytes, so an unaligned shared-memory slice is fine), then one
-//! affine kernel `round(clamp(x * scale + offset, 0, 255))` turns the chunk
-//! into bytes. Both loops are straight-line over fixed-size arrays, which
-//! LLVM vectorizes (SSE2 or, dispatched at run time, AVX2 on x86_64; NEON on
-//! aarch64). The YCbCr 4:2:0 kernel of `ycbcr.rs` goes through the same
-//! dispatch. The one `unsafe` is the call into the AVX2 variant.
+//! `convert_image` writes interleaved gray or RGB: elements are decoded and
+//! mapped through the affine of [`kernels`](super::kernels) chunk by chunk
+//! (straight-line loops over fixed-size arrays, which LLVM vectorizes: SSE2
+//! or, dispatched at run time, AVX2 on x86_64; NEON on aarch64).
+//! `convert_image_yuv420` goes through the same dispatch to the YCbCr 4:2:0
+//! kernel of `ycbcr.rs`. The one `unsafe` is the call into the AVX2 variant.
 
-use half::f16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-
-use super::kernels::{to_u8, Affine};
+use super::kernels::{decode, to_u8};
 use super::ycbcr::yuv420_portable;
 use crate::tensor::{DType, Layout, TensorDesc};
+
+// Re-exported: the pipeline builds one per batch beside these entry points.
+pub use super::kernels::Affine;
 
 /// Elements per chunk: a multiple of 3 (so an NHWC chunk starts on a pixel)
 /// and of 16 (a whole number of vectors); 192 f32 stay well inside L1.
@@ -176,95 +175,56 @@ fn convert_run(
     let (src_full, src_tail) = src.split_at(full * CHUNK * size);
     let (dst_full, dst_tail) = dst.split_at_mut(full * CHUNK);
     let (dst_chunks, _) = dst_full.as_chunks_mut::<CHUNK>();
+    // A constant dtype per arm: each loop is compiled for one element type.
     match dtype {
-        DType::U8 => {
-            let (src_chunks, _) = src_full.as_chunks::<CHUNK>();
-            for (s, d) in src_chunks.iter().zip(dst_chunks) {
-                u8_chunk(s, d, scale, offset);
-            }
-        }
-        DType::F32 => {
-            let (src_chunks, _) = src_full.as_chunks::<{ 4 * CHUNK }>();
-            for (s, d) in src_chunks.iter().zip(dst_chunks) {
-                f32_chunk(s, d, scale, offset);
-            }
-        }
-        DType::F16 => {
-            let (src_chunks, _) = src_full.as_chunks::<{ 2 * CHUNK }>();
-            for (s, d) in src_chunks.iter().zip(dst_chunks) {
-                f16_chunk(s, d, scale, offset);
-            }
-        }
+        DType::U8 => run_chunks::<CHUNK>(DType::U8, src_full, dst_chunks, scale, offset),
+        DType::F32 => run_chunks::<{ 4 * CHUNK }>(DType::F32, src_full, dst_chunks, scale, offset),
+        DType::F16 => run_chunks::<{ 2 * CHUNK }>(DType::F16, src_full, dst_chunks, scale, offset),
     }
     if dst_tail.is_empty() {
         return;
     }
-    // The tail goes through the same kernels, padded to a whole chunk.
+    // The tail goes through the same kernel, padded to a whole chunk.
     let mut padded = [0u8; 4 * CHUNK];
     padded[..src_tail.len()].copy_from_slice(src_tail);
     let mut out = [0u8; CHUNK];
-    match dtype {
-        DType::U8 => u8_chunk(first_chunk(&padded), &mut out, scale, offset),
-        DType::F32 => f32_chunk(&padded, &mut out, scale, offset),
-        DType::F16 => f16_chunk(first_chunk(&padded), &mut out, scale, offset),
-    }
+    map_chunk(dtype, &padded, &mut out, scale, offset);
     dst_tail.copy_from_slice(&out[..dst_tail.len()]);
 }
 
+/// Whole chunks of `BYTES` source bytes (`CHUNK` elements of `dtype`) each.
 #[inline(always)]
-fn first_chunk<const N: usize>(bytes: &[u8; 4 * CHUNK]) -> &[u8; N] {
-    bytes.first_chunk::<N>().expect("N <= 4 * CHUNK")
-}
-
-// Each kernel decodes and maps in one loop: an intermediate f32 array
-// would be copied with a libc memcpy per chunk (LLVM sees the identity
-// little-endian decode as a copy), which cost as much as the math.
-
-#[inline(always)]
-fn u8_chunk(s: &[u8; CHUNK], d: &mut [u8; CHUNK], scale: &[f32; CHUNK], offset: &[f32; CHUNK]) {
-    for i in 0..CHUNK {
-        d[i] = to_u8(s[i] as f32 * scale[i] + offset[i]);
-    }
-}
-
-#[inline(always)]
-fn f32_chunk(
-    s: &[u8; 4 * CHUNK],
-    d: &mut [u8; CHUNK],
+fn run_chunks<const BYTES: usize>(
+    dtype: DType,
+    src: &[u8],
+    dst: &mut [[u8; CHUNK]],
     scale: &[f32; CHUNK],
     offset: &[f32; CHUNK],
 ) {
-    let (words, _) = s.as_chunks::<4>();
-    for i in 0..CHUNK {
-        d[i] = to_u8(f32::from_le_bytes(words[i]) * scale[i] + offset[i]);
+    let (src_chunks, _) = src.as_chunks::<BYTES>();
+    for (s, d) in src_chunks.iter().zip(dst) {
+        map_chunk(dtype, s, d, scale, offset);
     }
 }
 
+/// One chunk: element `i` becomes `to_u8(x * scale[i] + offset[i])`.
 #[inline(always)]
-fn f16_chunk(
-    s: &[u8; 2 * CHUNK],
-    d: &mut [u8; CHUNK],
+fn map_chunk(
+    dtype: DType,
+    src: &[u8],
+    dst: &mut [u8; CHUNK],
     scale: &[f32; CHUNK],
     offset: &[f32; CHUNK],
 ) {
-    let (halves, _) = s.as_chunks::<2>();
-    let mut bits = [0u16; CHUNK];
-    for i in 0..CHUNK {
-        bits[i] = u16::from_le_bytes(halves[i]);
-    }
-    let mut f = [0.0f32; CHUNK];
-    // half converts 4 or 8 at a time with F16C (x86_64) or NEON fp16.
-    let h: &[f16] = bits.reinterpret_cast();
-    h.convert_to_f32_slice(&mut f);
-    for i in 0..CHUNK {
-        d[i] = to_u8(f[i] * scale[i] + offset[i]);
-    }
+    decode::<CHUNK>(dtype, src, |i, x| dst[i] = to_u8(x * scale[i] + offset[i]));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::ycbcr::Yuv420;
     use crate::tensor::Normalization;
+    use half::f16;
 
     fn desc(dtype: DType, layout: Layout, channels: u32, n: Option<Normalization>) -> TensorDesc {
         TensorDesc {
@@ -311,5 +271,88 @@ mod tests {
         let mut dst = [0u8; 2];
         convert_image(&d, &Affine::for_desc(&d), &[7, 250], &mut dst);
         assert_eq!(dst, [7, 250]);
+    }
+
+    // The YCbCr kernel (ycbcr.rs), through the dispatch the pipeline uses.
+
+    /// libjpeg's per-pixel transform, in f64, then the block mean.
+    fn reference(rgb: &[[f64; 3]]) -> [f64; 3] {
+        let n = rgb.len() as f64;
+        let mean = |c: usize| rgb.iter().map(|p| p[c]).sum::<f64>() / n;
+        let (r, g, b) = (mean(0), mean(1), mean(2));
+        [
+            0.299 * r + 0.587 * g + 0.114 * b,
+            128.0 - 0.16874 * r - 0.33126 * g + 0.5 * b,
+            128.0 + 0.5 * r - 0.41869 * g - 0.08131 * b,
+        ]
+    }
+
+    #[test]
+    fn odd_sized_f32_image_matches_libjpeg_transform_with_edge_repeat() {
+        // 3x3: one full 2x2 block, partial blocks on the right and bottom;
+        // values past [0, 1] exercise the clamp.
+        let (w, h) = (3usize, 3usize);
+        let px = |x: usize, y: usize| -> [f64; 3] {
+            let v = (x * 3 + y) as f64 / 8.0;
+            [v, 1.0 - v, (v * 2.0) - 0.5]
+        };
+        let mut src = Vec::new();
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    src.extend_from_slice(&(px(x, y)[c] as f32).to_le_bytes());
+                }
+            }
+        }
+        let desc = TensorDesc {
+            dtype: DType::F32,
+            layout: Layout::Nchw,
+            count: 1,
+            channels: 3,
+            height: h as u32,
+            width: w as u32,
+            normalization: None,
+        };
+        let layout = Yuv420::new(3, 3);
+        let mut dst = vec![0u8; layout.buf_len()];
+        let mut scratch = vec![0.0; layout.scratch_len()];
+        convert_image_yuv420(
+            &desc,
+            &Affine::for_desc(&desc),
+            &src,
+            &mut dst,
+            &mut scratch,
+        );
+        let [y_plane, cb_plane, cr_plane] = layout.planes(&dst);
+        assert_eq!((y_plane.len(), cb_plane.len(), cr_plane.len()), (16, 4, 4));
+        let rgb =
+            |x: usize, y: usize| px(x.min(w - 1), y.min(h - 1)).map(|v| v.clamp(0.0, 1.0) * 255.0);
+        for y in 0..4 {
+            for x in 0..4 {
+                let want = reference(&[rgb(x, y)])[0];
+                let got = f64::from(y_plane[y * 4 + x]);
+                assert!(
+                    (got - want).abs() <= 0.5 + 1e-3,
+                    "Y({x},{y}) {got} vs {want}"
+                );
+            }
+        }
+        for by in 0..2 {
+            for bx in 0..2 {
+                let block: Vec<_> = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                    .iter()
+                    .map(|(dx, dy)| rgb(2 * bx + dx, 2 * by + dy))
+                    .collect();
+                let want = reference(&block);
+                for (plane, k) in [(cb_plane, 1), (cr_plane, 2)] {
+                    let got = f64::from(plane[by * 2 + bx]);
+                    assert!(
+                        (got - want[k]).abs() <= 0.5 + 1e-3,
+                        "plane {k} ({bx},{by}) {got} vs {}",
+                        want[k]
+                    );
+                }
+            }
+        }
     }
 }

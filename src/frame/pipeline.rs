@@ -6,9 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use rayon::prelude::*;
 
-use super::convert::{convert_image, convert_image_yuv420};
+use super::convert::{convert_image, convert_image_yuv420, Affine};
 use super::encode::{max_jpeg_len, Encoder};
-use super::kernels::Affine;
 use super::pool::BufferPool;
 use super::resize::{target_size, Resizer};
 use super::ycbcr::Yuv420;

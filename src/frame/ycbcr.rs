@@ -11,10 +11,7 @@
 //! are not rounded to 8-bit RGB first, so the result is within rounding of
 //! libjpeg's (tests/frame.rs compares the two paths' PSNR).
 
-use half::f16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-
-use super::kernels::{to_u8, Affine};
+use super::kernels::{clamp, decode, to_u8, Affine};
 use crate::tensor::{DType, TensorDesc};
 
 // Pixels per row segment: even (whole 2x2 blocks) and a whole number of
@@ -260,140 +257,12 @@ fn load<const SEG: usize, const BYTES: usize>(
     offset: f32,
     out: &mut [f32; SEG],
 ) {
-    if dtype == DType::F32 {
-        if let Ok(full) = <&[u8; BYTES]>::try_from(bytes) {
-            // A whole f32 segment, the common case: no copy.
-            return load_f32(full, scale, offset, out);
-        }
+    let mut map = |i: usize, x: f32| out[i] = clamp(x * scale + offset);
+    if bytes.len() == SEG * dtype.size() {
+        // A whole segment, the common case: no copy.
+        return decode::<SEG>(dtype, bytes, &mut map);
     }
     let mut padded = [0u8; BYTES];
     padded[..bytes.len()].copy_from_slice(bytes);
-    match dtype {
-        DType::F32 => load_f32(&padded, scale, offset, out),
-        DType::F16 => {
-            let (halves, _) = padded.as_chunks::<2>();
-            let mut bits = [0u16; SEG];
-            for i in 0..SEG {
-                bits[i] = u16::from_le_bytes(halves[i]);
-            }
-            let h: &[f16] = bits.reinterpret_cast();
-            h.convert_to_f32_slice(out);
-            for v in out.iter_mut() {
-                *v = clamp(*v * scale + offset);
-            }
-        }
-        DType::U8 => {
-            for i in 0..SEG {
-                out[i] = clamp(f32::from(padded[i]) * scale + offset);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn load_f32<const SEG: usize, const BYTES: usize>(
-    bytes: &[u8; BYTES],
-    scale: f32,
-    offset: f32,
-    out: &mut [f32; SEG],
-) {
-    let (words, _) = bytes.as_chunks::<4>();
-    for i in 0..SEG {
-        out[i] = clamp(f32::from_le_bytes(words[i]) * scale + offset);
-    }
-}
-
-/// Not `f32::clamp`: that keeps a NaN, `max` turns it into 0 as `to_u8` does.
-#[inline(always)]
-#[allow(clippy::manual_clamp)]
-fn clamp(v: f32) -> f32 {
-    v.max(0.0).min(255.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::frame::convert::convert_image_yuv420;
-    use crate::tensor::Layout;
-
-    /// libjpeg's per-pixel transform, in f64, then the block mean.
-    fn reference(rgb: &[[f64; 3]]) -> [f64; 3] {
-        let n = rgb.len() as f64;
-        let mean = |c: usize| rgb.iter().map(|p| p[c]).sum::<f64>() / n;
-        let (r, g, b) = (mean(0), mean(1), mean(2));
-        [
-            0.299 * r + 0.587 * g + 0.114 * b,
-            128.0 - 0.16874 * r - 0.33126 * g + 0.5 * b,
-            128.0 + 0.5 * r - 0.41869 * g - 0.08131 * b,
-        ]
-    }
-
-    #[test]
-    fn odd_sized_f32_image_matches_libjpeg_transform_with_edge_repeat() {
-        // 3x3: one full 2x2 block, partial blocks on the right and bottom;
-        // values past [0, 1] exercise the clamp.
-        let (w, h) = (3usize, 3usize);
-        let px = |x: usize, y: usize| -> [f64; 3] {
-            let v = (x * 3 + y) as f64 / 8.0;
-            [v, 1.0 - v, (v * 2.0) - 0.5]
-        };
-        let mut src = Vec::new();
-        for c in 0..3 {
-            for y in 0..h {
-                for x in 0..w {
-                    src.extend_from_slice(&(px(x, y)[c] as f32).to_le_bytes());
-                }
-            }
-        }
-        let desc = TensorDesc {
-            dtype: DType::F32,
-            layout: Layout::Nchw,
-            count: 1,
-            channels: 3,
-            height: h as u32,
-            width: w as u32,
-            normalization: None,
-        };
-        let layout = Yuv420::new(3, 3);
-        let mut dst = vec![0u8; layout.buf_len()];
-        let mut scratch = vec![0.0; layout.scratch_len()];
-        convert_image_yuv420(
-            &desc,
-            &Affine::for_desc(&desc),
-            &src,
-            &mut dst,
-            &mut scratch,
-        );
-        let [y_plane, cb_plane, cr_plane] = layout.planes(&dst);
-        assert_eq!((y_plane.len(), cb_plane.len(), cr_plane.len()), (16, 4, 4));
-        let rgb =
-            |x: usize, y: usize| px(x.min(w - 1), y.min(h - 1)).map(|v| v.clamp(0.0, 1.0) * 255.0);
-        for y in 0..4 {
-            for x in 0..4 {
-                let want = reference(&[rgb(x, y)])[0];
-                let got = f64::from(y_plane[y * 4 + x]);
-                assert!(
-                    (got - want).abs() <= 0.5 + 1e-3,
-                    "Y({x},{y}) {got} vs {want}"
-                );
-            }
-        }
-        for by in 0..2 {
-            for bx in 0..2 {
-                let block: Vec<_> = [(0, 0), (1, 0), (0, 1), (1, 1)]
-                    .iter()
-                    .map(|(dx, dy)| rgb(2 * bx + dx, 2 * by + dy))
-                    .collect();
-                let want = reference(&block);
-                for (plane, k) in [(cb_plane, 1), (cr_plane, 2)] {
-                    let got = f64::from(plane[by * 2 + bx]);
-                    assert!(
-                        (got - want[k]).abs() <= 0.5 + 1e-3,
-                        "plane {k} ({bx},{by}) {got} vs {}",
-                        want[k]
-                    );
-                }
-            }
-        }
-    }
+    decode::<SEG>(dtype, &padded, &mut map);
 }
