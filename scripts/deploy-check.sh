@@ -25,7 +25,8 @@ for f in ./usr/bin/trainwatch ./usr/lib/libtrainwatch.so ./usr/include/trainwatc
          ./usr/lib/python3/dist-packages/trainwatch/__init__.py \
          ./lib/systemd/system/trainwatch-agent.service ./lib/systemd/system/trainwatch-server.service \
          ./usr/lib/tmpfiles.d/trainwatch.conf ./usr/lib/sysusers.d/trainwatch.conf \
-         ./etc/trainwatch/agent.toml ./etc/trainwatch/server.toml; do
+         ./etc/trainwatch/agent.toml ./etc/trainwatch/server.toml \
+         ./usr/share/doc/trainwatch/README.md ./usr/share/doc/trainwatch/http-api.md; do
   grep -qx "$f" "$WORK/files" || { echo "missing from the .deb: $f"; exit 1; }
 done
 dpkg -i "$WORK/trainwatch.deb" >/dev/null
@@ -52,7 +53,7 @@ command -v cargo-zigbuild >/dev/null || cargo install cargo-zigbuild --version 0
 cargo zigbuild --target aarch64-unknown-linux-gnu.2.31 --bin trainwatch --lib
 OUT=target/aarch64-unknown-linux-gnu/debug
 for f in "$OUT/trainwatch" "$OUT/libtrainwatch.so"; do
-  file "$f" | grep -q "ARM aarch64" || { echo "$f is not aarch64"; exit 1; }
+  [[ "$(file "$f")" == *"ARM aarch64"* ]] || { echo "$f is not aarch64"; exit 1; }
   newest=$(objdump -T "$f" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
   echo "$f needs glibc $newest"
   [ "$(printf '%s\n2.31\n' "$newest" | sort -V | tail -1)" = "2.31" ] || { echo "needs glibc $newest > 2.31"; exit 1; }
@@ -61,8 +62,13 @@ QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 $QEMU "$OUT/trainwatch" --version
 # The arm64 package from the cross-built files (debug build, unstripped).
 cargo deb --profile dev --no-build --no-strip --target aarch64-unknown-linux-gnu -o "$WORK/trainwatch-arm64.deb" 2>&1 | grep -v "dev profile\|To enable debug\|^ *$" || true
-dpkg-deb -I "$WORK/trainwatch-arm64.deb" | grep -q "Architecture: arm64" || { echo "no arm64 .deb"; exit 1; }
-dpkg-deb -c "$WORK/trainwatch-arm64.deb" | grep -q "usr/bin/trainwatch" || { echo "arm64 .deb lacks the binary"; exit 1; }
+# No `| grep -q` under pipefail: grep exits at the first match and the
+# writer's SIGPIPE fails the pipeline (it did in CI).
+arch=$(dpkg-deb -f "$WORK/trainwatch-arm64.deb" Architecture)
+[ "$arch" = arm64 ] || { echo "no arm64 .deb: Architecture is '$arch'"; exit 1; }
+dpkg-deb -c "$WORK/trainwatch-arm64.deb" > "$WORK/arm64-contents.txt"
+grep -q "usr/bin/trainwatch" "$WORK/arm64-contents.txt" || { echo "arm64 .deb lacks the binary"; exit 1; }
+grep -q "usr/share/doc/trainwatch/agent.md" "$WORK/arm64-contents.txt" || { echo "arm64 .deb lacks docs/"; exit 1; }
 echo "arm64 .deb built"
 
 # A segment made by the x86_64 library, inspected by the aarch64 binary.
