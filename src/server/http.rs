@@ -1,5 +1,5 @@
 //! The JSON HTTP API on the server's second listener (the dashboard builds
-//! on it). Read-only; shapes are documented in README.md, "HTTP API".
+//! on it). Read-only; shapes are documented in docs/http-api.md.
 //!
 //! - `GET /api/sessions` — every session's summary.
 //! - `GET /api/sessions/{id}` — one session with its epoch history, loss
