@@ -373,6 +373,7 @@ async fn session(
         timestamp_ms: proto::now_ms(),
         payload: Some(payload),
         event_seq: 0,
+        events_missed_before: 0,
     };
     loop {
         let req = tokio::select! {

@@ -389,6 +389,7 @@ async fn live_session_view_shows_what_was_published_and_controls_the_run() {
                     epoch: e,
                     average_loss: avg,
                     average_accuracy: 0.35 + 0.12 * e as f32,
+                    ..Default::default()
                 }))
                 .await;
         }

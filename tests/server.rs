@@ -192,6 +192,7 @@ mod stream {
                     epoch: 0,
                     average_loss: 0.5,
                     average_accuracy: 81.0,
+                    ..Default::default()
                 }),
             ))
             .await;
@@ -386,6 +387,7 @@ mod events {
                 epoch,
                 average_loss: 1.0 / (1.0 + epoch as f32),
                 average_accuracy: 0.1 * epoch as f32,
+                ..Default::default()
             }),
         );
         r.event_seq = seq;

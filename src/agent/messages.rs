@@ -26,6 +26,7 @@ pub fn request(
         timestamp_ms,
         payload: Some(payload),
         event_seq,
+        events_missed_before: 0,
     }
 }
 
@@ -61,6 +62,7 @@ pub fn event_payload(event: &Event, timestamp_ms: u64) -> Payload {
             epoch: *epoch,
             average_loss: *average_loss,
             average_accuracy: *average_accuracy,
+            metrics: Default::default(),
         }),
         Event::Status { status, message } => Payload::StatusUpdate(StatusUpdate {
             status: status_to_proto(*status) as i32,

@@ -100,6 +100,7 @@ impl proto::MetricsService for Service {
             server_config: Some(self.server_config()),
             last_event_seq: reg.last_event_seq,
             resumed: reg.resumed,
+            last_point_seq: 0,
         }))
     }
 
@@ -273,6 +274,13 @@ fn handle(
                 reply: tx.clone(),
             },
         },
+        Some(Payload::ScalarBatch(b)) => {
+            return invalid(format!(
+                "scalar_batch (first_seq {}, {} points): this server does not store scalars yet",
+                b.first_seq,
+                b.points.len()
+            ))
+        }
         Some(Payload::PerformanceData(p)) => {
             if let Err(e) = validate::performance(&p) {
                 return invalid(e.0);

@@ -129,6 +129,7 @@ pub fn request(session_id: &str, payload: Payload) -> MetricsRequest {
         timestamp_ms: proto::now_ms(),
         payload: Some(payload),
         event_seq: 0,
+        events_missed_before: 0,
     }
 }
 
