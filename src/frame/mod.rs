@@ -37,12 +37,12 @@ use crate::tensor::{DType, Layout};
 /// Default JPEG quality: the seed's.
 pub const DEFAULT_QUALITY: u8 = 85;
 /// Default largest side sent: the seed server's `max_image_dimension`.
-pub const DEFAULT_MAX_DIMENSION: u32 = 512;
+pub const DEFAULT_MAX_DIMENSION: u32 = crate::proto::negotiated::MAX_IMAGE_DIMENSION;
 /// Default largest side accepted from a trainer (sizes the convert buffers:
 /// 3 MiB per worker at 1024).
 pub const DEFAULT_MAX_SOURCE_DIMENSION: u32 = 1024;
 /// Default images per batch: the seed server's `max_batch_size`.
-pub const DEFAULT_MAX_IMAGES: usize = 16;
+pub const DEFAULT_MAX_IMAGES: usize = crate::proto::negotiated::MAX_BATCH_SIZE as usize;
 /// Largest `max_images` accepted: a batch message carries at most this many.
 pub const MAX_IMAGES_LIMIT: usize = 64;
 /// Largest side jpeg-encoder (and the JPEG format) can write.
