@@ -404,6 +404,77 @@ pub struct RunPage {
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 1000;
 
+/// A value bound into a run listing's SQL; each backend converts it to its
+/// own parameter type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlParam {
+    Text(String),
+    Int(i64),
+}
+
+/// The SQL dialect bits a run listing differs in between the backends.
+pub struct Dialect {
+    /// The `n`th (1-based) placeholder: `$n` or `?n`.
+    pub placeholder: fn(usize) -> String,
+    /// The substring-position function: `strpos` or `instr`.
+    pub position: &'static str,
+}
+
+/// A run listing as one query: the page of `q` newest first, one row more
+/// than the page so the caller knows whether a next page exists. Returns
+/// the SQL (after `SELECT {columns} FROM runs`), its parameters in order,
+/// and the page size.
+pub fn runs_query(q: &RunQuery, d: &Dialect) -> Result<(String, Vec<SqlParam>, usize)> {
+    let limit = if q.limit == 0 {
+        DEFAULT_PAGE
+    } else {
+        q.limit.min(MAX_PAGE)
+    };
+    let mut sql = String::from(" WHERE 1 = 1");
+    let mut args = Vec::new();
+    let bind = |args: &mut Vec<SqlParam>, v: SqlParam| {
+        args.push(v);
+        (d.placeholder)(args.len())
+    };
+    if let Some(s) = q.status {
+        let p = bind(&mut args, SqlParam::Text(s.as_str().into()));
+        sql += &format!(" AND status = {p}");
+    }
+    if let Some(dev) = &q.device {
+        let p = bind(&mut args, SqlParam::Text(dev.clone()));
+        sql += &format!(" AND device = {p}");
+    }
+    if let Some(t) = q.text.as_ref().filter(|t| !t.is_empty()) {
+        let p = bind(&mut args, SqlParam::Text(t.to_lowercase()));
+        let f = d.position;
+        sql += &format!(
+            " AND ({f}(lower(id), {p}) > 0 OR {f}(lower(name), {p}) > 0
+               OR {f}(lower(model), {p}) > 0 OR {f}(lower(dataset), {p}) > 0)"
+        );
+    }
+    if let Some(cursor) = &q.cursor {
+        let (ms, id) = decode_cursor(cursor)?;
+        let a = bind(&mut args, SqlParam::Int(ms));
+        let b = bind(&mut args, SqlParam::Text(id));
+        sql += &format!(" AND (created_ms < {a} OR (created_ms = {a} AND id < {b}))");
+    }
+    let p = bind(&mut args, SqlParam::Int(limit as i64 + 1));
+    sql += &format!(" ORDER BY created_ms DESC, id DESC LIMIT {p}");
+    Ok((sql, args, limit))
+}
+
+/// Cuts the extra row [`runs_query`] asked for into the next page's cursor.
+pub fn page(mut runs: Vec<RunSummary>, limit: usize) -> RunPage {
+    let next = if runs.len() > limit {
+        runs.truncate(limit);
+        runs.last()
+            .map(|r| encode_cursor(r.run.created_ms, &r.run.id))
+    } else {
+        None
+    };
+    RunPage { runs, next }
+}
+
 /// Keyset cursor: the newest-first order is (created_ms DESC, id DESC), so
 /// the last row's pair says where the next page starts.
 pub fn encode_cursor(created_ms: i64, id: &str) -> String {

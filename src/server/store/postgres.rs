@@ -22,11 +22,11 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use super::{
-    admit, bucket_width, decode_cursor, encode_cursor, sqlite::parse_json, Applied, Bucket,
-    CommandRecord, EpochRecord, ImageSample, PerfSample, Point, PointStream, Result, Retention,
+    admit, bucket_width, page, runs_query, sqlite::parse_json, Applied, Bucket, CommandRecord,
+    Dialect, EpochRecord, ImageSample, PerfSample, Point, PointStream, Result, Retention,
     RetentionReport, RunPage, RunQuery, RunRecord, RunStatus, RunSummary, ScalarPoint, ScalarQuery,
-    SeqKind, Series, StatusRecord, Store, StoreError, StoreOptions, Write, DEFAULT_PAGE,
-    EXPORT_CHUNK, MAX_PAGE, SCHEMA_VERSION,
+    SeqKind, Series, SqlParam, StatusRecord, Store, StoreError, StoreOptions, Write, EXPORT_CHUNK,
+    SCHEMA_VERSION,
 };
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Ids and
@@ -804,49 +804,25 @@ fn point_bucket(r: &Row) -> Bucket {
 
 impl PgStore {
     async fn list_runs(&self, q: &RunQuery) -> Result<RunPage> {
-        let limit = if q.limit == 0 {
-            DEFAULT_PAGE
-        } else {
-            q.limit.min(MAX_PAGE)
+        let dialect = Dialect {
+            placeholder: |n| format!("${n}"),
+            position: "strpos",
         };
-        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE true");
-        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        if let Some(s) = q.status {
-            args.push(Box::new(s.as_str().to_string()));
-            sql += &format!(" AND status = ${}", args.len());
-        }
-        if let Some(d) = &q.device {
-            args.push(Box::new(d.clone()));
-            sql += &format!(" AND device = ${}", args.len());
-        }
-        if let Some(t) = q.text.as_ref().filter(|t| !t.is_empty()) {
-            args.push(Box::new(t.to_lowercase()));
-            let n = args.len();
-            sql += &format!(
-                " AND (strpos(lower(id), ${n}) > 0 OR strpos(lower(name), ${n}) > 0
-                   OR strpos(lower(model), ${n}) > 0 OR strpos(lower(dataset), ${n}) > 0)"
-            );
-        }
-        if let Some(cursor) = &q.cursor {
-            let (ms, id) = decode_cursor(cursor)?;
-            args.push(Box::new(ms));
-            args.push(Box::new(id));
-            let (a, b) = (args.len() - 1, args.len());
-            sql += &format!(" AND (created_ms < ${a} OR (created_ms = ${a} AND id < ${b}))");
-        }
-        args.push(Box::new(limit as i64 + 1));
-        sql += &format!(" ORDER BY created_ms DESC, id DESC LIMIT ${}", args.len());
+        let (filter, params, limit) = runs_query(q, &dialect)?;
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs{filter}");
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = params
+            .into_iter()
+            .map(|p| -> Box<dyn ToSql + Sync + Send> {
+                match p {
+                    SqlParam::Text(t) => Box::new(t),
+                    SqlParam::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
         let rows = self.reader.query(&sql, &refs).await?;
-        let mut runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
-        let next = if runs.len() > limit {
-            runs.truncate(limit);
-            runs.last()
-                .map(|r| encode_cursor(r.run.created_ms, &r.run.id))
-        } else {
-            None
-        };
-        Ok(RunPage { runs, next })
+        let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(runs, limit))
     }
 
     /// One series over `from..=to`: every point when there are at most

@@ -23,11 +23,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{
-    admit, bucket_width, decode_cursor, encode_cursor, Applied, Bucket, CommandRecord, EpochRecord,
+    admit, bucket_width, page, runs_query, Applied, Bucket, CommandRecord, Dialect, EpochRecord,
     ImageSample, PerfSample, Point, PointStream, Result, Retention, RetentionReport, RunPage,
     RunQuery, RunRecord, RunStatus, RunSummary, ScalarPoint, ScalarQuery, SeqKind, Series,
-    StatusRecord, Store, StoreError, StoreOptions, Write, DEFAULT_PAGE, EXPORT_CHUNK, MAX_PAGE,
-    SCHEMA_VERSION,
+    SqlParam, StatusRecord, Store, StoreError, StoreOptions, Write, EXPORT_CHUNK, SCHEMA_VERSION,
 };
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
@@ -661,53 +660,23 @@ fn run_row(r: &Row) -> Result<RunSummary> {
 }
 
 fn list_runs(c: &Connection, q: &RunQuery) -> Result<RunPage> {
-    let limit = if q.limit == 0 {
-        DEFAULT_PAGE
-    } else {
-        q.limit.min(MAX_PAGE)
-    };
-    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
     use rusqlite::types::Value as V;
-    if let Some(s) = q.status {
-        args.push(V::Text(s.as_str().into()));
-        sql += &format!(" AND status = ?{}", args.len());
-    }
-    if let Some(d) = &q.device {
-        args.push(V::Text(d.clone()));
-        sql += &format!(" AND device = ?{}", args.len());
-    }
-    if let Some(t) = q.text.as_ref().filter(|t| !t.is_empty()) {
-        args.push(V::Text(t.to_lowercase()));
-        let n = args.len();
-        sql += &format!(
-            " AND (instr(lower(id), ?{n}) > 0 OR instr(lower(name), ?{n}) > 0
-               OR instr(lower(model), ?{n}) > 0 OR instr(lower(dataset), ?{n}) > 0)"
-        );
-    }
-    if let Some(cursor) = &q.cursor {
-        let (ms, id) = decode_cursor(cursor)?;
-        args.push(V::Integer(ms));
-        args.push(V::Text(id));
-        let (a, b) = (args.len() - 1, args.len());
-        sql += &format!(" AND (created_ms < ?{a} OR (created_ms = ?{a} AND id < ?{b}))");
-    }
-    args.push(V::Integer(limit as i64 + 1));
-    sql += &format!(" ORDER BY created_ms DESC, id DESC LIMIT ?{}", args.len());
-    let mut st = c.prepare_cached(&sql)?;
+    let dialect = Dialect {
+        placeholder: |n| format!("?{n}"),
+        position: "instr",
+    };
+    let (filter, params, limit) = runs_query(q, &dialect)?;
+    let args = params.into_iter().map(|p| match p {
+        SqlParam::Text(t) => V::Text(t),
+        SqlParam::Int(i) => V::Integer(i),
+    });
+    let mut st = c.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs{filter}"))?;
     let mut rows = st.query(rusqlite::params_from_iter(args))?;
     let mut runs = Vec::new();
     while let Some(r) = rows.next()? {
         runs.push(run_row(r)?);
     }
-    let next = if runs.len() > limit {
-        runs.truncate(limit);
-        runs.last()
-            .map(|r| encode_cursor(r.run.created_ms, &r.run.id))
-    } else {
-        None
-    };
-    Ok(RunPage { runs, next })
+    Ok(page(runs, limit))
 }
 
 fn bucket_row(r: &Row) -> rusqlite::Result<Bucket> {
