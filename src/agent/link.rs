@@ -112,6 +112,14 @@ impl std::fmt::Display for Unanswered {
 
 /// Which lossless events to send: everything after what the server has
 /// applied, at most `max_in_flight` ahead of its acknowledgements.
+///
+/// Events the segment lost (its ring lapped before they were read) are
+/// never acknowledged by the server as such: the next event sent says how
+/// many went just before it (`events_missed_before`), and the server's
+/// cumulative ack of that event covers them. Until then they count neither
+/// towards the window nor as acknowledged, so a BUFFER_FULL that rewinds
+/// to `acked` re-reads the gap and announces it again. All arithmetic
+/// saturates: a hostile `last_event_seq` or ack cannot overflow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventCursor {
     /// Next event number to send.
@@ -119,6 +127,9 @@ pub struct EventCursor {
     /// Every event up to this number is applied by the server.
     pub acked: u64,
     pub max_in_flight: u64,
+    /// The newest lost run, as (first event after it, how many): the
+    /// event `.0` carries `.1` as its `events_missed_before`.
+    pub lost: Option<(u64, u64)>,
 }
 
 impl EventCursor {
@@ -126,40 +137,88 @@ impl EventCursor {
     /// `server_last`; resend from the one after it.
     pub fn resume(server_last: u64, max_in_flight: u64) -> Self {
         EventCursor {
-            next: server_last + 1,
+            next: server_last.saturating_add(1),
             acked: server_last,
             max_in_flight: max_in_flight.max(1),
+            lost: None,
+        }
+    }
+
+    /// The same cursor from its acknowledged position again (after
+    /// BUFFER_FULL: whatever followed the ack is sent again).
+    pub fn rewound(&self) -> Self {
+        EventCursor {
+            lost: self.lost,
+            ..Self::resume(self.acked, self.max_in_flight)
         }
     }
 
     /// Whether another event may be sent now.
     pub fn may_send(&self) -> bool {
-        self.next - self.acked - 1 < self.max_in_flight
+        self.in_flight() < self.max_in_flight
     }
 
     pub fn sent(&mut self, seq: u64) {
-        self.next = self.next.max(seq + 1);
+        self.next = self.next.max(seq.saturating_add(1));
     }
 
-    /// Events that could not be read (overwritten in the ring) are skipped.
-    pub fn skip_to(&mut self, seq: u64) {
-        self.next = self.next.max(seq);
-        self.acked = self.acked.max(seq.saturating_sub(1));
+    /// Events `first..first + count` are lost for good; the next to send
+    /// is the one after them.
+    pub fn skip(&mut self, first: u64, count: u64) {
+        let after = first.saturating_add(count);
+        self.next = self.next.max(after);
+        self.lost = Some((after, count));
+    }
+
+    /// The `events_missed_before` that event `seq` carries.
+    pub fn missed_before(&self, seq: u64) -> u64 {
+        match self.lost {
+            Some((after, count)) if after == seq => count,
+            _ => 0,
+        }
     }
 
     /// A cumulative acknowledgement; returns whether it advanced.
     pub fn on_ack(&mut self, seq: u64) -> bool {
-        if seq > self.acked {
-            self.acked = seq;
-            self.next = self.next.max(seq + 1);
-            true
-        } else {
-            false
-        }
+        let before = self.acked;
+        self.acknowledge(seq);
+        self.acked > before
     }
 
+    /// A cumulative acknowledgement; returns how many events it newly
+    /// acknowledges, the lost run not counted.
+    pub fn acknowledge(&mut self, seq: u64) -> u64 {
+        if seq <= self.acked {
+            return 0;
+        }
+        let lost = match self.lost {
+            Some((after, count)) => {
+                let from = after
+                    .saturating_sub(count)
+                    .max(self.acked.saturating_add(1));
+                after.min(seq.saturating_add(1)).saturating_sub(from)
+            }
+            None => 0,
+        };
+        let advanced = seq - self.acked;
+        self.acked = seq;
+        self.next = self.next.max(seq.saturating_add(1));
+        advanced - lost.min(advanced)
+    }
+
+    /// Events sent and not yet acknowledged (a lost run not counted).
     pub fn in_flight(&self) -> u64 {
-        self.next - self.acked - 1
+        let span = self.next.saturating_sub(self.acked).saturating_sub(1);
+        match self.lost {
+            Some((after, count)) if after > self.acked => {
+                // Lost events between the ack and `next` were never sent.
+                let lost_from = after
+                    .saturating_sub(count)
+                    .max(self.acked.saturating_add(1));
+                span.saturating_sub(after.min(self.next).saturating_sub(lost_from))
+            }
+            _ => span,
+        }
     }
 }
 
@@ -363,9 +422,45 @@ mod tests {
         assert_eq!((c.next, c.acked, c.in_flight()), (2, 1, 0));
         // A restarted server knows nothing: everything is resent.
         assert_eq!(EventCursor::resume(0, 8).next, 1);
+    }
+
+    #[test]
+    fn a_lost_run_is_announced_with_the_event_after_it_and_never_counts_as_acked() {
+        // Acked 5, sent 6 and 7; the ring lost 8..=10.
+        let mut c = EventCursor::resume(5, 4);
+        c.sent(6);
+        c.sent(7);
+        c.skip(8, 3);
+        assert_eq!((c.next, c.acked, c.in_flight()), (11, 5, 2));
+        assert!(c.may_send(), "the lost run takes no room in the window");
+        assert_eq!(c.missed_before(11), 3);
+        assert_eq!(c.missed_before(12), 0);
+        c.sent(11);
+        assert_eq!(c.in_flight(), 3);
+        // BUFFER_FULL on 6: back to the ack; re-reading finds 6..=10 lost.
+        let mut r = c.rewound();
+        assert_eq!((r.next, r.acked, r.in_flight()), (6, 5, 0));
+        r.skip(6, 5);
+        assert_eq!((r.next, r.missed_before(11), r.in_flight()), (11, 5, 0));
+        // The server's ack of 11 covers the lost run: one event acked.
+        r.sent(11);
+        assert_eq!(r.clone().acknowledge(11), 1);
+        assert!(r.on_ack(11));
+        assert_eq!(r.in_flight(), 0);
+        // Without a lost run every event acked counts.
         let mut c = EventCursor::resume(0, 8);
-        c.skip_to(10);
-        assert_eq!((c.next, c.acked), (10, 9));
+        (1..=3).for_each(|n| c.sent(n));
+        assert_eq!(c.acknowledge(3), 3);
+    }
+
+    #[test]
+    fn a_hostile_last_event_seq_cannot_overflow_the_cursor() {
+        let mut c = EventCursor::resume(u64::MAX, 8);
+        assert_eq!((c.next, c.in_flight()), (u64::MAX, 0));
+        c.sent(u64::MAX);
+        c.skip(u64::MAX - 1, 5);
+        assert!(!c.on_ack(u64::MAX));
+        let _ = (c.may_send(), c.rewound(), c.missed_before(u64::MAX));
     }
 
     #[test]

@@ -261,6 +261,14 @@ impl Session {
             }
         }
         let mut stream = self.open(client, &reg);
+        // A final status this agent made up for a vanished trainer is not
+        // in the ring: resend it until the server has it.
+        if let Some((seq, req)) = &self.final_status {
+            if let Err(end) = stream.send(req.clone()) {
+                return end;
+            }
+            stream.state.cursor.sent(*seq);
+        }
         // A server message that ended the wait at the bottom of the loop.
         let mut woken_by = None;
         let end = loop {
@@ -437,8 +445,9 @@ impl Session {
     fn on_event_ack(&mut self, st: &mut Stream, seq: u64) -> Result<(), Attempt> {
         let cursor = &mut st.state.cursor;
         let before = cursor.acked;
-        if cursor.on_ack(seq) {
-            AgentStats::add(&self.ctx.stats.events_acked, cursor.acked - before);
+        let newly = cursor.acknowledge(seq);
+        if cursor.acked > before {
+            AgentStats::add(&self.ctx.stats.events_acked, newly);
             // The final status this agent made up is not in the ring;
             // record only what the ring holds.
             let in_ring = cursor.acked.min(self.reader.events_written());
@@ -464,14 +473,16 @@ impl Session {
                 })) => {
                     let ts = timestamp_unix_ns / 1_000_000;
                     let payload = messages::event_payload(&event, ts);
-                    st.send(self.request(payload, ts, seq))?;
+                    let mut req = self.request(payload, ts, seq);
+                    req.events_missed_before = st.state.cursor.missed_before(seq);
+                    st.send(req)?;
                     st.state.cursor.sent(seq);
                     AgentStats::add(&self.ctx.stats.events_sent, 1);
                 }
                 Ok(Some(EventRead::Missed { first, count })) => {
                     AgentStats::add(&self.ctx.stats.events_missed, count);
                     tracing::error!(session = %self.id, first, count, "events overwritten in the segment before they were read (the event ring was lapped)");
-                    st.state.cursor.skip_to(first + count);
+                    st.state.cursor.skip(first, count);
                 }
                 Ok(None) => return Ok(true),
                 Err(e) => {

@@ -78,7 +78,7 @@ impl StreamState {
     /// acknowledged go again (the server dropped the one it could not take).
     pub fn on_buffer_full(&mut self, now: Instant) {
         self.pacer.on_buffer_full(now);
-        self.cursor = EventCursor::resume(self.cursor.acked, EVENT_WINDOW);
+        self.cursor = self.cursor.rewound();
     }
 
     pub fn answered(&self) -> bool {
