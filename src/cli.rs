@@ -139,6 +139,10 @@ pub struct ServerArgs {
     /// Prefer TRAINWATCH_SERVER_HTTP_TOKEN: flags show in `ps`.
     #[arg(long, value_name = "TOKEN")]
     pub http_token: Option<String>,
+    /// The store: a SQLite file, postgres://…, or "none" (live view only)
+    /// [default: /var/lib/trainwatch/trainwatch.db].
+    #[arg(long, value_name = "PATH|URL")]
+    pub store: Option<String>,
 }
 
 impl ServerArgs {
@@ -165,6 +169,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.http_token {
             o.push(("http_token", v.clone().into()));
+        }
+        if let Some(v) = &self.store {
+            o.push(("store.path", v.clone().into()));
         }
         o
     }

@@ -162,6 +162,17 @@ struct RawServer {
     limits: RawLimits,
     history: RawHistory,
     dashboard: RawDashboard,
+    store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: String,
+    keep_days: u32,
+    images_every_s: u32,
+    images_per_run: u32,
+    image_quota_mb: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +224,51 @@ impl Default for Dashboard {
     }
 }
 
+/// Where the server keeps its system of record, and how long.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreSettings {
+    /// A SQLite file, a `postgres://` URL, or `None` ("none": live view
+    /// only, nothing kept across a restart).
+    pub place: Option<String>,
+    /// Days finished runs are kept (0: forever).
+    pub keep_days: u32,
+    /// Least seconds between two image samples of a run (each epoch's last
+    /// batch is kept as well).
+    pub images_every_s: u32,
+    /// Most image samples kept per run (0: no cap).
+    pub images_per_run: u32,
+    /// Bytes of JPEGs kept in all (0: no quota); beyond it the images of
+    /// the oldest finished runs go first, never their scalars.
+    pub image_quota_bytes: u64,
+}
+
+/// Where the packaged server keeps its store (systemd's StateDirectory).
+pub const DEFAULT_STORE: &str = "/var/lib/trainwatch/trainwatch.db";
+
+impl StoreSettings {
+    /// No store: what in-process servers start from unless given one.
+    pub fn none() -> Self {
+        StoreSettings {
+            place: None,
+            keep_days: 0,
+            // 10 s: a few hundred samples over a long run, enough to see
+            // what the model saw without the images outgrowing the scalars.
+            images_every_s: 10,
+            images_per_run: 1000,
+            // 10 GiB.
+            image_quota_bytes: 10 << 30,
+        }
+    }
+
+    /// The same knobs with the store at `place`.
+    pub fn at(place: impl Into<String>) -> Self {
+        StoreSettings {
+            place: Some(place.into()),
+            ..StoreSettings::none()
+        }
+    }
+}
+
 /// Validated settings of `trainwatch server`.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
@@ -226,6 +282,7 @@ pub struct ServerSettings {
     pub limits: Limits,
     pub history: History,
     pub dashboard: Dashboard,
+    pub store: StoreSettings,
 }
 
 impl ServerSettings {
@@ -242,6 +299,7 @@ impl ServerSettings {
             limits: Limits::default(),
             history: History::default(),
             dashboard: Dashboard::default(),
+            store: StoreSettings::none(),
         }
     }
 
@@ -254,6 +312,7 @@ impl ServerSettings {
     ) -> Result<Self, ConfigError> {
         let l = Limits::default();
         let h = History::default();
+        let st = StoreSettings::none();
         let defaults: Vec<(&str, ::config::Value)> = vec![
             ("listen", "0.0.0.0:50051".into()),
             ("http_listen", "127.0.0.1:8080".into()),
@@ -281,6 +340,11 @@ impl ServerSettings {
                 "dashboard.max_push_hz",
                 u64::from(Dashboard::default().max_push_hz).into(),
             ),
+            ("store.path", DEFAULT_STORE.into()),
+            ("store.keep_days", u64::from(st.keep_days).into()),
+            ("store.images_every_s", u64::from(st.images_every_s).into()),
+            ("store.images_per_run", u64::from(st.images_per_run).into()),
+            ("store.image_quota_mb", (st.image_quota_bytes >> 20).into()),
         ];
         let raw: RawServer = layered(&defaults, file, SERVER_ENV_PREFIX, env, overrides)?;
         Self::validate(raw)
@@ -392,8 +456,30 @@ impl ServerSettings {
             dashboard: Dashboard {
                 max_push_hz: in_range("dashboard.max_push_hz", raw.dashboard.max_push_hz, 1, 240)?,
             },
+            store: store_settings(raw.store)?,
         })
     }
+}
+
+fn store_settings(raw: RawStore) -> Result<StoreSettings, ConfigError> {
+    let place = match raw.path.trim() {
+        "" => {
+            return Err(ConfigError::invalid(
+                "store.path",
+                "(empty)",
+                "give a SQLite file, a postgres:// URL, or \"none\" for no store",
+            ))
+        }
+        "none" => None,
+        p => Some(p.to_string()),
+    };
+    Ok(StoreSettings {
+        place,
+        keep_days: in_range("store.keep_days", raw.keep_days, 0, 100_000)?,
+        images_every_s: in_range("store.images_every_s", raw.images_every_s, 1, 86_400)?,
+        images_per_run: raw.images_per_run,
+        image_quota_bytes: in_range("store.image_quota_mb", raw.image_quota_mb, 0, 1 << 30)? << 20,
+    })
 }
 
 // ----------------------------------------------------------------- agent --

@@ -17,16 +17,38 @@ use trainwatch::server::{RunningServer, Server};
 use util::grpc::{self, batch, register, request, Stream};
 use util::http::{get, get_json};
 
-async fn start(settings: ServerSettings) -> RunningServer {
-    Server::start(&settings).await.expect("server starts")
+/// An in-process server with a temp-dir SQLite store (unless the settings
+/// name one), the store removed after it.
+struct TestServer {
+    server: RunningServer,
+    _store: Option<util::TempStore>,
 }
 
-async fn start_default() -> RunningServer {
+impl std::ops::Deref for TestServer {
+    type Target = RunningServer;
+    fn deref(&self) -> &RunningServer {
+        &self.server
+    }
+}
+
+async fn start(mut settings: ServerSettings) -> TestServer {
+    let store = settings.store.place.is_none().then(util::TempStore::new);
+    if let Some(s) = &store {
+        settings.store.place = Some(s.place());
+    }
+    TestServer {
+        server: Server::start(&settings).await.expect("server starts"),
+        _store: store,
+    }
+}
+
+async fn start_default() -> TestServer {
     start(ServerSettings::local_insecure()).await
 }
 
-async fn stop(server: RunningServer) {
+async fn stop(server: TestServer) {
     server
+        .server
         .shutdown(Duration::from_secs(10))
         .await
         .expect("clean shutdown");
@@ -442,6 +464,96 @@ mod events {
         assert_eq!(d["status_history"].as_array().unwrap().len(), 1);
         assert_eq!(d["status"], "RUNNING");
         assert_eq!(d["counters"]["events_duplicate"], 2);
+        assert_eq!(d["last_event_seq"], 4);
+        stop(server).await;
+    }
+}
+
+mod in_order {
+    //! Events and points are applied strictly in sequence order: what
+    //! arrives beyond the next expected number is dropped unacknowledged
+    //! (the agent's go-back-N resends it), never applied past a hole.
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn epoch_req(sid: &str, seq: u64, epoch: u32) -> trainwatch::proto::MetricsRequest {
+        let mut r = request(
+            sid,
+            Payload::EpochData(EpochData {
+                epoch,
+                average_loss: 1.0,
+                average_accuracy: 0.5,
+                ..Default::default()
+            }),
+        );
+        r.event_seq = seq;
+        r
+    }
+
+    /// The next event ack on `s`, skipping anything else (errors included).
+    async fn next_event_ack(s: &mut Stream) -> u64 {
+        loop {
+            let r = s.recv().await;
+            if let Some(metrics_response::Payload::Ack(a)) = &r.payload {
+                if a.kind == AckKind::Event as i32 {
+                    return a.event_seq;
+                }
+            }
+        }
+    }
+
+    /// Issue 14: BUFFER_FULL on event N, then N+1 getting through, used to
+    /// move the cumulative ack past N, and the resent N was dropped as a
+    /// duplicate: lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_refused_with_buffer_full_is_not_lost_when_the_next_gets_through() {
+        let mut settings = ServerSettings::local_insecure();
+        settings.limits.buffer_size = 1;
+        let server = start(settings).await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "gap").await;
+        let mut s = Stream::open(&mut c).await;
+        let session = server.registry().get("gap").unwrap();
+        {
+            // A stalled apply task: it takes event 1 and blocks on the lock;
+            // the queue of one holds event 2; event 3 is refused.
+            let _hold = session.state().read().await;
+            s.send(epoch_req("gap", 1, 0)).await;
+            let deadline = std::time::Instant::now() + util::TEST_TIMEOUT;
+            while session.counters.events_received.load(Relaxed) == 0 || session.queue_depth() != 0
+            {
+                assert!(std::time::Instant::now() < deadline, "event 1 never taken");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            s.send(epoch_req("gap", 2, 1)).await;
+            s.send(epoch_req("gap", 3, 2)).await;
+            let r = s.recv().await;
+            let (code, msg) = err(&r);
+            assert_eq!(code, ErrorCode::BufferFull, "{r:?}");
+            assert!(msg.contains("epoch 2 summary"), "{msg}");
+        }
+        assert_eq!(next_event_ack(&mut s).await, 1);
+        assert_eq!(next_event_ack(&mut s).await, 2);
+        // Event 4 arrives over the hole event 3 left: it must not be
+        // applied. The agent then resends from the hole (go-back-N).
+        s.send(epoch_req("gap", 4, 3)).await;
+        let deadline = std::time::Instant::now() + util::TEST_TIMEOUT;
+        while session.counters.events_out_of_order.load(Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "event 4 never taken");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        s.send(epoch_req("gap", 3, 2)).await;
+        assert_eq!(next_event_ack(&mut s).await, 3, "an ack skipped the hole");
+        s.send(epoch_req("gap", 4, 3)).await;
+        assert_eq!(next_event_ack(&mut s).await, 4);
+        let d = get_json(server.http_addr, "/api/sessions/gap").await;
+        let epochs: Vec<u64> = d["epoch_history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["epoch"].as_u64().unwrap())
+            .collect();
+        assert_eq!(epochs, vec![0, 1, 2, 3]);
         assert_eq!(d["last_event_seq"], 4);
         stop(server).await;
     }

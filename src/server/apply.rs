@@ -1,13 +1,22 @@
 //! The apply task: one per session, it drains the session's queue in arrival
-//! order into its [`SessionState`] and then acknowledges what it applied.
+//! order into its [`SessionState`], hands what a trainer logged to the store,
+//! and acknowledges it only once the store has committed it.
 //!
-//! Each kind of message has its own function that changes the state and
-//! returns the acknowledgement it earns; sending that acknowledgement is a
-//! separate step, taken only once the change is made. Issue 11's durable
-//! store plugs in between the two, so that an event is acknowledged only
-//! after it is committed. Events carry sequence numbers: a resent one
-//! (already applied) is counted as a duplicate and acknowledged again.
+//! Sequenced messages (events, scalar batches) are applied strictly in
+//! order: the next number (or the next after exactly the `missed_before`
+//! the agent reports lost) applies; a resend of what is applied is skipped
+//! and acknowledged again; anything beyond is dropped unacknowledged, and
+//! the agent's go-back-N resends it. So a BUFFER_FULL on event N followed by
+//! N+1 getting through can no longer move the acknowledgement past N.
+//!
+//! Commit-then-ack without serialising on each commit: the apply task
+//! submits writes to the group-commit [`Writer`] and goes on; a second task
+//! per session (the acknowledger) awaits each write's [`Pending`] in
+//! submission order and sends its ack once it resolves Ok. A store error is
+//! logged and not acknowledged (the agent resends), and the session's
+//! accepted positions move back to what is committed.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -15,47 +24,158 @@ use tokio::sync::mpsc;
 
 use super::session::{Ingest, Reply, Session};
 use super::state::{EpochRecord, Frame, LossPoint, SessionState, StatusRecord};
+use super::store::{self, Pending, RunStatus, SeqKind, Write, Writer};
 use crate::config::History;
 use crate::proto::{
     self, acknowledgment::AckKind, metrics_response, Acknowledgment, BatchData, EpochData,
-    MetricsResponse, TrainingConfig, TrainingStatus,
+    MetricsResponse, PerformanceData, ScalarBatch, TrainingConfig, TrainingStatus,
 };
 
-/// Drains one session's queue into its state and acknowledges what it
-/// applied, until the session is evicted or the server shuts down.
-pub(super) async fn run(session: Arc<Session>, mut rx: mpsc::Receiver<Ingest>, history: History) {
+/// Acknowledgements waiting for their commits, per session. Beyond it the
+/// apply task waits: a bound on memory, and far more than the agent keeps
+/// in flight (8 scalar batches plus a few events).
+const ACKS_IN_FLIGHT: usize = 1024;
+
+/// Drains one session's queue into its state and the store, until the
+/// session is evicted or the server shuts down.
+pub(super) async fn run(
+    session: Arc<Session>,
+    mut rx: mpsc::Receiver<Ingest>,
+    history: History,
+    writer: Option<Writer>,
+) {
+    let (acks, acks_rx) = mpsc::channel(ACKS_IN_FLIGHT);
+    let acker = tokio::spawn(acknowledge(session.clone(), acks_rx));
     loop {
         let item = tokio::select! {
-            _ = session.closed() => return,
-            item = rx.recv() => match item { Some(i) => i, None => return },
+            _ = session.closed() => break,
+            item = rx.recv() => match item { Some(i) => i, None => break },
         };
         let applied = apply(&session, item, &history).await;
         session.changed();
-        applied.acknowledge(&session).await;
+        applied.finish(&session, writer.as_ref(), &acks).await;
     }
+    // The acknowledger sends what is committed, then ends with the queue.
+    drop(acks);
+    let _ = acker.await;
 }
 
-/// What applying one message leaves to do: its acknowledgement, if it earns
-/// one, and the stream it goes back on.
+/// What applying one message leaves to do: the writes it hands the store,
+/// then its acknowledgement, if it earns one, and the stream it goes back on.
 struct Applied {
     reply: Option<Reply>,
     ack: Option<Acknowledgment>,
+    writes: Vec<Write>,
+    /// Sent at once, not behind commits (a batch: lossy, not stored).
+    direct: bool,
 }
 
 impl Applied {
-    async fn acknowledge(self, session: &Session) {
-        if let (Some(reply), Some(ack)) = (self.reply, self.ack) {
-            // The stream may be gone (client disconnected); the data is
-            // applied all the same and a resend is deduplicated.
-            let _ = reply
-                .send(Ok(MetricsResponse {
-                    session_id: session.id.clone(),
-                    timestamp_ms: proto::now_ms(),
-                    payload: Some(metrics_response::Payload::Ack(ack)),
-                }))
-                .await;
+    fn none() -> Applied {
+        Applied {
+            reply: None,
+            ack: None,
+            writes: Vec::new(),
+            direct: false,
         }
     }
+
+    fn ordered(reply: Reply, ack: Option<Acknowledgment>, writes: Vec<Write>) -> Applied {
+        Applied {
+            reply: Some(reply),
+            ack,
+            writes,
+            direct: false,
+        }
+    }
+
+    async fn finish(self, session: &Session, writer: Option<&Writer>, acks: &mpsc::Sender<AckJob>) {
+        let mut pending = Vec::with_capacity(self.writes.len());
+        if let Some(w) = writer {
+            for write in self.writes {
+                match w.submit(write).await {
+                    Ok(p) => pending.push(p),
+                    Err(e) => {
+                        tracing::error!(session = %session.id, error = %e, "store write not queued");
+                        session.counters.store_errors.fetch_add(1, Relaxed);
+                        rewind(session).await;
+                        return;
+                    }
+                }
+            }
+        }
+        let (Some(reply), Some(ack)) = (self.reply, self.ack) else {
+            if !pending.is_empty() {
+                // Unacknowledged writes (performance figures): their errors
+                // are still logged by the acknowledger.
+                let _ = acks.send(AckJob { pending, ack: None }).await;
+            }
+            return;
+        };
+        if self.direct {
+            send_ack(session, &reply, ack).await;
+            return;
+        }
+        let _ = acks
+            .send(AckJob {
+                pending,
+                ack: Some((reply, ack)),
+            })
+            .await;
+    }
+}
+
+/// An acknowledgement that goes out once every write before it, and its
+/// own, has committed.
+struct AckJob {
+    pending: Vec<Pending>,
+    ack: Option<(Reply, Acknowledgment)>,
+}
+
+/// Awaits each job's commits in submission order and sends its ack.
+async fn acknowledge(session: Arc<Session>, mut jobs: mpsc::Receiver<AckJob>) {
+    while let Some(job) = jobs.recv().await {
+        let mut ok = true;
+        for p in job.pending {
+            if let Err(e) = p.await {
+                // A refused write (a gap the store sees, an unknown run) or
+                // a failed commit: not acknowledged, so the agent resends.
+                tracing::warn!(session = %session.id, error = %e, "store write failed; not acknowledged");
+                session.counters.store_errors.fetch_add(1, Relaxed);
+                ok = false;
+            }
+        }
+        let Some((reply, ack)) = job.ack else {
+            continue;
+        };
+        if !ok {
+            rewind(&session).await;
+            continue;
+        }
+        session.committed(ack.event_seq, ack.point_seq);
+        send_ack(&session, &reply, ack).await;
+    }
+}
+
+/// After a failed write: what is accepted goes back to what is committed,
+/// so the resend applies instead of being skipped as a duplicate.
+async fn rewind(session: &Session) {
+    let (event, point) = session.committed_seqs();
+    let mut st = session.state().write().await;
+    st.last_event_seq = st.last_event_seq.min(event);
+    st.last_point_seq = st.last_point_seq.min(point);
+}
+
+async fn send_ack(session: &Session, reply: &Reply, ack: Acknowledgment) {
+    // The stream may be gone (client disconnected); the data is applied
+    // all the same and a resend is deduplicated.
+    let _ = reply
+        .send(Ok(MetricsResponse {
+            session_id: session.id.clone(),
+            timestamp_ms: proto::now_ms(),
+            payload: Some(metrics_response::Payload::Ack(ack)),
+        }))
+        .await;
 }
 
 /// Applies one message under the session's state lock.
@@ -80,17 +200,26 @@ async fn apply(session: &Session, item: Ingest, history: &History) -> Applied {
                 received_us,
             )),
             reply: Some(reply),
+            writes: Vec::new(),
+            direct: true,
         },
-        Ingest::Epoch { epoch, seq, reply } => Applied {
-            ack: apply_epoch(session, &mut st, history, &epoch, seq, now),
-            reply: Some(reply),
-        },
+        Ingest::Epoch {
+            epoch,
+            seq,
+            missed_before,
+            reply,
+        } => {
+            let (ack, writes) =
+                apply_epoch(session, &mut st, history, &epoch, seq, missed_before, now);
+            Applied::ordered(reply, ack, writes)
+        }
         Ingest::Status {
             status,
             message,
             config,
             timestamp_ms,
             seq,
+            missed_before,
             reply,
         } => {
             let rec = StatusRecord {
@@ -98,17 +227,23 @@ async fn apply(session: &Session, item: Ingest, history: &History) -> Applied {
                 message,
                 t_ms: if timestamp_ms > 0 { timestamp_ms } else { now },
             };
-            Applied {
-                ack: apply_status(session, &mut st, history, rec, config, seq),
-                reply: Some(reply),
-            }
+            let (ack, writes) =
+                apply_status(session, &mut st, history, rec, config, seq, missed_before);
+            Applied::ordered(reply, ack, writes)
+        }
+        Ingest::Scalars { batch, reply } => {
+            let (ack, writes) = apply_scalars(session, &mut st, batch);
+            Applied::ordered(reply, ack, writes)
         }
         Ingest::Performance(p) => {
+            let sample = perf_sample(&p, now);
             st.performance = Some(p);
-            Applied {
-                reply: None,
-                ack: None,
-            }
+            let mut a = Applied::none();
+            a.writes.push(Write::Perf {
+                run: session.id.clone(),
+                samples: vec![sample],
+            });
+            a
         }
     }
 }
@@ -158,6 +293,72 @@ fn apply_batch(
     ack
 }
 
+/// Where a sequenced message stands against the last number accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Applies, after `gap` numbers the agent reported lost.
+    Next { gap: u64 },
+    /// Everything in it is already accepted: acknowledge again.
+    Resent,
+    /// Beyond the next number: dropped unacknowledged, resent later.
+    Beyond,
+}
+
+/// `count` numbers from `first` (after `missed` reported lost) against the
+/// last accepted `last`. A message overlapping the accepted end applies (the
+/// store skips the overlap).
+fn order(last: u64, first: u64, count: u64, missed: u64) -> Order {
+    let end = first.saturating_add(count.max(1) - 1);
+    if end <= last {
+        Order::Resent
+    } else if first <= last.saturating_add(1) {
+        Order::Next { gap: 0 }
+    } else if missed > 0 && last.checked_add(missed).and_then(|n| n.checked_add(1)) == Some(first) {
+        Order::Next { gap: missed }
+    } else {
+        Order::Beyond
+    }
+}
+
+/// Checks a sequenced event; when it applies, records its number (an
+/// unsequenced one, 0 from a seed peer, gets the next) and returns it with
+/// the writes of any gap before it. `Err` when it lies beyond the next
+/// number: no acknowledgement.
+fn admit_event(
+    session: &Session,
+    st: &mut SessionState,
+    seq: u64,
+    missed: u64,
+    writes: &mut Vec<Write>,
+) -> Result<Option<u64>, ()> {
+    let c = &session.counters;
+    let seq = if seq == 0 { st.last_event_seq + 1 } else { seq };
+    match order(st.last_event_seq, seq, 1, missed) {
+        Order::Resent => {
+            c.events_duplicate.fetch_add(1, Relaxed);
+            Ok(None)
+        }
+        Order::Beyond => {
+            c.events_out_of_order.fetch_add(1, Relaxed);
+            tracing::debug!(session = %session.id, seq, last = st.last_event_seq, "event beyond the next; dropped for a resend");
+            Err(())
+        }
+        Order::Next { gap } => {
+            if gap > 0 {
+                c.events_missed.fetch_add(gap, Relaxed);
+                writes.push(Write::Gap {
+                    run: session.id.clone(),
+                    what: SeqKind::Event,
+                    through: seq - 1,
+                });
+            }
+            st.last_event_seq = seq;
+            c.events_applied.fetch_add(1, Relaxed);
+            Ok(Some(seq))
+        }
+    }
+}
+
 /// An epoch summary with sequence number `seq`, received at `now`.
 fn apply_epoch(
     session: &Session,
@@ -165,9 +366,14 @@ fn apply_epoch(
     history: &History,
     epoch: &EpochData,
     seq: u64,
+    missed: u64,
     now: u64,
-) -> Option<Acknowledgment> {
-    if fresh_event(session, st, seq) {
+) -> (Option<Acknowledgment>, Vec<Write>) {
+    let mut writes = Vec::new();
+    let Ok(admitted) = admit_event(session, st, seq, missed, &mut writes) else {
+        return (None, writes);
+    };
+    if let Some(stored_seq) = admitted {
         st.push_epoch(
             history,
             EpochRecord {
@@ -177,8 +383,21 @@ fn apply_epoch(
                 t_ms: now,
             },
         );
+        let mut metrics: BTreeMap<String, f64> =
+            epoch.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        metrics.insert("average_loss".into(), f64::from(epoch.average_loss));
+        metrics.insert("average_accuracy".into(), f64::from(epoch.average_accuracy));
+        writes.push(Write::Epoch {
+            run: session.id.clone(),
+            record: store::EpochRecord {
+                seq: stored_seq,
+                epoch: epoch.epoch,
+                wall_ms: now as i64,
+                metrics,
+            },
+        });
     }
-    event_ack(seq)
+    (event_ack(seq), writes)
 }
 
 /// A status change with sequence number `seq`, and the config it carries.
@@ -189,8 +408,13 @@ fn apply_status(
     rec: StatusRecord,
     config: Option<TrainingConfig>,
     seq: u64,
-) -> Option<Acknowledgment> {
-    if fresh_event(session, st, seq) {
+    missed: u64,
+) -> (Option<Acknowledgment>, Vec<Write>) {
+    let mut writes = Vec::new();
+    let Ok(admitted) = admit_event(session, st, seq, missed, &mut writes) else {
+        return (None, writes);
+    };
+    if let Some(stored_seq) = admitted {
         if let Some(c) = config {
             session.set_config(st, c);
         }
@@ -198,25 +422,75 @@ fn apply_status(
             rec.status,
             TrainingStatus::Completed | TrainingStatus::Failed
         ));
+        writes.push(Write::Status {
+            run: session.id.clone(),
+            record: store::StatusRecord {
+                seq: stored_seq,
+                wall_ms: rec.t_ms as i64,
+                status: run_status(rec.status),
+                message: rec.message.clone(),
+            },
+        });
         st.push_status(history, rec);
     }
-    event_ack(seq)
+    (event_ack(seq), writes)
 }
 
-/// Whether an event with sequence number `seq` is new; records it if so.
-/// Unsequenced events (0, from seed peers) are always new.
-fn fresh_event(session: &Session, st: &mut SessionState, seq: u64) -> bool {
-    if seq == 0 {
-        session.counters.events_applied.fetch_add(1, Relaxed);
-        return true;
+/// A validated scalar batch: its points in the run's point sequence.
+fn apply_scalars(
+    session: &Session,
+    st: &mut SessionState,
+    batch: ScalarBatch,
+) -> (Option<Acknowledgment>, Vec<Write>) {
+    let c = &session.counters;
+    let n = batch.points.len() as u64;
+    let end = batch.first_seq + n.max(1) - 1;
+    let ack = Some(Acknowledgment {
+        success: true,
+        kind: AckKind::Scalars as i32,
+        point_seq: end,
+        ..Default::default()
+    });
+    let mut writes = Vec::new();
+    match order(st.last_point_seq, batch.first_seq, n, batch.missed_before) {
+        Order::Resent => {
+            c.points_duplicate.fetch_add(n, Relaxed);
+            return (ack, writes);
+        }
+        Order::Beyond => {
+            c.points_out_of_order.fetch_add(n, Relaxed);
+            return (None, writes);
+        }
+        Order::Next { gap } => {
+            if gap > 0 {
+                c.points_missed.fetch_add(gap, Relaxed);
+                writes.push(Write::Gap {
+                    run: session.id.clone(),
+                    what: SeqKind::Point,
+                    through: batch.first_seq - 1,
+                });
+            }
+        }
     }
-    if seq <= st.last_event_seq {
-        session.counters.events_duplicate.fetch_add(1, Relaxed);
-        return false;
-    }
-    st.last_event_seq = seq;
-    session.counters.events_applied.fetch_add(1, Relaxed);
-    true
+    c.points_applied
+        .fetch_add(end - st.last_point_seq.max(batch.first_seq - 1), Relaxed);
+    st.last_point_seq = end;
+    let points = batch
+        .points
+        .into_iter()
+        .map(|p| store::Point {
+            key: p.key,
+            step: p.step,
+            wall_ms: p.wall_time_ms as i64,
+            value: p.value,
+        })
+        .collect();
+    writes.push(Write::Points {
+        run: session.id.clone(),
+        first_seq: batch.first_seq,
+        points,
+    });
+    (ack, writes)
 }
 
 /// Sequenced events are acknowledged cumulatively; unsequenced ones are not
@@ -228,4 +502,61 @@ fn event_ack(seq: u64) -> Option<Acknowledgment> {
         event_seq: seq,
         ..Default::default()
     })
+}
+
+fn run_status(s: TrainingStatus) -> RunStatus {
+    match s {
+        TrainingStatus::Unknown => RunStatus::Unknown,
+        TrainingStatus::Initializing => RunStatus::Initializing,
+        TrainingStatus::Running => RunStatus::Running,
+        TrainingStatus::Paused => RunStatus::Paused,
+        TrainingStatus::Completed => RunStatus::Completed,
+        TrainingStatus::Failed => RunStatus::Failed,
+    }
+}
+
+/// One second's figures; a field the agent names unavailable (or a resource
+/// it did not measure) is `None`, not 0.
+fn perf_sample(p: &PerformanceData, now: u64) -> store::PerfSample {
+    let has = |name: &str| !p.unavailable.iter().any(|u| u == name);
+    let f = |name: &str, v: f32| has(name).then_some(f64::from(v));
+    let r = p.resource_usage.as_ref();
+    let res = |name: &str, v: fn(&proto::ResourceUsage) -> f32| {
+        r.filter(|r| !r.unavailable.iter().any(|u| u == name))
+            .map(|r| f64::from(v(r)))
+    };
+    store::PerfSample {
+        wall_ms: if p.timestamp_ms > 0 {
+            p.timestamp_ms
+        } else {
+            now
+        } as i64,
+        fps: f("current_fps", p.current_fps),
+        batch_ms: f("time_per_batch_ms", p.time_per_batch_ms),
+        cpu_percent: res("cpu_percent", |r| r.cpu_percent),
+        ram_mb: res("memory_mb", |r| r.memory_mb),
+        gpu_percent: res("gpu_percent", |r| r.gpu_percent),
+        gpu_mem_mb: res("gpu_memory_mb", |r| r.gpu_memory_mb),
+        gpu_clock_mhz: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_applies_the_next_skips_resends_and_drops_beyond() {
+        assert_eq!(order(0, 1, 1, 0), Order::Next { gap: 0 });
+        assert_eq!(order(5, 5, 1, 0), Order::Resent);
+        assert_eq!(order(5, 7, 1, 0), Order::Beyond);
+        assert_eq!(order(5, 7, 1, 1), Order::Next { gap: 1 });
+        assert_eq!(order(5, 8, 1, 1), Order::Beyond);
+        // A batch overlapping the accepted end applies (the store skips it).
+        assert_eq!(order(10, 8, 5, 0), Order::Next { gap: 0 });
+        assert_eq!(order(10, 8, 3, 0), Order::Resent);
+        // Hostile numbers do not overflow.
+        assert_eq!(order(u64::MAX, 1, 1, 0), Order::Resent);
+        assert_eq!(order(3, u64::MAX, 1, u64::MAX), Order::Beyond);
+    }
 }

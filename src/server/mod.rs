@@ -9,7 +9,11 @@
 //! A message goes `service` (the gRPC calls, checked by `validate`) →
 //! `registry` (sessions by id) → `session` (one run's bounded queue and
 //! command route) → `apply` (the task that writes it into the run's `state`
-//! and acknowledges it); `http` and `dashboard` read that state.
+//! and acknowledges it); `http` and `dashboard` read that state. What a
+//! trainer logs (events, scalar points, performance figures) also goes from
+//! `apply` through `store`'s group-commit writer into the system of record,
+//! and is acknowledged only once committed; the store is opened (and
+//! migrated) at start unless configured "none".
 
 mod apply;
 pub mod dashboard;
@@ -32,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, StoreSettings};
 use crate::proto::MetricsServiceServer;
 use crate::tls::{self, TlsError};
 
@@ -60,6 +64,8 @@ pub enum ServerError {
     Http(#[source] std::io::Error),
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 impl ServerError {
@@ -68,7 +74,12 @@ impl ServerError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            ServerError::Bind { .. } | ServerError::Tls(_) | ServerError::TlsConfig(_)
+            ServerError::Bind { .. }
+                | ServerError::Tls(_)
+                | ServerError::TlsConfig(_)
+                | ServerError::Store(
+                    store::StoreError::Open { .. } | store::StoreError::NewerSchema { .. }
+                )
         )
     }
 }
@@ -86,19 +97,13 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     grpc: JoinHandle<Result<(), ServerError>>,
     http: JoinHandle<Result<(), ServerError>>,
+    /// The store's writer task: it commits what is queued before it ends.
+    writer: Option<JoinHandle<()>>,
 }
 
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
     pub async fn start(settings: &ServerSettings) -> Result<RunningServer, ServerError> {
-        let shutdown = CancellationToken::new();
-        let registry = Arc::new(Registry::new(
-            settings.limits,
-            settings.history,
-            settings.max_sessions,
-            shutdown.clone(),
-        ));
-
         let mut builder = tonic::transport::Server::builder()
             // HTTP/2 keepalive lets both sides see a dead peer even when no
             // message is due (a paused run sends only heartbeats).
@@ -118,6 +123,32 @@ impl Server {
                 .tls_config(tls::server_config(files)?)
                 .map_err(ServerError::TlsConfig)?;
         }
+        let shutdown = CancellationToken::new();
+        let mut registry = Registry::new(
+            settings.limits,
+            settings.history,
+            settings.max_sessions,
+            shutdown.clone(),
+        );
+        // The writer stops on its own token, cancelled only after the
+        // listeners have ended, so the last acks' commits still land.
+        let writer_stop = CancellationToken::new();
+        let (ingestion, writer) = match open_store(&settings.store, &writer_stop).await? {
+            Some((ing, task)) => (Some(ing), Some(task)),
+            None => (None, None),
+        };
+        if let Some(ing) = ingestion {
+            registry = registry.with_store(ing);
+        }
+        let registry = Arc::new(registry);
+        {
+            let (stop, writer_stop) = (shutdown.clone(), writer_stop.clone());
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                writer_stop.cancel();
+            });
+        }
+
         let grpc_listener = bind("gRPC", settings.listen).await?;
         let http_listener = bind("HTTP", settings.http_listen).await?;
         let grpc_addr = grpc_listener
@@ -162,6 +193,8 @@ impl Server {
             control,
             settings.dashboard,
         ));
+        // Issue 14, part D: the store's HTTP API mounts here, e.g.
+        // `if let Some(store) = registry.store() { app = app.merge(api::routes(store.clone(), ...)) }`.
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let r = axum::serve(http_listener, app)
@@ -180,7 +213,39 @@ impl Server {
             shutdown,
             grpc,
             http,
+            writer,
         })
+    }
+}
+
+/// Opens (and migrates) the configured store and starts its writer; `None`
+/// for "none".
+async fn open_store(
+    settings: &StoreSettings,
+    stop: &CancellationToken,
+) -> Result<Option<(registry::Ingestion, JoinHandle<()>)>, ServerError> {
+    let Some(place) = &settings.place else {
+        tracing::warn!("no store (store = \"none\"): runs are kept in memory only");
+        return Ok(None);
+    };
+    let options = store::StoreOptions {
+        images_per_run: settings.images_per_run,
+    };
+    let st = store::open(place, options).await?;
+    tracing::info!(backend = st.backend(), store = %redact(place), "store open");
+    let (writer, task) =
+        store::Writer::spawn(st.clone(), store::WriterConfig::default(), stop.clone());
+    Ok(Some((registry::Ingestion { store: st, writer }, task)))
+}
+
+/// A store location fit for the log: a PostgreSQL URL's password hidden.
+fn redact(place: &str) -> String {
+    match (place.find("://"), place.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match place[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &place[..s + 3 + c], &place[at..]),
+            None => place.to_string(),
+        },
+        _ => place.to_string(),
     }
 }
 
@@ -193,6 +258,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 impl RunningServer {
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The system of record, unless configured "none".
+    pub fn store(&self) -> Option<&Arc<dyn store::Store>> {
+        self.registry.store()
     }
 
     /// A token that, when cancelled, starts the shutdown (for signals).
@@ -210,9 +280,13 @@ impl RunningServer {
     /// listeners' tasks to finish.
     pub async fn shutdown(self, grace: Duration) -> Result<(), ServerError> {
         self.shutdown.cancel();
+        let writer = self.writer;
         let both = async {
             let g = self.grpc.await;
             let h = self.http.await;
+            if let Some(w) = writer {
+                let _ = w.await;
+            }
             (g, h)
         };
         match tokio::time::timeout(grace, both).await {

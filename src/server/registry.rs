@@ -6,6 +6,11 @@
 //! evicted, the one seen longest ago first; with none finished a new
 //! registration is refused. Registering a known id resumes it, state,
 //! counters and event sequence included.
+//!
+//! With a store, registration also writes the run (and waits for the
+//! commit), and a session not in memory (the server restarted, or it was
+//! evicted) resumes from the sequence numbers the store committed, so the
+//! agent resends only what is not on disk.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply;
 use super::session::Session;
+use super::store::{RunRecord, Store, StoreError, Write, Writer};
 use crate::config::{History, Limits};
 use crate::proto::{self, TrainingConfig};
 
@@ -24,6 +30,15 @@ use crate::proto::{self, TrainingConfig};
 pub enum RegisterError {
     #[error("the server holds {0} sessions, its limit (max_sessions), none of them finished")]
     Full(usize),
+    #[error("the store cannot record the run: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The system of record and the group-commit writer in front of it.
+#[derive(Clone)]
+pub struct Ingestion {
+    pub store: Arc<dyn Store>,
+    pub writer: Writer,
 }
 
 /// The outcome of a registration.
@@ -31,6 +46,7 @@ pub struct Registered {
     pub session: Arc<Session>,
     pub resumed: bool,
     pub last_event_seq: u64,
+    pub last_point_seq: u64,
 }
 
 /// All sessions, by id.
@@ -42,6 +58,8 @@ pub struct Registry {
     shutdown: CancellationToken,
     /// Bumped when any session changes, registers or is evicted.
     changes: watch::Sender<u64>,
+    /// `None`: live view only, nothing kept (store = "none").
+    ingestion: Option<Ingestion>,
 }
 
 impl Registry {
@@ -58,7 +76,19 @@ impl Registry {
             max_sessions,
             shutdown,
             changes: watch::Sender::new(0),
+            ingestion: None,
         }
+    }
+
+    /// Writes what sessions log to this store from now on.
+    pub fn with_store(mut self, ingestion: Ingestion) -> Self {
+        self.ingestion = Some(ingestion);
+        self
+    }
+
+    /// The store, when there is one (for the HTTP API).
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.ingestion.as_ref().map(|i| &i.store)
     }
 
     /// Notifies on each change of any session, and when one registers or is
@@ -102,26 +132,48 @@ impl Registry {
     ) -> Result<Registered, RegisterError> {
         let now = proto::now_ms();
         let existing = self.get(id);
+        let mut from_store = None;
+        if let Some(ing) = &self.ingestion {
+            if existing.is_none() {
+                from_store = ing.store.run(id).await?;
+            }
+            let record = run_record(id, client_name, config.as_ref(), now);
+            ing.writer.write(Write::Run(record)).await?;
+        }
         let (session, resumed) = match existing {
             Some(s) => (s, true),
-            None => (self.insert_new(id, now)?, false),
+            None => (self.insert_new(id, now)?, from_store.is_some()),
         };
         session.counters.registrations.fetch_add(1, Relaxed);
         session.touch(now);
         let mut st = session.state().write().await;
+        if let Some(sum) = &from_store {
+            // Only ever forwards: a session created concurrently may have
+            // accepted more already.
+            st.last_event_seq = st.last_event_seq.max(sum.last_event_seq);
+            st.last_point_seq = st.last_point_seq.max(sum.last_point_seq);
+            session.committed(sum.last_event_seq, sum.last_point_seq);
+            session.set_finished(sum.status.is_finished());
+        }
         st.client_name = client_name.to_string();
         st.client_version = client_version.to_string();
         if let Some(c) = config {
             session.set_config(&mut st, c);
         }
         st.last_seen_ms = now;
-        let last_event_seq = st.last_event_seq;
+        // What the agent resumes after: committed, so nothing it drops
+        // from its segment is lost if the server dies now.
+        let (last_event_seq, last_point_seq) = match &self.ingestion {
+            Some(_) => session.committed_seqs(),
+            None => (st.last_event_seq, st.last_point_seq),
+        };
         drop(st);
         session.changed();
         Ok(Registered {
             session,
             resumed,
             last_event_seq,
+            last_point_seq,
         })
     }
 
@@ -143,8 +195,37 @@ impl Registry {
             self.changes.clone(),
         );
         map.insert(id.to_string(), session.clone());
-        tokio::spawn(apply::run(session.clone(), rx, self.history));
+        tokio::spawn(apply::run(
+            session.clone(),
+            rx,
+            self.history,
+            self.ingestion.as_ref().map(|i| i.writer.clone()),
+        ));
         Ok(session)
+    }
+}
+
+/// The run as registered: the device is the agent's client name, the name
+/// the session id; model, dataset and the whole config from TrainingConfig.
+fn run_record(id: &str, client: &str, config: Option<&TrainingConfig>, now: u64) -> RunRecord {
+    let json = config.map(|c| {
+        serde_json::json!({
+            "total_epochs": c.total_epochs,
+            "batches_per_epoch": c.batches_per_epoch,
+            "batch_size": c.batch_size,
+            "model_name": c.model_name,
+            "dataset_name": c.dataset_name,
+            "class_names": c.class_names,
+        })
+    });
+    RunRecord {
+        id: id.to_string(),
+        device: client.to_string(),
+        name: id.to_string(),
+        model: config.map(|c| c.model_name.clone()).unwrap_or_default(),
+        dataset: config.map(|c| c.dataset_name.clone()).unwrap_or_default(),
+        config: json.map(|j| j.to_string()).unwrap_or_else(|| "{}".into()),
+        created_ms: now as i64,
     }
 }
 

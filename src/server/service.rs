@@ -87,6 +87,7 @@ impl proto::MetricsService for Service {
             client = %info.client_name,
             resumed = reg.resumed,
             last_event_seq = reg.last_event_seq,
+            last_point_seq = reg.last_point_seq,
             "session registered"
         );
         Ok(Response::new(SessionResponse {
@@ -100,7 +101,7 @@ impl proto::MetricsService for Service {
             server_config: Some(self.server_config()),
             last_event_seq: reg.last_event_seq,
             resumed: reg.resumed,
-            last_point_seq: 0,
+            last_point_seq: reg.last_point_seq,
         }))
     }
 
@@ -226,6 +227,7 @@ fn handle(
         Some(error(sid, ErrorCode::InvalidData, message))
     };
     let seq = req.event_seq;
+    let missed_before = req.events_missed_before;
     let item = match req.payload {
         None => return invalid("message has no payload".to_string()),
         Some(Payload::Heartbeat(hb)) => {
@@ -260,6 +262,7 @@ fn handle(
             Ingest::Epoch {
                 epoch,
                 seq,
+                missed_before,
                 reply: tx.clone(),
             }
         }
@@ -271,15 +274,18 @@ fn handle(
                 config: s.config,
                 timestamp_ms: s.timestamp_ms,
                 seq,
+                missed_before,
                 reply: tx.clone(),
             },
         },
-        Some(Payload::ScalarBatch(b)) => {
-            return invalid(format!(
-                "scalar_batch (first_seq {}, {} points): this server does not store scalars yet",
-                b.first_seq,
-                b.points.len()
-            ))
+        Some(Payload::ScalarBatch(batch)) => {
+            if let Err(e) = validate::scalar_batch(&batch) {
+                return invalid(e.0);
+            }
+            Ingest::Scalars {
+                batch,
+                reply: tx.clone(),
+            }
         }
         Some(Payload::PerformanceData(p)) => {
             if let Err(e) = validate::performance(&p) {
@@ -288,8 +294,14 @@ fn handle(
             Ingest::Performance(p)
         }
     };
+    let sequenced = matches!(&item, Ingest::Epoch { .. } | Ingest::Status { .. });
     match session.enqueue(item) {
-        Ok(()) => None,
+        Ok(()) => {
+            if sequenced {
+                counters.events_received.fetch_add(1, Relaxed);
+            }
+            None
+        }
         Err(item) => {
             counters.buffer_full.fetch_add(1, Relaxed);
             let what = match &item {
@@ -298,6 +310,11 @@ fn handle(
                 }
                 Ingest::Epoch { epoch, .. } => format!("epoch {} summary", epoch.epoch),
                 Ingest::Status { .. } => "status update".to_string(),
+                Ingest::Scalars { batch, .. } => format!(
+                    "scalar batch of {} points from {}",
+                    batch.points.len(),
+                    batch.first_seq
+                ),
                 Ingest::Performance(_) => "performance data".to_string(),
             };
             Some(error(

@@ -20,7 +20,7 @@ use super::state::{Counters, SessionState};
 use crate::config::History;
 use crate::proto::{
     self, metrics_response, BatchData, ControlCommand, EpochData, MetricsResponse, PerformanceData,
-    TrainingConfig, TrainingStatus,
+    ScalarBatch, TrainingConfig, TrainingStatus,
 };
 
 /// Commands held for a session while no stream is attached to it (a
@@ -44,6 +44,8 @@ pub enum Ingest {
     Epoch {
         epoch: EpochData,
         seq: u64,
+        /// Events the agent lost before this one (its ring was lapped).
+        missed_before: u64,
         reply: Reply,
     },
     Status {
@@ -52,6 +54,11 @@ pub enum Ingest {
         config: Option<TrainingConfig>,
         timestamp_ms: u64,
         seq: u64,
+        missed_before: u64,
+        reply: Reply,
+    },
+    Scalars {
+        batch: ScalarBatch,
         reply: Reply,
     },
     Performance(PerformanceData),
@@ -75,6 +82,10 @@ pub struct Session {
     commands: Mutex<CommandRoute>,
     /// Change notification for the dashboard (see [`Changes`]).
     changes: Changes,
+    /// Highest event and point numbers the store has committed (or, with
+    /// no store, applied): where a failed write rewinds to.
+    committed_event_seq: AtomicU64,
+    committed_point_seq: AtomicU64,
 }
 
 /// Version counters bumped after every applied message: one per session and
@@ -141,6 +152,8 @@ impl Session {
                 session: watch::Sender::new(0),
                 registry: registry_changes,
             },
+            committed_event_seq: AtomicU64::new(0),
+            committed_point_seq: AtomicU64::new(0),
         });
         (session, rx)
     }
@@ -173,6 +186,21 @@ impl Session {
     pub(super) fn set_config(&self, st: &mut SessionState, config: TrainingConfig) {
         self.classes.store(config.class_names.len(), Relaxed);
         st.config = Some(config);
+    }
+
+    /// Records that events up to `event_seq` and points up to `point_seq`
+    /// are committed (0: no news of that sequence).
+    pub(super) fn committed(&self, event_seq: u64, point_seq: u64) {
+        self.committed_event_seq.fetch_max(event_seq, Relaxed);
+        self.committed_point_seq.fetch_max(point_seq, Relaxed);
+    }
+
+    /// (events, points) committed so far.
+    pub fn committed_seqs(&self) -> (u64, u64) {
+        (
+            self.committed_event_seq.load(Relaxed),
+            self.committed_point_seq.load(Relaxed),
+        )
     }
 
     /// Records whether the run has ended, for eviction without the lock.

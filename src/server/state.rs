@@ -22,8 +22,23 @@ pub struct Counters {
     pub batches_invalid: AtomicU64,
     pub messages_invalid: AtomicU64,
     pub buffer_full: AtomicU64,
+    /// Sequenced events (epoch summaries, status changes) that validated
+    /// and found room in the session's queue.
+    pub events_received: AtomicU64,
     pub events_applied: AtomicU64,
     pub events_duplicate: AtomicU64,
+    /// Events that arrived beyond the next number (after a refused one):
+    /// dropped unacknowledged for the agent to resend in order.
+    pub events_out_of_order: AtomicU64,
+    /// Events the agent reported lost (`events_missed_before`).
+    pub events_missed: AtomicU64,
+    pub points_applied: AtomicU64,
+    pub points_duplicate: AtomicU64,
+    pub points_out_of_order: AtomicU64,
+    /// Points the agent reported lost (`ScalarBatch.missed_before`).
+    pub points_missed: AtomicU64,
+    /// Store writes that failed or were refused; none was acknowledged.
+    pub store_errors: AtomicU64,
     pub heartbeats: AtomicU64,
     pub image_bytes: AtomicU64,
     pub registrations: AtomicU64,
@@ -130,8 +145,11 @@ pub struct SessionState {
     pub loss: LossSeries,
     pub epochs: VecDeque<EpochRecord>,
     pub performance: Option<PerformanceData>,
-    /// Highest event sequence number applied (0: none).
+    /// Highest event sequence number accepted, in order (0: none). With a
+    /// store, its commit may still be on the way.
     pub last_event_seq: u64,
+    /// Highest scalar point sequence number accepted, likewise.
+    pub last_point_seq: u64,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
 }
@@ -151,6 +169,7 @@ impl SessionState {
             epochs: VecDeque::new(),
             performance: None,
             last_event_seq: 0,
+            last_point_seq: 0,
             registered_ms: now_ms,
             last_seen_ms: now_ms,
         }

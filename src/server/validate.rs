@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::limits::Limits;
 use crate::proto::{
-    BatchData, EpochData, PerformanceData, SessionInfo, StatusUpdate, TrainingConfig,
+    BatchData, EpochData, PerformanceData, ScalarBatch, SessionInfo, StatusUpdate, TrainingConfig,
     TrainingStatus,
 };
 use crate::telemetry::fps::PERFORMANCE_FIELDS;
@@ -15,6 +15,10 @@ use crate::telemetry::resources::RESOURCE_FIELDS;
 pub use crate::proto::MAX_SESSION_ID_LEN;
 /// Longest free-text field (names, status messages) kept.
 pub const MAX_TEXT_LEN: usize = 1024;
+/// Most points one ScalarBatch may carry (the agent sends at most 1,024).
+pub const MAX_POINTS_PER_BATCH: usize = 4096;
+/// Longest scalar key.
+pub const MAX_KEY_LEN: usize = 128;
 /// Most class names a TrainingConfig may list (ImageNet-21k has ~21,841).
 pub const MAX_CLASSES: usize = 100_000;
 
@@ -177,6 +181,62 @@ pub fn epoch(e: &EpochData) -> Result<(), Invalid> {
             e.epoch,
             e.average_accuracy
         );
+    }
+    for (k, v) in &e.metrics {
+        scalar_key(&format!("epoch {} metrics", e.epoch), k)?;
+        if !v.is_finite() {
+            return invalid!(
+                "epoch {} metrics: key {k:?} has value {v}, not finite",
+                e.epoch
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A scalar key: 1–128 characters of `[A-Za-z0-9._/-]`, the writer's rule.
+fn scalar_key(what: &str, key: &str) -> Result<(), Invalid> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return invalid!(
+            "{what}: key {:?} is {} bytes long, not 1 to {MAX_KEY_LEN}",
+            truncate(key),
+            key.len()
+        );
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
+    {
+        return invalid!("{what}: key {key:?} contains {c:?}, outside [A-Za-z0-9._/-]");
+    }
+    Ok(())
+}
+
+/// A scalar batch: numbered from 1, bounded, every key valid and every
+/// value finite; the error names the offending key and value.
+pub fn scalar_batch(b: &ScalarBatch) -> Result<(), Invalid> {
+    if b.first_seq == 0 {
+        return invalid!("scalar_batch.first_seq is 0; points are numbered from 1");
+    }
+    let n = b.points.len();
+    if n == 0 || n > MAX_POINTS_PER_BATCH {
+        return invalid!(
+            "scalar_batch (first_seq {}) has {n} points, not 1 to {MAX_POINTS_PER_BATCH}",
+            b.first_seq
+        );
+    }
+    if b.first_seq.checked_add(n as u64).is_none() {
+        return invalid!(
+            "scalar_batch.first_seq {} + {n} points overflows",
+            b.first_seq
+        );
+    }
+    for (i, p) in b.points.iter().enumerate() {
+        let what = format!("scalar_batch point {}", b.first_seq + i as u64);
+        scalar_key(&what, &p.key)?;
+        if !p.value.is_finite() {
+            return invalid!("{what}: key {:?} has value {}, not finite", p.key, p.value);
+        }
     }
     Ok(())
 }
@@ -373,6 +433,40 @@ mod tests {
             .unwrap_err()
             .0
             .contains("129 bytes"));
+    }
+
+    #[test]
+    fn scalar_batches_name_the_bad_key_and_value() {
+        use crate::proto::ScalarPoint;
+        let pt = |key: &str, value: f64| ScalarPoint {
+            key: key.into(),
+            step: 1,
+            wall_time_ms: 1,
+            value,
+        };
+        let b = |first_seq, points| ScalarBatch {
+            first_seq,
+            points,
+            missed_before: 0,
+        };
+        assert!(scalar_batch(&b(1, vec![pt("train/loss", 0.5)])).is_ok());
+        assert!(scalar_batch(&b(0, vec![pt("a", 1.0)]))
+            .unwrap_err()
+            .0
+            .contains("first_seq is 0"));
+        assert!(scalar_batch(&b(1, vec![]))
+            .unwrap_err()
+            .0
+            .contains("0 points"));
+        let e = scalar_batch(&b(7, vec![pt("ok", 1.0), pt("lr", f64::NAN)])).unwrap_err();
+        assert!(
+            e.0.contains("point 8") && e.0.contains("\"lr\"") && e.0.contains("NaN"),
+            "{e}"
+        );
+        let e = scalar_batch(&b(1, vec![pt("val loss", 1.0)])).unwrap_err();
+        assert!(e.0.contains("' '"), "{e}");
+        assert!(scalar_batch(&b(1, vec![pt(&"k".repeat(129), 1.0)])).is_err());
+        assert!(scalar_batch(&b(u64::MAX, vec![pt("a", 1.0)])).is_err());
     }
 
     #[test]

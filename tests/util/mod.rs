@@ -28,6 +28,31 @@ pub fn python() -> PathBuf {
     PathBuf::from("python3")
 }
 
+/// A SQLite store file in a temp dir of its own, removed when dropped: what
+/// in-test servers keep their system of record in.
+pub struct TempStore {
+    dir: tempfile::TempDir,
+}
+
+impl TempStore {
+    pub fn new() -> TempStore {
+        TempStore {
+            dir: tempfile::tempdir().expect("temp dir for a store"),
+        }
+    }
+
+    /// The `--store` value: the file's path.
+    pub fn place(&self) -> String {
+        self.dir.path().join("trainwatch.db").display().to_string()
+    }
+}
+
+impl Default for TempStore {
+    fn default() -> Self {
+        TempStore::new()
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

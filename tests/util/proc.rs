@@ -5,18 +5,21 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
-use super::{trainwatch_bin, TEST_TIMEOUT};
+use super::{trainwatch_bin, TempStore, TEST_TIMEOUT};
 
 /// A `trainwatch server` process; killed when dropped.
 pub struct ServerProc {
     child: Option<Child>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The temp store given when ARGS name none; removed after the process.
+    _store: Option<TempStore>,
 }
 
 impl ServerProc {
     /// Starts `trainwatch server ARGS` (with ephemeral loopback ports unless
-    /// ARGS set them) and waits for its `listening` line.
+    /// ARGS set them, and a temp SQLite store unless ARGS give `--store`)
+    /// and waits for its `listening` line.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> ServerProc {
         let mut cmd = Command::new(trainwatch_bin());
         cmd.arg("server");
@@ -27,6 +30,10 @@ impl ServerProc {
             if !args.contains(&flag) {
                 cmd.args([flag, default]);
             }
+        }
+        let store = (!args.contains(&"--store")).then(TempStore::new);
+        if let Some(s) = &store {
+            cmd.args(["--store", &s.place()]);
         }
         cmd.args(args)
             .stdin(Stdio::null())
@@ -63,6 +70,7 @@ impl ServerProc {
             grpc: field("grpc="),
             http: field("http="),
             child: Some(child),
+            _store: store,
         }
     }
 

@@ -308,6 +308,14 @@ pub enum Write {
         first_seq: u64,
         points: Vec<Point>,
     },
+    /// The agent lost the run's `what` numbers after the last stored, up
+    /// to `through` (its segment's ring was lapped): the sequence moves on
+    /// to `through` so the next number applies; never moves it backwards.
+    Gap {
+        run: String,
+        what: SeqKind,
+        through: u64,
+    },
     Perf {
         run: String,
         samples: Vec<PerfSample>,
@@ -350,6 +358,7 @@ impl Write {
             Write::Status { run, .. }
             | Write::Epoch { run, .. }
             | Write::Points { run, .. }
+            | Write::Gap { run, .. }
             | Write::Perf { run, .. }
             | Write::Command { run, .. }
             | Write::CommandDelivered { run, .. }

@@ -303,6 +303,20 @@ impl Tx<'_> {
         Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
     }
 
+    async fn gap(&mut self, run: &str, what: SeqKind, through: u64) -> Result<Applied> {
+        let sql = match what {
+            SeqKind::Event => {
+                "UPDATE runs SET last_event_seq = greatest(last_event_seq, $2) WHERE id = $1"
+            }
+            SeqKind::Point => {
+                "UPDATE runs SET last_point_seq = greatest(last_point_seq, $2) WHERE id = $1"
+            }
+        };
+        let through = through as i64;
+        self.exec(sql, &[&run, &through]).await?;
+        Ok(STORED_ONE)
+    }
+
     async fn apply_one(&mut self, w: Write) -> Result<Result<Applied>> {
         if let Err(e) = w.check() {
             return Ok(Err(e));
@@ -324,6 +338,7 @@ impl Tx<'_> {
                 first_seq,
                 points,
             } => self.points(&run, first_seq, &points).await,
+            Write::Gap { run, what, through } => self.gap(&run, what, through).await.map(Ok),
             Write::Perf { run, samples } => self.perf(&run, &samples).await.map(Ok),
             Write::Command { run, record } => self.command(&run, &record).await.map(Ok),
             Write::CommandDelivered { run, id, at_ms } => {

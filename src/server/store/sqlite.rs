@@ -282,6 +282,7 @@ fn apply_one(tx: &Transaction, options: StoreOptions, w: Write) -> Result<Result
             first_seq,
             points,
         } => insert_points(tx, &run, first_seq, &points),
+        Write::Gap { run, what, through } => gap(tx, &run, what, through).map(Ok),
         Write::Perf { run, samples } => perf(tx, &run, &samples).map(Ok),
         Write::Command { run, record } => command(tx, &run, &record).map(Ok),
         Write::CommandDelivered { run, id, at_ms } => command_mark(tx, &run, id, at_ms, false),
@@ -435,6 +436,16 @@ fn insert_points(
         stored: n - skip,
         skipped: skip,
     }))
+}
+
+fn gap(tx: &Transaction, run: &str, what: SeqKind, through: u64) -> Result<Applied> {
+    let sql = match what {
+        SeqKind::Event => "UPDATE runs SET last_event_seq = max(last_event_seq, ?2) WHERE id = ?1",
+        SeqKind::Point => "UPDATE runs SET last_point_seq = max(last_point_seq, ?2) WHERE id = ?1",
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![run, through as i64])?;
+    Ok(STORED_ONE)
 }
 
 fn perf(tx: &Transaction, run: &str, samples: &[PerfSample]) -> Result<Applied> {
