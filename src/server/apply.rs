@@ -3,8 +3,8 @@
 //! and acknowledges it only once the store has committed it.
 //!
 //! Sequenced messages (events, scalar batches) are applied strictly in
-//! order: the next number (or the next after exactly the `missed_before`
-//! the agent reports lost) applies; a resend of what is applied is skipped
+//! order: the next number (or one whose `missed_before` covers every
+//! number between) applies; a resend of what is applied is skipped
 //! and acknowledged again; anything beyond is dropped unacknowledged, and
 //! the agent's go-back-N resends it. So a BUFFER_FULL on event N followed by
 //! N+1 getting through can no longer move the acknowledgement past N.
@@ -305,16 +305,21 @@ enum Order {
 }
 
 /// `count` numbers from `first` (after `missed` reported lost) against the
-/// last accepted `last`. A message overlapping the accepted end applies (the
-/// store skips the overlap).
+/// last accepted `last`: it applies when `first - missed <= last + 1`, the
+/// rule the proto states. A message overlapping the accepted end applies
+/// (the store skips the overlap).
 fn order(last: u64, first: u64, count: u64, missed: u64) -> Order {
     let end = first.saturating_add(count.max(1) - 1);
     if end <= last {
         Order::Resent
     } else if first <= last.saturating_add(1) {
         Order::Next { gap: 0 }
-    } else if missed > 0 && last.checked_add(missed).and_then(|n| n.checked_add(1)) == Some(first) {
-        Order::Next { gap: missed }
+    } else if first.saturating_sub(missed) <= last.saturating_add(1) {
+        // Numbers between the last accepted and `first` were reported lost
+        // (the sender may have had part of its lost run accepted before).
+        Order::Next {
+            gap: first - last - 1,
+        }
     } else {
         Order::Beyond
     }
@@ -552,6 +557,8 @@ mod tests {
         assert_eq!(order(5, 7, 1, 0), Order::Beyond);
         assert_eq!(order(5, 7, 1, 1), Order::Next { gap: 1 });
         assert_eq!(order(5, 8, 1, 1), Order::Beyond);
+        // A lost run part of which was accepted before: only the rest is a gap.
+        assert_eq!(order(5, 8, 1, 4), Order::Next { gap: 2 });
         // A batch overlapping the accepted end applies (the store skips it).
         assert_eq!(order(10, 8, 5, 0), Order::Next { gap: 0 });
         assert_eq!(order(10, 8, 3, 0), Order::Resent);
