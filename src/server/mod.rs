@@ -11,6 +11,7 @@
 //! command route) → `apply` (the task that writes it into the run's `state`
 //! and acknowledges it); `http` and `dashboard` read that state.
 
+pub mod api;
 mod apply;
 pub mod dashboard;
 pub mod http;
