@@ -12,6 +12,7 @@
 //! and acknowledges it); `http` and `dashboard` read that state.
 
 pub mod api;
+pub mod api;
 mod apply;
 pub mod dashboard;
 pub mod http;
