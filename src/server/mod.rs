@@ -12,7 +12,6 @@
 //! and acknowledges it); `http` and `dashboard` read that state.
 
 pub mod api;
-pub mod api;
 mod apply;
 pub mod dashboard;
 pub mod http;
