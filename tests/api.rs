@@ -23,7 +23,7 @@ use util::TEST_TIMEOUT;
 const NOW_MS: i64 = 1_704_067_200_000;
 
 struct Served {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     store: Arc<dyn Store>,
     addr: SocketAddr,
 }
@@ -31,7 +31,11 @@ struct Served {
 async fn serve(token: Option<&str>) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let place = dir.path().join("trainwatch.db").display().to_string();
-    let store = store::open(&place, StoreOptions::default()).await.unwrap();
+    serve_at(&place, token, Some(dir)).await
+}
+
+async fn serve_at(place: &str, token: Option<&str>, dir: Option<tempfile::TempDir>) -> Served {
+    let store = store::open(place, StoreOptions::default()).await.unwrap();
     let router = api::routes(
         store.clone(),
         ControlPolicy {
@@ -189,7 +193,20 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_serves_what_the_store_holds() {
-    let s = serve(None).await;
+    every_endpoint(serve(None).await).await;
+}
+
+/// The same against PostgreSQL, when the harness can start a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_serves_what_the_store_holds_postgres() {
+    let Some(cluster) = util::postgres::cluster_or_skip("api_every_endpoint") else {
+        return;
+    };
+    let url = cluster.fresh_db().await;
+    every_endpoint(serve_at(&url, None, None).await).await;
+}
+
+async fn every_endpoint(s: Served) {
     fill(&*s.store).await;
     let a = s.addr;
 
