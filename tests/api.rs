@@ -171,6 +171,26 @@ async fn get_err(addr: SocketAddr, path: &str) -> (u16, String) {
     error_of(status, &body)
 }
 
+/// The status line and headers of `GET path`, lower-cased (the shared
+/// client returns only the body).
+async fn response_head(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        c.read_to_end(&mut buf).await.unwrap();
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("header end");
+        String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase()
+    })
+    .await
+    .expect("response in time")
+}
+
 /// Decodes an HTTP/1.1 chunked body (the test client reads raw bytes).
 fn dechunk(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -382,6 +402,13 @@ async fn export_streams_every_point_complete_in_both_formats() {
         Some(format!("big,train/loss,1,{},0.5", NOW_MS + 1).as_str())
     );
     assert_eq!(rows.count() as u64, n - 1);
+
+    let head = response_head(s.addr, "/api/runs/big/export?format=csv").await;
+    assert!(head.contains("content-type: text/csv"), "{head}");
+    assert!(
+        head.contains("content-disposition: attachment; filename=\"big.csv\""),
+        "{head}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
