@@ -467,7 +467,10 @@ fn parse_command(body: CommandJson) -> Result<ControlCommand, String> {
 }
 
 /// Checks the token and where the request comes from; `Err` is the answer.
-fn authorize(policy: &ControlPolicy, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+pub(crate) fn authorize(
+    policy: &ControlPolicy,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, String)> {
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     match &policy.token {
         Some(token) => {

@@ -15,6 +15,7 @@
 //! and is acknowledged only once committed; the store is opened (and
 //! migrated) at start unless configured "none".
 
+pub mod api;
 mod apply;
 pub mod dashboard;
 pub mod http;

@@ -16,6 +16,7 @@
 
 pub mod export;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 pub mod writer;
 
