@@ -1265,6 +1265,44 @@ mod python {
         );
     }
 
+    /// Issue 14: `pub.log` through the C ABI; Rust reads every point.
+    #[test]
+    fn python_logs_named_scalars_and_bad_ones_are_refused() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let out = output_bounded(python(dir.path(), &["scalars"]));
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for want in [
+            "seq 2\n",
+            "TrainwatchError: invalid argument: key \"bad key\" (value 2)",
+            "TrainwatchError: invalid argument: key \"loss\": value NaN is not finite",
+            "seq 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+        assert!(!text.contains("accepted"), "{text}");
+        let mut r = Reader::open(&dir.path().join("scalars")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.next_points(&mut out, 10).unwrap(), PointsRead::Points(3));
+        let seen: Vec<(&str, i64, f64)> = out.iter().map(|p| (&*p.key, p.step, p.value)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("val_loss", 7, 0.41),
+                ("lr", 7, 1e-3),
+                ("grad_norm", 9, 2.5)
+            ]
+        );
+    }
+
     #[test]
     fn a_missing_library_names_every_path_tried() {
         if skip_without_numpy() {
