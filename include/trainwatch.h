@@ -125,6 +125,11 @@ int tw_publish_frame(tw_publisher *p, const tw_batch *batch);
 int tw_record_progress(tw_publisher *p, uint32_t epoch, uint32_t batch_idx, float loss);
 /* Lossless events: the event number (>= 1). */
 int64_t tw_publish_epoch(tw_publisher *p, uint32_t epoch, float average_loss, float average_accuracy);
+/* Logs n named scalars at step (keys[i] = values[i]), lossless. Keys: 1-128
+   of [A-Za-z0-9._/-]; values finite; a bad one is refused naming the key
+   and the value, and nothing is written. Returns the point seq of the last
+   point, or -1 (tw_last_error). */
+int64_t tw_log(tw_publisher *p, int64_t step, const char *const *keys, const double *values, size_t n);
 int64_t tw_publish_status(tw_publisher *p, uint32_t status, const char *message);
 /* Oldest unacknowledged command: 1 (filled), 0 none, -1 malformed (skipped). */
 int tw_next_command(tw_publisher *p, tw_command *out);

@@ -7,7 +7,8 @@
 //! and serves it over HTTP.
 //!
 //! - [`shm`] — the trainer → agent hand-off: one shared-memory segment per
-//!   run (format in [`shm::layout`]), a never-blocking writer exported to C
+//!   run (format in [`shm::layout`]; v2 adds a lossless points ring for
+//!   named scalars beside the event ring), a never-blocking writer exported to C
 //!   and Python, and a reader that validates everything it maps. Every ring
 //!   goes through one seqlock (`shm/seqlock.rs`), whose Acquire/Release
 //!   ordering makes torn reads detectable on aarch64.

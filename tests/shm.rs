@@ -13,8 +13,9 @@ use std::sync::mpsc;
 use tempfile::TempDir;
 use trainwatch::shm::layout::{self, control, event, frame, hdr};
 use trainwatch::shm::{
-    Batch, CommandKind, Event, EventRead, Frame, FrameRead, ImagePolicy, Images, Published, Reader,
-    RunConfig, SendOutcome, ShmError, TrainingStatus, Writer, WriterOptions, WriterState,
+    Batch, CommandKind, Event, EventRead, Frame, FrameRead, ImagePolicy, Images, PointRecord,
+    PointsRead, Published, Reader, RunConfig, SendOutcome, ShmError, TrainingStatus, Writer,
+    WriterOptions, WriterState, LOSS_KEY,
 };
 use trainwatch::tensor::{DType, Layout, Normalization, TensorDesc};
 use util::alloc::{thread_allocations as allocs, Counting};
@@ -467,8 +468,9 @@ mod bad_input {
     fn future_version() {
         let dir = shm_dir();
         let (mut bytes, _) = valid_image(dir.path());
-        put_u32(&mut bytes, hdr::VERSION, 2);
-        assert!(open_err("v", &bytes).contains("header version is 2, expected 1"));
+        put_u32(&mut bytes, hdr::VERSION, 3);
+        let msg = open_err("v", &bytes);
+        assert!(msg.contains("header version is 3, expected 1..=2"), "{msg}");
     }
 
     #[test]
@@ -1263,6 +1265,44 @@ mod python {
         );
     }
 
+    /// Issue 14: `pub.log` through the C ABI; Rust reads every point.
+    #[test]
+    fn python_logs_named_scalars_and_bad_ones_are_refused() {
+        if skip_without_numpy() {
+            return;
+        }
+        let dir = shm_dir();
+        let out = output_bounded(python(dir.path(), &["scalars"]));
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for want in [
+            "seq 2\n",
+            "TrainwatchError: invalid argument: key \"bad key\" (value 2)",
+            "TrainwatchError: invalid argument: key \"loss\": value NaN is not finite",
+            "seq 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+        assert!(!text.contains("accepted"), "{text}");
+        let mut r = Reader::open(&dir.path().join("scalars")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.next_points(&mut out, 10).unwrap(), PointsRead::Points(3));
+        let seen: Vec<(&str, i64, f64)> = out.iter().map(|p| (&*p.key, p.step, p.value)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("val_loss", 7, 0.41),
+                ("lr", 7, 1e-3),
+                ("grad_norm", 9, 2.5)
+            ]
+        );
+    }
+
     #[test]
     fn a_missing_library_names_every_path_tried() {
         if skip_without_numpy() {
@@ -1399,7 +1439,7 @@ mod inspect {
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
         for want in [
-            "format v1",
+            "format v2",
             "model resnet18, dataset cifar10, 10 epochs x 500 batches of 64, 3 classes [cat, dog, ünïcode]",
             "newest   frame 2: epoch 1 batch 1",
             "images 2 x 3x8x8 u8 NCHW",
@@ -1635,5 +1675,207 @@ mod hot_paths {
             w.publish_epoch(1, 0.5, 0.5);
         }
         assert_eq!(allocs() - before, 0, "allocations on the hot path");
+    }
+}
+
+// ---------------------------------------------------------------- points (issue 14)
+
+/// Named scalars: format 2's key table and points ring.
+mod points {
+    use super::*;
+
+    fn drain(r: &mut Reader) -> Vec<PointRecord> {
+        let mut out = Vec::new();
+        loop {
+            match r.next_points(&mut out, 1000).unwrap() {
+                PointsRead::Points(0) => return out,
+                PointsRead::Points(_) => {}
+                PointsRead::Missed { first, count } => panic!("missed {count} from {first}"),
+            }
+        }
+    }
+
+    #[test]
+    fn points_round_trip_in_order_with_keys() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("p"), &opts(dir.path())).unwrap();
+        assert_eq!(w.log(7, &[("val_loss", 0.41), ("lr", 1e-3)]).unwrap(), 2);
+        assert_eq!(
+            w.log(8, &[("lr", 5e-4), ("grad/norm-2.x", 2.3)]).unwrap(),
+            4
+        );
+        assert_eq!(w.log(9, &[]).unwrap(), 4);
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.format_version(), 2);
+        assert_eq!(r.point_positions(), (0, 0, 4));
+        let got = drain(&mut r);
+        let seen: Vec<(u64, &str, i64, f64)> = got
+            .iter()
+            .map(|p| (p.seq, &*p.key, p.step, p.value))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, "val_loss", 7, 0.41),
+                (2, "lr", 7, 1e-3),
+                (3, "lr", 8, 5e-4),
+                (4, "grad/norm-2.x", 8, 2.3),
+            ]
+        );
+        assert!(got.iter().all(|p| p.wall_unix_ns > 0));
+        assert_eq!(r.point_positions(), (0, 4, 4));
+        r.ack_points(3).unwrap();
+        r.ack_points(2).unwrap(); // never backwards
+        assert!(r.ack_points(5).unwrap_err().to_string().contains("point 5"));
+        r.rewind_points_to_ack();
+        assert_eq!(r.point_positions(), (3, 3, 4));
+        assert_eq!(drain(&mut r).len(), 1);
+        r.seek_points(1);
+        assert_eq!(drain(&mut r)[0].seq, 2);
+        r.seek_points(u64::MAX);
+        assert_eq!(r.point_positions().1, 4);
+        // A restarted reader starts at the acknowledged position.
+        let mut r2 = Reader::open(w.path()).unwrap();
+        assert_eq!(r2.point_positions(), (3, 3, 4));
+        assert_eq!(drain(&mut r2)[0].seq, 4);
+        assert_eq!(r2.points_written(), 4);
+    }
+
+    #[test]
+    fn every_batch_loss_is_a_point_copied_or_not() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.image_policy = ImagePolicy::Auto; // nobody attached: every frame skipped
+        let mut w = Writer::create(&config("l"), &o).unwrap();
+        for i in 0..5u32 {
+            let mut b = batch(2, i, None, &[]);
+            b.loss = if i == 3 { f32::NAN } else { i as f32 };
+            assert_eq!(w.publish_batch(&b).unwrap(), Published::Skipped);
+        }
+        let mut r = Reader::open(w.path()).unwrap();
+        let got = drain(&mut r);
+        let seen: Vec<(&str, i64, f64)> = got.iter().map(|p| (&*p.key, p.step, p.value)).collect();
+        // batches_per_epoch is 500; the NaN loss of batch 3 is counted, not logged.
+        assert_eq!(
+            seen,
+            vec![
+                (LOSS_KEY, 1000, 0.0),
+                (LOSS_KEY, 1001, 1.0),
+                (LOSS_KEY, 1002, 2.0),
+                (LOSS_KEY, 1004, 4.0)
+            ]
+        );
+        assert_eq!(r.batches_published(), 5);
+    }
+
+    #[test]
+    fn a_lapped_ring_reports_the_exact_missed_count() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.point_slots = 8;
+        let mut w = Writer::create(&config("lap"), &o).unwrap();
+        let mut r = Reader::open(w.path()).unwrap();
+        let vals: Vec<(&str, f64)> = (0..20).map(|i| ("x", f64::from(i))).collect();
+        w.log(1, &vals).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            r.next_points(&mut out, 100).unwrap(),
+            PointsRead::Missed {
+                first: 1,
+                count: 12
+            }
+        );
+        assert_eq!(r.next_points(&mut out, 100).unwrap(), PointsRead::Points(8));
+        assert_eq!(out.first().map(|p| (p.seq, p.value)), Some((13, 12.0)));
+        assert_eq!(out.last().map(|p| p.seq), Some(20));
+        assert_eq!(r.next_points(&mut out, 100).unwrap(), PointsRead::Points(0));
+    }
+
+    #[test]
+    fn bad_key_or_value_is_refused_naming_it_and_nothing_is_written() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("bad"), &opts(dir.path())).unwrap();
+        let long = "k".repeat(129);
+        for (pts, needle) in [
+            (vec![("ok", 1.0), ("bad key", 2.0)], "\"bad key\" (value 2)"),
+            (vec![("ok", 1.0), ("loss", f64::NAN)], "\"loss\": value NaN"),
+            (
+                vec![("ok", 1.0), ("inf", f64::INFINITY)],
+                "\"inf\": value inf",
+            ),
+            (vec![("", 1.0)], "key \"\""),
+            (vec![(long.as_str(), 1.0)], "kkkk"),
+        ] {
+            let e = w.log(1, &pts).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e} lacks {needle}");
+        }
+        assert_eq!(w.points_written(), 0);
+        let r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.point_positions(), (0, 0, 0));
+        assert_eq!(r.geometry().key_capacity, layout::KEY_CAPACITY);
+    }
+
+    #[test]
+    fn too_many_distinct_keys_is_refused() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("keys"), &opts(dir.path())).unwrap();
+        let names: Vec<String> = (0..layout::KEY_CAPACITY).map(|i| format!("k{i}")).collect();
+        let pts: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 1.0)).collect();
+        w.log(0, &pts).unwrap();
+        let e = w.log(1, &[("k0", 1.0), ("one_more", 2.0)]).unwrap_err();
+        assert!(e.to_string().contains("one_more"), "{e}");
+        assert_eq!(w.points_written(), u64::from(layout::KEY_CAPACITY));
+        let mut r = Reader::open(w.path()).unwrap();
+        let got = drain(&mut r);
+        assert_eq!(&*got[1023].key, "k1023");
+    }
+
+    #[test]
+    fn a_version_1_segment_is_still_read_and_has_no_points() {
+        let dir = shm_dir();
+        let mut o = opts(dir.path());
+        o.point_slots = 0; // lays out the version-1 format
+        let mut w = Writer::create(&config("v1"), &o).unwrap();
+        w.publish_epoch(0, 1.5, 0.5);
+        w.publish_batch(&batch(0, 1, None, &[])).unwrap();
+        assert!(w
+            .log(1, &[("x", 1.0)])
+            .unwrap_err()
+            .to_string()
+            .contains("version 1"));
+        let bytes = std::fs::read(w.path()).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.format_version(), 1);
+        assert!(matches!(
+            r.next_event().unwrap(),
+            Some(EventRead::Event {
+                event: Event::Epoch { epoch: 0, .. },
+                ..
+            })
+        ));
+        let mut out = Vec::new();
+        assert_eq!(r.next_points(&mut out, 10).unwrap(), PointsRead::Points(0));
+        assert_eq!(r.point_positions(), (0, 0, 0));
+        assert!(r.ack_points(1).is_err());
+        r.ack_points(0).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_key_id_is_reported_naming_it() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("cid"), &opts(dir.path())).unwrap();
+        w.log(1, &[("a", 1.0), ("b", 2.0)]).unwrap();
+        let r0 = Reader::open(w.path()).unwrap();
+        let slot = r0.geometry().point_slot(2) + layout::point::KEY;
+        drop(r0);
+        let mut bytes = std::fs::read(w.path()).unwrap();
+        put_u32(&mut bytes, slot, 77);
+        let mut r = Reader::from_bytes(Path::new("c"), &bytes).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.next_points(&mut out, 10).unwrap(), PointsRead::Points(1));
+        let e = r.next_points(&mut out, 10).unwrap_err();
+        assert!(e.to_string().contains("point 2 key id is 77"), "{e}");
+        assert_eq!(r.next_points(&mut out, 10).unwrap(), PointsRead::Points(0));
     }
 }

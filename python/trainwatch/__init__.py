@@ -212,6 +212,25 @@ class Publisher(object):
         """Publishes an epoch summary (lossless)."""
         return self._check(self._lib.tw_publish_epoch(self._h(), epoch, average_loss, average_accuracy))
 
+    def log(self, scalars, step):
+        """Logs named scalars at `step`, lossless: `pub.log({"val_loss": 0.41, "lr": 1e-3}, step=n)`.
+
+        One call into the library per dict. Keys: 1-128 of [A-Za-z0-9._/-];
+        values finite. A bad key or value raises naming both, and nothing of
+        the dict is logged. Returns the seq of the last point written.
+        """
+        n = len(scalars)
+        keys = (ctypes.c_char_p * n)()
+        values = (ctypes.c_double * n)()
+        for i, (k, v) in enumerate(scalars.items()):
+            if not isinstance(k, str):
+                raise TypeError(f"scalar key {k!r} (value {v!r}): expected a str")
+            if "\0" in k:
+                raise ValueError(f"scalar key {k!r} (value {v!r}): contains NUL")
+            keys[i] = k.encode("utf-8")
+            values[i] = float(v)
+        return self._check(self._lib.tw_log(self._h(), int(step), keys, values, n))
+
     def wants_images(self):
         """Whether the next batch would be copied (the agent reads soon)."""
         return self._check(self._lib.tw_wants_frame(self._h())) == 1

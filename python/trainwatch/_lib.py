@@ -103,6 +103,8 @@ def _declare(lib):
         "tw_record_progress": ([P, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_float], ctypes.c_int),
         "tw_publish_epoch": ([P, ctypes.c_uint32, ctypes.c_float, ctypes.c_float], ctypes.c_int64),
         "tw_publish_status": ([P, ctypes.c_uint32, ctypes.c_char_p], ctypes.c_int64),
+        "tw_log": ([P, ctypes.c_int64, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_double),
+                    ctypes.c_size_t], ctypes.c_int64),
         "tw_next_command": ([P, ctypes.POINTER(Command)], ctypes.c_int),
         "tw_ack_command": ([P, ctypes.c_uint64], ctypes.c_int),
         "tw_heartbeat": ([P], ctypes.c_int),

@@ -475,3 +475,42 @@ pub unsafe extern "C" fn tw_publisher_close(p: *mut TwPublisher, unlink: c_int) 
         h.writer.close(unlink != 0).map(|_| 0)
     })
 }
+
+/// Logs `n` named scalars at `step` (`keys[i]` = `values[i]`). Returns the
+/// point seq of the last point written, or -1 (see `tw_last_error`): a bad
+/// key or a non-finite value is refused naming both, and nothing is written.
+///
+/// # Safety
+/// `p` is a live publisher; `keys` and `values` point at `n` elements each
+/// (NULL only when `n` is 0), every key NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tw_log(
+    p: *mut TwPublisher,
+    step: i64,
+    keys: *const *const c_char,
+    values: *const f64,
+    n: usize,
+) -> i64 {
+    guard(-1, || {
+        // SAFETY: per the contract.
+        let (h, keys, values) = unsafe {
+            (
+                handle(p)?,
+                slice(keys, n, "keys")?,
+                slice(values, n, "values")?,
+            )
+        };
+        let mut points = Vec::with_capacity(n);
+        for (i, (&k, &v)) in keys.iter().zip(values).enumerate() {
+            if k.is_null() {
+                return Err(arg(&format!("keys[{i}]")));
+            }
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            let k = unsafe { CStr::from_ptr(k) }.to_str().map_err(|_| {
+                ShmError::InvalidArgument(format!("keys[{i}] is not UTF-8 (value {v})"))
+            })?;
+            points.push((k, v));
+        }
+        Ok(h.writer.log(step, &points)? as i64)
+    })
+}

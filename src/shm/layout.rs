@@ -1,4 +1,5 @@
-//! The segment format, version 1 — the one place that defines it.
+//! The segment format, version 2 (version 1 still read) — the one place
+//! that defines it.
 //!
 //! Every offset, size, capacity and the version live here; the writer, the
 //! reader, the C header (`include/trainwatch.h`) and `docs/shm.md` follow
@@ -11,6 +12,8 @@
 //! 4096    config (run config, written once before the segment appears)
 //! …       control ring (agent → trainer), 64-byte aligned
 //! …       event ring (trainer → agent, lossless), 64-byte aligned
+//! …       key table (v2: scalar names, append-only), 64-byte aligned
+//! …       points ring (v2: named scalars, lossless), 64-byte aligned
 //! …       frame ring (trainer → agent, newest wins), page aligned
 //! ```
 
@@ -21,8 +24,12 @@ use crate::tensor::{RawTensor, TensorDesc};
 
 /// `b"TRNWATCH"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRNWATCH");
-/// Bumped on any incompatible change; a reader refuses other versions.
-pub const VERSION: u32 = 1;
+/// Bumped on any incompatible change. The writer writes `VERSION`; a reader
+/// reads `MIN_VERSION..=VERSION` and refuses others, naming the version.
+/// Version 2 adds the key table and the points ring; a version-1 segment
+/// (those header fields zero) simply has no points.
+pub const VERSION: u32 = 2;
+pub const MIN_VERSION: u32 = 1;
 /// One page: the header never shares a page with bulk data.
 pub const HEADER_SIZE: usize = 4096;
 /// Ring offsets and slot sizes are multiples of a cache line, so that no two
@@ -61,6 +68,13 @@ pub mod hdr {
     pub const CONTROL_SLOTS: usize = 120; // u32
     pub const CONTROL_SLOT_SIZE: usize = 124; // u32
     pub const CONTROL_OFFSET: usize = 128; // u64
+                                           // Version 2: zero in a version-1 segment.
+    pub const KEYS_OFFSET: usize = 136; // u64
+    pub const KEY_CAPACITY: usize = 144; // u32, names the table holds
+    pub const KEY_SIZE: usize = 148; // u32, bytes per key entry
+    pub const POINT_SLOTS: usize = 152; // u32
+    pub const POINT_SLOT_SIZE: usize = 156; // u32
+    pub const POINTS_OFFSET: usize = 160; // u64
 
     // Written by the trainer.
     pub const WRITER_STATE: usize = 256; // u32: STATE_OPEN / STATE_CLOSED
@@ -78,6 +92,9 @@ pub mod hdr {
     pub const PROGRESS_BATCH_IDX: usize = 332; // u32
     pub const PROGRESS_LOSS: usize = 336; // u32, f32 bits
     pub const PROGRESS_MONO_NS: usize = 344; // u64
+    /// Keys published (v2): entries below it are complete (Release).
+    pub const KEY_COUNT: usize = 352; // u64
+    pub const POINT_WRITE_SEQ: usize = 360; // u64, points published (v2)
 
     // Written by the agent.
     pub const READER_PID: usize = 384; // u32
@@ -87,6 +104,7 @@ pub mod hdr {
     pub const EVENT_ACK_SEQ: usize = 416; // u64, events acknowledged
     pub const CONTROL_WRITE_SEQ: usize = 424; // u64, commands written
     pub const FRAMES_TAKEN: usize = 432; // u64
+    pub const POINT_ACK_SEQ: usize = 440; // u64, points acknowledged (v2)
 }
 
 /// Most images (and predictions, labels) per frame, as the seed's
@@ -138,6 +156,27 @@ pub mod event {
     pub const KIND_STATUS: u32 = 2;
 }
 
+/// Key table entry (v2): a scalar's name, interned by the writer. Entry
+/// `i` is key id `i`; it is written before `KEY_COUNT` passes it and never
+/// changes after.
+pub mod key {
+    pub const SIZE: usize = 136;
+    pub const LEN: usize = 0; // u32, 1..=MAX_LEN
+    pub const NAME: usize = 8; // ASCII of [A-Za-z0-9._/-]
+    pub const MAX_LEN: usize = SIZE - NAME;
+}
+
+/// Point slot (v2), fixed size. 40 bytes rather than a cache line: points
+/// come in batches from one writer, and 64 K of them should stay ~2.5 MiB.
+pub mod point {
+    pub const SIZE: usize = 40;
+    pub const SEQ: usize = 0; // u64: 2n-1 while point n is written, 2n when done
+    pub const KEY: usize = 8; // u32, key id (index into the key table)
+    pub const STEP: usize = 16; // i64
+    pub const WALL_UNIX_NS: usize = 24; // u64
+    pub const VALUE: usize = 32; // f64 bits
+}
+
 /// Control slot, fixed size.
 pub mod control {
     pub const SIZE: usize = 512;
@@ -159,6 +198,12 @@ pub const DEFAULT_FRAME_CAPACITY: u64 = 16 * 3 * 224 * 224 * 4;
 /// Default event slots: 4096 x 256 B = 1 MiB holds ~2000 epochs of
 /// summaries plus status changes, far more than an agent outage sees.
 pub const DEFAULT_EVENT_SLOTS: u32 = 4096;
+/// Default point slots: 64 Ki x 40 B = 2.5 MiB, 6.5 s of 10,000 points/s
+/// with no agent reading — and an agent reads every few milliseconds.
+pub const DEFAULT_POINT_SLOTS: u32 = 65536;
+/// Distinct scalar names per run: far beyond what a training run logs.
+pub const KEY_CAPACITY: u32 = 1024;
+pub const MAX_POINT_SLOTS: u32 = 1 << 24;
 /// Default control slots: commands come from a person at a dashboard.
 pub const DEFAULT_CONTROL_SLOTS: u32 = 16;
 
@@ -188,6 +233,12 @@ pub struct Geometry {
     pub control_offset: usize,
     pub event_slots: u32,
     pub events_offset: usize,
+    /// 0 in a version-1 segment (no key table, no points).
+    pub key_capacity: u32,
+    pub keys_offset: usize,
+    /// 0 in a version-1 segment.
+    pub point_slots: u32,
+    pub points_offset: usize,
     pub frame_slots: u32,
     pub frame_slot_size: usize,
     pub frame_data_capacity: usize,
@@ -200,12 +251,14 @@ pub const fn align_up(n: usize, a: usize) -> usize {
 
 impl Geometry {
     /// Lays out a new segment. Arguments are checked against the capacities.
+    /// `point_slots` 0 lays out a version-1 segment (no keys, no points).
     pub fn new(
         config_len: usize,
         frame_slots: u32,
         frame_capacity: u64,
         event_slots: u32,
         control_slots: u32,
+        point_slots: u32,
     ) -> Result<Geometry, ShmError> {
         let arg = |what: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
@@ -236,12 +289,23 @@ impl Geometry {
             MAX_CONTROL_SLOTS.into(),
         )?;
         arg("config length", config_len as u64, 0, MAX_CONFIG_LEN.into())?;
+        if point_slots != 0 {
+            arg(
+                "point_slots",
+                point_slots.into(),
+                MIN_SLOTS.into(),
+                MAX_POINT_SLOTS.into(),
+            )?;
+        }
+        let key_capacity = if point_slots == 0 { 0 } else { KEY_CAPACITY };
         let frame_data_capacity = align_up(frame_capacity as usize, ALIGN);
         let frame_slot_size = frame::DATA + frame_data_capacity;
         let config_offset = HEADER_SIZE;
         let control_offset = align_up(config_offset + config_len, ALIGN);
         let events_offset = control_offset + control_slots as usize * control::SIZE;
-        let frames_offset = align_up(events_offset + event_slots as usize * event::SIZE, PAGE);
+        let keys_offset = align_up(events_offset + event_slots as usize * event::SIZE, ALIGN);
+        let points_offset = align_up(keys_offset + key_capacity as usize * key::SIZE, ALIGN);
+        let frames_offset = align_up(points_offset + point_slots as usize * point::SIZE, PAGE);
         let end = frames_offset + frame_slots as usize * frame_slot_size;
         Ok(Geometry {
             total_size: align_up(end, PAGE) as u64,
@@ -251,11 +315,24 @@ impl Geometry {
             control_offset,
             event_slots,
             events_offset,
+            key_capacity,
+            keys_offset,
+            point_slots,
+            points_offset,
             frame_slots,
             frame_slot_size,
             frame_data_capacity,
             frames_offset,
         })
+    }
+
+    /// The segment format this geometry is: 2 with a points ring, else 1.
+    pub fn version(&self) -> u32 {
+        if self.point_slots == 0 {
+            1
+        } else {
+            VERSION
+        }
     }
 
     pub fn frame_slot(&self, frame_no: u64) -> usize {
@@ -265,6 +342,15 @@ impl Geometry {
 
     pub fn event_slot(&self, seq: u64) -> usize {
         self.events_offset + ((seq - 1) % self.event_slots as u64) as usize * event::SIZE
+    }
+
+    /// Only for a version-2 geometry (`point_slots > 0`).
+    pub fn point_slot(&self, seq: u64) -> usize {
+        self.points_offset + ((seq - 1) % self.point_slots as u64) as usize * point::SIZE
+    }
+
+    pub fn key_entry(&self, id: u32) -> usize {
+        self.keys_offset + id as usize * key::SIZE
     }
 
     pub fn control_slot(&self, seq: u64) -> usize {
@@ -288,12 +374,19 @@ pub struct RawGeometry {
     pub control_slots: u32,
     pub control_slot_size: u32,
     pub control_offset: u64,
+    /// The version-2 fields; all zero in a version-1 segment.
+    pub keys_offset: u64,
+    pub key_capacity: u32,
+    pub key_size: u32,
+    pub point_slots: u32,
+    pub point_slot_size: u32,
+    pub points_offset: u64,
 }
 
 impl RawGeometry {
     /// Checks every field against the capacities and the file length: after
     /// this, every slot of every ring lies inside the mapping.
-    pub fn validate(&self, path: &Path, file_len: u64) -> Result<Geometry, ShmError> {
+    pub fn validate(&self, path: &Path, file_len: u64, version: u32) -> Result<Geometry, ShmError> {
         let bad = |field: &str, value: u64, expected: String| {
             ShmError::field(path, field, value, expected)
         };
@@ -404,10 +497,11 @@ impl RawGeometry {
             ALIGN as u64,
         )?;
         let events_end = self.events_offset + u64::from(self.event_slots) * event::SIZE as u64;
+        let (v2, points_end) = self.validate_v2(path, file_len, version, events_end)?;
         in_order(
             "header frames_offset",
             self.frames_offset,
-            events_end,
+            points_end,
             ALIGN as u64,
         )?;
         let frames_end = self.frames_offset + u64::from(self.frame_slots) * slot_size;
@@ -426,12 +520,106 @@ impl RawGeometry {
             control_offset: self.control_offset as usize,
             event_slots: self.event_slots,
             events_offset: self.events_offset as usize,
+            key_capacity: v2.key_capacity,
+            keys_offset: v2.keys_offset,
+            point_slots: v2.point_slots,
+            points_offset: v2.points_offset,
             frame_slots: self.frame_slots,
             frame_slot_size: slot_size as usize,
             frame_data_capacity: self.frame_data_capacity as usize,
             frames_offset: self.frames_offset as usize,
         })
     }
+}
+
+/// The version-2 regions, validated.
+#[derive(Clone, Copy, Default)]
+struct V2Regions {
+    key_capacity: u32,
+    keys_offset: usize,
+    point_slots: u32,
+    points_offset: usize,
+}
+
+impl RawGeometry {
+    /// Checks the key table and points ring of a version-2 header (a
+    /// version-1 one has neither): returns them and where they end.
+    fn validate_v2(
+        &self,
+        path: &Path,
+        file_len: u64,
+        version: u32,
+        events_end: u64,
+    ) -> Result<(V2Regions, u64), ShmError> {
+        if version < 2 {
+            return Ok((V2Regions::default(), events_end));
+        }
+        let bad = |field: &str, value: u64, expected: String| {
+            ShmError::field(path, field, value, expected)
+        };
+        if self.key_capacity == 0 || self.key_capacity > KEY_CAPACITY {
+            return Err(bad(
+                "header key_capacity",
+                self.key_capacity.into(),
+                format!("1..={KEY_CAPACITY}"),
+            ));
+        }
+        if self.key_size as usize != key::SIZE {
+            return Err(bad(
+                "header key_size",
+                self.key_size.into(),
+                key::SIZE.to_string(),
+            ));
+        }
+        if self.point_slots < MIN_SLOTS || self.point_slots > MAX_POINT_SLOTS {
+            return Err(bad(
+                "header point_slots",
+                self.point_slots.into(),
+                format!("{MIN_SLOTS}..={MAX_POINT_SLOTS}"),
+            ));
+        }
+        if self.point_slot_size as usize != point::SIZE {
+            return Err(bad(
+                "header point_slot_size",
+                self.point_slot_size.into(),
+                point::SIZE.to_string(),
+            ));
+        }
+        let check = |field: &str, off: u64, min: u64| {
+            if off < min || !off.is_multiple_of(ALIGN as u64) || off > file_len {
+                Err(bad(
+                    field,
+                    off,
+                    format!("a multiple of {ALIGN} in {min}..={file_len}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        check("header keys_offset", self.keys_offset, events_end)?;
+        let keys_end = self.keys_offset + u64::from(self.key_capacity) * key::SIZE as u64;
+        check("header points_offset", self.points_offset, keys_end)?;
+        let points_end = self.points_offset + u64::from(self.point_slots) * point::SIZE as u64;
+        Ok((
+            V2Regions {
+                key_capacity: self.key_capacity,
+                keys_offset: self.keys_offset as usize,
+                point_slots: self.point_slots,
+                points_offset: self.points_offset as usize,
+            },
+            points_end,
+        ))
+    }
+}
+
+/// A scalar's name: 1..=128 of `[A-Za-z0-9._/-]`. The writer refuses
+/// others; the reader checks the key table against the same rule.
+pub fn valid_key(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= key::MAX_LEN
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(b))
 }
 
 /// The run's TrainingConfig plus its name, written once at creation.

@@ -29,9 +29,10 @@ use crate::tensor::TensorError;
 
 pub use layout::RunConfig;
 pub use reader::{
-    Event, EventRead, Frame, FrameRead, HeaderInfo, Progress, Reader, SendOutcome, WriterState,
+    Event, EventRead, Frame, FrameRead, HeaderInfo, PointRecord, PointsRead, Progress, Reader,
+    SendOutcome, WriterState,
 };
-pub use writer::{Batch, ImagePolicy, Images, Published, Writer, WriterOptions};
+pub use writer::{Batch, ImagePolicy, Images, Published, Writer, WriterOptions, LOSS_KEY};
 
 /// Default directory of segments; the agent watches it.
 pub const DEFAULT_SHM_DIR: &str = "/dev/shm/trainwatch";

@@ -8,11 +8,12 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::layout::{
-    self, control, event, frame, hdr, Geometry, RawGeometry, RunConfig, MAX_IMAGES,
+    self, control, event, frame, hdr, key, point, Geometry, RawGeometry, RunConfig, MAX_IMAGES,
 };
 use super::map::Mapping;
 use super::seqlock::{read_slot, write_slot, SlotRead};
@@ -97,6 +98,26 @@ pub enum EventRead {
     Missed { first: u64, count: u64 },
 }
 
+/// A named scalar from the points ring.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PointRecord {
+    /// Point number (from 1; the wire's `ScalarBatch` sequence).
+    pub seq: u64,
+    pub key: Arc<str>,
+    pub step: i64,
+    pub wall_unix_ns: u64,
+    pub value: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointsRead {
+    /// n points appended to `out` (0: none new).
+    Points(usize),
+    /// Points `first..first+count` were overwritten before being read; the
+    /// read position moved past them.
+    Missed { first: u64, count: u64 },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendOutcome {
     Sent(u64),
@@ -165,6 +186,10 @@ pub struct Reader {
     last_frame: u64,
     event_cursor: u64,
     interval_ns: u64,
+    version: u32,
+    point_cursor: u64,
+    /// Key table entries read so far, by key id.
+    keys: Vec<Arc<str>>,
 }
 
 impl Reader {
@@ -215,12 +240,16 @@ impl Reader {
             ));
         }
         let version = m.load_u32(hdr::VERSION, Ordering::Relaxed);
-        if version != layout::VERSION {
+        if !(layout::MIN_VERSION..=layout::VERSION).contains(&version) {
             return Err(ShmError::field(
                 path,
                 "header version",
                 version,
-                format!("{} (this build's format)", layout::VERSION),
+                format!(
+                    "{}..={} (the formats this build reads)",
+                    layout::MIN_VERSION,
+                    layout::VERSION
+                ),
             ));
         }
         let header_size = m.load_u32(hdr::HEADER_SIZE, Ordering::Relaxed);
@@ -246,9 +275,15 @@ impl Reader {
             control_slots: m.load_u32(hdr::CONTROL_SLOTS, Ordering::Relaxed),
             control_slot_size: m.load_u32(hdr::CONTROL_SLOT_SIZE, Ordering::Relaxed),
             control_offset: m.load_u64(hdr::CONTROL_OFFSET, Ordering::Relaxed),
+            keys_offset: m.load_u64(hdr::KEYS_OFFSET, Ordering::Relaxed),
+            key_capacity: m.load_u32(hdr::KEY_CAPACITY, Ordering::Relaxed),
+            key_size: m.load_u32(hdr::KEY_SIZE, Ordering::Relaxed),
+            point_slots: m.load_u32(hdr::POINT_SLOTS, Ordering::Relaxed),
+            point_slot_size: m.load_u32(hdr::POINT_SLOT_SIZE, Ordering::Relaxed),
+            points_offset: m.load_u64(hdr::POINTS_OFFSET, Ordering::Relaxed),
         };
         // The mapping may be shorter than the file if it shrank since stat.
-        let geo = raw.validate(path, file_len.min(m.len() as u64))?;
+        let geo = raw.validate(path, file_len.min(m.len() as u64), version)?;
         let state = m.load_u32(hdr::WRITER_STATE, Ordering::Relaxed);
         if state != layout::STATE_OPEN && state != layout::STATE_CLOSED {
             return Err(ShmError::field(
@@ -271,6 +306,21 @@ impl Reader {
                 format!("at most event_write_seq {written}"),
             ));
         }
+        let (point_acked, point_written) = if version >= 2 {
+            let w = m.load_u64(hdr::POINT_WRITE_SEQ, Ordering::Acquire);
+            let a = m.load_u64(hdr::POINT_ACK_SEQ, Ordering::Acquire);
+            (a, w)
+        } else {
+            (0, 0)
+        };
+        if point_acked > point_written {
+            return Err(ShmError::field(
+                path,
+                "header point_ack_seq",
+                point_acked,
+                format!("at most point_write_seq {point_written}"),
+            ));
+        }
         let reader = Reader {
             writer_pid: m.load_u32(hdr::WRITER_PID, Ordering::Relaxed),
             writer_start_ticks: m.load_u64(hdr::WRITER_START_TICKS, Ordering::Relaxed),
@@ -281,6 +331,9 @@ impl Reader {
             last_frame: 0,
             event_cursor: acked,
             interval_ns: 0,
+            version,
+            point_cursor: point_acked,
+            keys: Vec::new(),
         };
         Ok(reader)
     }
@@ -886,4 +939,199 @@ fn check_len(path: &Path, len: u64) -> Result<(), ShmError> {
         });
     }
     Ok(())
+}
+
+/// The points ring (format 2): named scalars, lossless like events.
+impl Reader {
+    /// The segment's format version (1 has no points).
+    pub fn format_version(&self) -> u32 {
+        self.version
+    }
+
+    /// Appends up to `max` points after the read position (which starts
+    /// at the acknowledged position). A corrupt point is reported once and
+    /// skipped; points read before it in the same call are returned first.
+    pub fn next_points(
+        &mut self,
+        out: &mut Vec<PointRecord>,
+        max: usize,
+    ) -> Result<PointsRead, ShmError> {
+        if self.geo.point_slots == 0 {
+            return Ok(PointsRead::Points(0));
+        }
+        let slots = u64::from(self.geo.point_slots);
+        let mut got = 0usize;
+        for _ in 0..READ_TRIES {
+            let written = self.seq(hdr::POINT_WRITE_SEQ, "header point_write_seq")?;
+            if written < self.point_cursor {
+                return Err(ShmError::field(
+                    &self.path,
+                    "header point_write_seq",
+                    written,
+                    format!("at least the read position {}", self.point_cursor),
+                ));
+            }
+            let next = self.point_cursor + 1;
+            let oldest = (written + 1).saturating_sub(slots).max(1);
+            if next < oldest && got == 0 {
+                self.point_cursor = oldest - 1;
+                return Ok(PointsRead::Missed {
+                    first: next,
+                    count: oldest - next,
+                });
+            }
+            while got < max && self.point_cursor < written {
+                let n = self.point_cursor + 1;
+                match self.read_point(n) {
+                    Ok(Some(p)) => {
+                        out.push(p);
+                        got += 1;
+                        self.point_cursor = n;
+                    }
+                    Ok(None) => break, // lapped while reading: recount
+                    Err(e) if got > 0 => {
+                        let _ = e; // reported on the next call, which starts at it
+                        return Ok(PointsRead::Points(got));
+                    }
+                    Err(e) => {
+                        self.point_cursor = n;
+                        return Err(e);
+                    }
+                }
+            }
+            if got > 0 || self.point_cursor == written || got == max {
+                return Ok(PointsRead::Points(got));
+            }
+        }
+        Ok(PointsRead::Points(got))
+    }
+
+    /// Reads point `n`; `None` when it was overwritten (lapped).
+    fn read_point(&mut self, n: u64) -> Result<Option<PointRecord>, ShmError> {
+        let m = &self.map;
+        let base = self.geo.point_slot(n);
+        let read = read_slot(m, base + point::SEQ, n, || {
+            (
+                m.load_u32(base + point::KEY, Ordering::Relaxed),
+                m.load_u64(base + point::STEP, Ordering::Relaxed) as i64,
+                m.load_u64(base + point::WALL_UNIX_NS, Ordering::Relaxed),
+                f64::from_bits(m.load_u64(base + point::VALUE, Ordering::Relaxed)),
+            )
+        });
+        let (id, step, wall, value) = match read {
+            SlotRead::Read(fields) => fields,
+            SlotRead::Torn => return Ok(None),
+            SlotRead::Seq(s1) if s1 > 2 * n => return Ok(None), // lapped
+            SlotRead::Seq(s1) => {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("point slot for point {n} seq"),
+                    s1,
+                    (2 * n).to_string(),
+                ))
+            }
+        };
+        let key = self.key(id, n)?;
+        Ok(Some(PointRecord {
+            seq: n,
+            key,
+            step,
+            wall_unix_ns: wall,
+            value,
+        }))
+    }
+
+    /// Key id `id`'s name, reading newly published table entries as needed.
+    fn key(&mut self, id: u32, n: u64) -> Result<Arc<str>, ShmError> {
+        if let Some(k) = self.keys.get(id as usize) {
+            return Ok(k.clone());
+        }
+        let count = self.map.load_u64(hdr::KEY_COUNT, Ordering::Acquire);
+        let cap = u64::from(self.geo.key_capacity);
+        if u64::from(id) >= count.min(cap) {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("point {n} key id"),
+                id,
+                format!("below the key count {}", count.min(cap)),
+            ));
+        }
+        while (self.keys.len() as u32) <= id {
+            let i = self.keys.len() as u32;
+            let base = self.geo.key_entry(i);
+            let len = self.map.load_u32(base + key::LEN, Ordering::Relaxed) as usize;
+            let mut buf = [0u8; key::MAX_LEN];
+            let name = buf.get_mut(..len).filter(|_| len > 0);
+            let Some(name) = name else {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("key {i} length"),
+                    len,
+                    format!("1..={}", key::MAX_LEN),
+                ));
+            };
+            self.map.read_bytes(base + key::NAME, name);
+            if !layout::valid_key(name) {
+                return Err(ShmError::field(
+                    &self.path,
+                    &format!("key {i} name"),
+                    String::from_utf8_lossy(name),
+                    "1 to 128 of A-Z a-z 0-9 . _ / -".into(),
+                ));
+            }
+            // valid_key admits ASCII only: this is UTF-8.
+            let s = std::str::from_utf8(name).unwrap_or_default();
+            self.keys.push(Arc::from(s));
+        }
+        Ok(self.keys[id as usize].clone())
+    }
+
+    /// Points up to `seq` are committed by the server: a restarted agent
+    /// resumes after them. Never moves backwards.
+    pub fn ack_points(&self, seq: u64) -> Result<(), ShmError> {
+        self.need_writable("acknowledge points")?;
+        let written = self.points_written();
+        if seq > written {
+            return Err(ShmError::InvalidArgument(format!(
+                "acknowledging point {seq}, but only {written} were published"
+            )));
+        }
+        if self.geo.point_slots != 0 {
+            self.map
+                .fetch_max_u64(hdr::POINT_ACK_SEQ, seq, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// (acknowledged, read position, written) of the points ring.
+    pub fn point_positions(&self) -> (u64, u64, u64) {
+        if self.geo.point_slots == 0 {
+            return (0, 0, 0);
+        }
+        (
+            self.map.load_u64(hdr::POINT_ACK_SEQ, Ordering::Acquire),
+            self.point_cursor,
+            self.points_written(),
+        )
+    }
+
+    /// Moves the read position back to the acknowledged one.
+    pub fn rewind_points_to_ack(&mut self) {
+        let (acked, _, written) = self.point_positions();
+        self.point_cursor = acked.min(written);
+    }
+
+    /// Moves the read position to just after point `after`, within what
+    /// was written.
+    pub fn seek_points(&mut self, after: u64) {
+        self.point_cursor = after.min(self.points_written());
+    }
+
+    /// How many points the writer has published (0 for format 1).
+    pub fn points_written(&self) -> u64 {
+        if self.geo.point_slots == 0 {
+            return 0;
+        }
+        self.map.load_u64(hdr::POINT_WRITE_SEQ, Ordering::Acquire)
+    }
 }

@@ -6,12 +6,15 @@
 //! take it soon (it announces its next read in the header); other batches
 //! cost a few atomic stores.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::layout::{self, control, event, frame, hdr, Geometry, RunConfig, MAX_IMAGES};
+use super::layout::{
+    self, control, event, frame, hdr, key, point, Geometry, RunConfig, MAX_IMAGES,
+};
 use super::map::Mapping;
 use super::seqlock::{read_slot, write_slot, SlotRead};
 use super::{decode_params, monotonic_ns, unix_ns, Command, CommandKind, ShmError, TrainingStatus};
@@ -36,6 +39,8 @@ pub struct WriterOptions {
     pub frame_capacity: u64,
     pub event_slots: u32,
     pub control_slots: u32,
+    /// Slots of the points ring (named scalars, version 2).
+    pub point_slots: u32,
     pub image_policy: ImagePolicy,
     /// File mode: group read/write so the agent's group can attach.
     pub mode: u32,
@@ -49,6 +54,7 @@ impl WriterOptions {
             frame_capacity: layout::DEFAULT_FRAME_CAPACITY,
             event_slots: layout::DEFAULT_EVENT_SLOTS,
             control_slots: layout::DEFAULT_CONTROL_SLOTS,
+            point_slots: layout::DEFAULT_POINT_SLOTS,
             image_policy: ImagePolicy::Auto,
             mode: 0o660,
         }
@@ -100,8 +106,15 @@ pub struct Writer {
     batch_period_ns: u64,
     last_batch_ns: u64,
     progress_seq: u64,
+    /// Interned scalar keys → their id in the key table.
+    keys: HashMap<Box<str>, u32>,
+    point_no: u64,
+    batches_per_epoch: u32,
     closed: bool,
 }
+
+/// The key of every batch's loss in the points ring.
+pub const LOSS_KEY: &str = "train/loss";
 
 /// A run name is a file name: 1..=128 of `[A-Za-z0-9._-]`, not starting with
 /// '.' (hidden names are the writer's temporary files).
@@ -134,6 +147,7 @@ impl Writer {
             opts.frame_capacity,
             opts.event_slots,
             opts.control_slots,
+            opts.point_slots,
         )?;
         let dir = &opts.shm_dir;
         if !dir.is_dir() {
@@ -150,7 +164,10 @@ impl Writer {
         }
         let path = dir.join(&config.run_name);
         let tmp = dir.join(format!(".{}.{}.tmp", config.run_name, std::process::id()));
-        let result = Self::build(&tmp, &path, &encoded, geo, opts);
+        let result = Self::build(&tmp, &path, &encoded, geo, opts).map(|mut w| {
+            w.batches_per_epoch = config.batches_per_epoch;
+            w
+        });
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -184,7 +201,19 @@ impl Writer {
         let pid = std::process::id();
         let m = &map;
         m.write_bytes(geo.config_offset, encoded);
-        m.store_u32(hdr::VERSION, layout::VERSION, Ordering::Relaxed);
+        m.store_u32(hdr::VERSION, geo.version(), Ordering::Relaxed);
+        if geo.point_slots != 0 {
+            m.store_u64(hdr::KEYS_OFFSET, geo.keys_offset as u64, Ordering::Relaxed);
+            m.store_u32(hdr::KEY_CAPACITY, geo.key_capacity, Ordering::Relaxed);
+            m.store_u32(hdr::KEY_SIZE, key::SIZE as u32, Ordering::Relaxed);
+            m.store_u32(hdr::POINT_SLOTS, geo.point_slots, Ordering::Relaxed);
+            m.store_u32(hdr::POINT_SLOT_SIZE, point::SIZE as u32, Ordering::Relaxed);
+            m.store_u64(
+                hdr::POINTS_OFFSET,
+                geo.points_offset as u64,
+                Ordering::Relaxed,
+            );
+        }
         m.store_u32(
             hdr::HEADER_SIZE,
             layout::HEADER_SIZE as u32,
@@ -254,6 +283,9 @@ impl Writer {
             batch_period_ns: 0,
             last_batch_ns: 0,
             progress_seq: 0,
+            keys: HashMap::new(),
+            point_no: 0,
+            batches_per_epoch: 0,
             closed: false,
         })
     }
@@ -293,6 +325,7 @@ impl Writer {
     }
 
     /// Publishes a batch if the agent can use it, else records its progress.
+    /// Either way its loss is logged as [`LOSS_KEY`] (see `note_batch`).
     pub fn publish_batch(&mut self, batch: &Batch<'_>) -> Result<Published, ShmError> {
         let now = monotonic_ns();
         if self.wants_frame_at(now) {
@@ -327,6 +360,81 @@ impl Writer {
         });
         m.add_u64(hdr::BATCHES_SEEN, 1);
         m.store_u64(hdr::WRITER_HEARTBEAT_NS, now, Ordering::Relaxed);
+        // Every batch's loss, copied or not. A non-finite loss is counted
+        // (batches_seen) but not logged; the key table can only be full if
+        // the run logged KEY_CAPACITY other names first, and then the loss
+        // is not logged either — a publish_batch never fails for it.
+        if loss.is_finite() && self.geo.point_slots != 0 {
+            let step = i64::from(epoch) * i64::from(self.batches_per_epoch) + i64::from(batch_idx);
+            let _ = self.log(step, &[(LOSS_KEY, f64::from(loss))]);
+        }
+    }
+
+    /// Logs named scalars at `step`. Validates every (key, value) first
+    /// (key: 1–128 of `[A-Za-z0-9._/-]`; value finite; at most
+    /// `KEY_CAPACITY` distinct keys per run) and writes nothing if any is
+    /// bad. Returns the point seq of the last point written (the current
+    /// write position when `points` is empty). Never waits: a ring the
+    /// agent does not drain is lapped, and the agent counts what it missed.
+    pub fn log(&mut self, step: i64, points: &[(&str, f64)]) -> Result<u64, ShmError> {
+        if self.geo.point_slots == 0 {
+            return Err(ShmError::InvalidArgument(
+                "this segment is format version 1, which has no points ring".into(),
+            ));
+        }
+        let mut new_keys = 0usize;
+        for (i, &(name, value)) in points.iter().enumerate() {
+            if !layout::valid_key(name.as_bytes()) {
+                return Err(ShmError::InvalidArgument(format!(
+                    "key {name:?} (value {value}): expected 1 to {} of A-Z a-z 0-9 . _ / -",
+                    key::MAX_LEN
+                )));
+            }
+            if !value.is_finite() {
+                return Err(ShmError::InvalidArgument(format!(
+                    "key {name:?}: value {value} is not finite"
+                )));
+            }
+            if !self.keys.contains_key(name) && !points[..i].iter().any(|p| p.0 == name) {
+                new_keys += 1;
+            }
+        }
+        let capacity = self.geo.key_capacity as usize;
+        if self.keys.len() + new_keys > capacity {
+            let first_new = points
+                .iter()
+                .find(|p| !self.keys.contains_key(p.0))
+                .map_or("", |p| p.0);
+            return Err(ShmError::InvalidArgument(format!(
+                "key {first_new:?}: {} new keys would exceed the segment's {capacity} distinct keys",
+                new_keys
+            )));
+        }
+        let wall = unix_ns();
+        let m = &self.map;
+        for &(name, value) in points {
+            let id = match self.keys.get(name) {
+                Some(&id) => id,
+                None => intern(m, &self.geo, &mut self.keys, name),
+            };
+            let n = self.point_no + 1;
+            let base = self.geo.point_slot(n);
+            write_slot(m, base + point::SEQ, n, || {
+                m.store_u32(base + point::KEY, id, Ordering::Relaxed);
+                m.store_u64(base + point::STEP, step as u64, Ordering::Relaxed);
+                m.store_u64(base + point::WALL_UNIX_NS, wall, Ordering::Relaxed);
+                m.store_u64(base + point::VALUE, value.to_bits(), Ordering::Relaxed);
+            });
+            self.point_no = n;
+        }
+        // One publish per call: batching is what keeps a point cheap.
+        m.store_u64(hdr::POINT_WRITE_SEQ, self.point_no, Ordering::Release);
+        Ok(self.point_no)
+    }
+
+    /// Points published so far.
+    pub fn points_written(&self) -> u64 {
+        self.point_no
     }
 
     /// Copies a batch into the next frame slot, whatever the policy.
@@ -629,6 +737,19 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.mark_closed();
     }
+}
+
+/// Writes `name` as the next key table entry and publishes the count with
+/// Release, so a reader that sees the count sees the name. The caller
+/// checked the name and the capacity.
+fn intern(m: &Mapping, geo: &Geometry, keys: &mut HashMap<Box<str>, u32>, name: &str) -> u32 {
+    let id = keys.len() as u32;
+    let base = geo.key_entry(id);
+    m.store_u32(base + key::LEN, name.len() as u32, Ordering::Relaxed);
+    m.write_bytes(base + key::NAME, name.as_bytes());
+    m.store_u64(hdr::KEY_COUNT, u64::from(id) + 1, Ordering::Release);
+    keys.insert(name.into(), id);
+    id
 }
 
 /// Reserves the file's pages now, so a full /dev/shm is an error here

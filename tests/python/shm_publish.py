@@ -140,6 +140,21 @@ def u8norm():
     pub.close(unlink=True)
 
 
+def scalars():
+    """Logs named scalars and bad ones; leaves the segment for Rust to read."""
+    pub = Publisher("scalars", frame_capacity=4096, event_slots=64, copy_images="always")
+    print("seq %d" % pub.log({"val_loss": 0.41, "lr": 1e-3}, step=7))
+    pub.log({}, step=8)
+    for bad in ({"ok": 1.0, "bad key": 2.0}, {"loss": float("nan")}):
+        try:
+            pub.log(bad, step=9)
+            print("accepted")
+        except TrainwatchError as e:
+            print("TrainwatchError: %s" % e)
+    print("seq %d" % pub.log({"grad_norm": np.float32(2.5)}, step=9))
+    pub.close()
+
+
 def load():
     try:
         Publisher("x")
@@ -160,6 +175,8 @@ if __name__ == "__main__":
         die()
     elif mode == "load":
         load()
+    elif mode == "scalars":
+        scalars()
     elif mode == "u8norm":
         u8norm()
     else:
