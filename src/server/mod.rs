@@ -43,6 +43,9 @@ use crate::tls::{self, TlsError};
 
 /// Largest HTTP/2 frame the server accepts (SETTINGS_MAX_FRAME_SIZE).
 const MAX_FRAME_SIZE: u32 = 256 * 1024;
+/// How often retention looks for finished runs past `keep_days` and for
+/// images beyond the quota (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 pub use registry::Registry;
 
@@ -189,13 +192,26 @@ impl Server {
             token: settings.http_token.clone(),
             loopback: http_addr.ip().is_loopback(),
         };
-        let app = http::router(registry.clone(), control.clone()).merge(dashboard::router(
+        let mut app = http::router(registry.clone(), control.clone()).merge(dashboard::router(
             registry.clone(),
-            control,
+            control.clone(),
             settings.dashboard,
         ));
-        // Issue 14, part D: the store's HTTP API mounts here, e.g.
-        // `if let Some(store) = registry.store() { app = app.merge(api::routes(store.clone(), ...)) }`.
+        // The system of record: its history API, and retention beside it
+        // (stopped with the server).
+        if let Some(store) = registry.store() {
+            app = app.merge(api::routes(store.clone(), control));
+            let policy = store::Retention {
+                keep_days: settings.store.keep_days,
+                image_quota_bytes: settings.store.image_quota_bytes,
+            };
+            tokio::spawn(store::retention::run(
+                store.clone(),
+                policy,
+                RETENTION_EVERY,
+                shutdown.clone(),
+            ));
+        }
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let r = axum::serve(http_listener, app)
