@@ -564,6 +564,10 @@ mod tests {
         assert_eq!(order(10, 8, 3, 0), Order::Resent);
         // Hostile numbers do not overflow.
         assert_eq!(order(u64::MAX, 1, 1, 0), Order::Resent);
-        assert_eq!(order(3, u64::MAX, 1, u64::MAX), Order::Beyond);
+        assert_eq!(
+            order(3, u64::MAX, 1, u64::MAX),
+            Order::Next { gap: u64::MAX - 4 }
+        );
+        assert_eq!(order(3, u64::MAX, 1, 2), Order::Beyond);
     }
 }
