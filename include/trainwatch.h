@@ -125,6 +125,12 @@ int tw_publish_frame(tw_publisher *p, const tw_batch *batch);
 int tw_record_progress(tw_publisher *p, uint32_t epoch, uint32_t batch_idx, float loss);
 /* Lossless events: the event number (>= 1). */
 int64_t tw_publish_epoch(tw_publisher *p, uint32_t epoch, float average_loss, float average_accuracy);
+/* An epoch summary with n named metrics (keys[i] = values[i], at most 18,
+   checked as tw_log's; format 2): the event number, or -1 and nothing
+   published. */
+int64_t tw_publish_epoch_metrics(tw_publisher *p, uint32_t epoch, float average_loss,
+                                 float average_accuracy, const char *const *keys,
+                                 const double *values, size_t n);
 /* Logs n named scalars at step (keys[i] = values[i]), lossless. Keys: 1-128
    of [A-Za-z0-9._/-]; values finite; a bad one is refused naming the key
    and the value, and nothing is written. Returns the point seq of the last

@@ -41,6 +41,19 @@ pub fn session_id(device_id: &str, run_name: &str, writer_start_unix_ns: u64) ->
     format!("{device}:{run}:{}", writer_start_unix_ns / 1_000_000_000)
 }
 
+/// The device and run name an agent's session id (see [`session_id`])
+/// carries; `None` for an id of another shape (a seed peer names its
+/// sessions as it likes).
+pub fn session_parts(id: &str) -> Option<(&str, &str)> {
+    let (device, rest) = id.split_once(':')?;
+    let (run, start) = rest.rsplit_once(':')?;
+    let plausible = !device.is_empty()
+        && !run.is_empty()
+        && !start.is_empty()
+        && start.bytes().all(|b| b.is_ascii_digit());
+    plausible.then_some((device, run))
+}
+
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_LEN: usize = 128;
 
@@ -147,6 +160,21 @@ pub mod negotiated {
                 Negotiated::from_server(&sc(750)).heartbeat,
                 Duration::from_millis(750)
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_session_id_gives_back_its_device_and_run() {
+        let id = session_id("jetson-7", "resnet:sweep/3", 1_700_000_000_123_000_000);
+        assert_eq!(id, "jetson-7:resnet_sweep_3:1700000000");
+        assert_eq!(session_parts(&id), Some(("jetson-7", "resnet_sweep_3")));
+        for other in ["seed-session", "a:b", ":run:1", "dev::1", "dev:run:x"] {
+            assert_eq!(session_parts(other), None, "{other}");
         }
     }
 }

@@ -1862,6 +1862,62 @@ mod points {
     }
 
     #[test]
+    fn epoch_metrics_ride_with_the_epoch_and_bad_ones_publish_nothing() {
+        let dir = shm_dir();
+        let mut w = Writer::create(&config("em"), &opts(dir.path())).unwrap();
+        w.log(1, &[("val/acc", 0.5)]).unwrap();
+        let seq = w
+            .publish_epoch_with(2, 0.75, 0.5, &[("val/acc", 0.91), ("val/loss", 0.25)])
+            .unwrap();
+        assert_eq!(seq, 1);
+        // Refused whole, naming the count, the key or the value.
+        let many: Vec<(String, f64)> = (0..=layout::event::MAX_METRICS)
+            .map(|i| (format!("m{i}"), 1.0))
+            .collect();
+        let many: Vec<(&str, f64)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let e = w
+            .publish_epoch_with(3, 0.0, 0.0, &many)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("19 metrics, at most 18"), "{e}");
+        let e = w
+            .publish_epoch_with(3, 0.0, 0.0, &[("ok", 1.0), ("bad key", 2.0)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"bad key\" (value 2)"), "{e}");
+        let e = w
+            .publish_epoch_with(3, 0.0, 0.0, &[("val/acc", f64::INFINITY)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"val/acc\": value inf"), "{e}");
+        let mut r = Reader::open(w.path()).unwrap();
+        assert_eq!(r.events_written(), 1, "a refused epoch publishes nothing");
+        match r.next_event().unwrap() {
+            Some(EventRead::Event {
+                seq: 1,
+                event: Event::Epoch {
+                    epoch: 2, metrics, ..
+                },
+                ..
+            }) => {
+                let m: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (&**k, *v)).collect();
+                assert_eq!(m, vec![("val/acc", 0.91), ("val/loss", 0.25)]);
+            }
+            other => panic!("expected epoch 2, got {other:?}"),
+        }
+        // A version-1 segment has no key table for them.
+        let mut o = opts(dir.path());
+        o.point_slots = 0;
+        let mut w1 = Writer::create(&config("em1"), &o).unwrap();
+        let e = w1
+            .publish_epoch_with(0, 1.0, 0.5, &[("val/acc", 0.5)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 1"), "{e}");
+        assert_eq!(w1.publish_epoch_with(0, 1.0, 0.5, &[]).unwrap(), 1);
+    }
+
+    #[test]
     fn a_corrupt_key_id_is_reported_naming_it() {
         let dir = shm_dir();
         let mut w = Writer::create(&config("cid"), &opts(dir.path())).unwrap();

@@ -147,6 +147,24 @@ def _tensor(images, shape, dtype, layout):
     return st, (keep, images, mv)
 
 
+def _named(scalars):
+    """A dict of named values as the C arrays tw_log takes."""
+    n = len(scalars)
+    keys = (ctypes.c_char_p * n)()
+    values = (ctypes.c_double * n)()
+    for i, (k, v) in enumerate(scalars.items()):
+        if not isinstance(k, str):
+            raise TypeError(f"scalar key {k!r} (value {v!r}): expected a str")
+        if "\0" in k:
+            raise ValueError(f"scalar key {k!r} (value {v!r}): contains NUL")
+        keys[i] = k.encode("utf-8")
+        try:
+            values[i] = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"scalar key {k!r}: value {v!r} is not a number") from None
+    return keys, values, n
+
+
 def _ints(values, what):
     if hasattr(values, "tolist"):
         values = values.tolist()
@@ -208,9 +226,15 @@ class Publisher(object):
             raise ValueError("status %r: expected one of %s" % (status, ", ".join(STATUSES)))
         return self._check(self._lib.tw_publish_status(self._h(), code, _encode(message, "message")))
 
-    def epoch(self, epoch, average_loss, average_accuracy):
-        """Publishes an epoch summary (lossless)."""
-        return self._check(self._lib.tw_publish_epoch(self._h(), epoch, average_loss, average_accuracy))
+    def epoch(self, epoch, average_loss, average_accuracy, metrics=None):
+        """Publishes an epoch summary (lossless), with named metrics if given:
+        `pub.epoch(3, 0.41, 0.88, metrics={"val_acc": 0.91})` (at most 18,
+        keys and values checked as log()'s)."""
+        if not metrics:
+            return self._check(self._lib.tw_publish_epoch(self._h(), epoch, average_loss, average_accuracy))
+        keys, values, n = _named(metrics)
+        return self._check(self._lib.tw_publish_epoch_metrics(
+            self._h(), epoch, average_loss, average_accuracy, keys, values, n))
 
     def log(self, scalars, step):
         """Logs named scalars at `step`, lossless: `pub.log({"val_loss": 0.41, "lr": 1e-3}, step=n)`.
@@ -219,16 +243,7 @@ class Publisher(object):
         values finite. A bad key or value raises naming both, and nothing of
         the dict is logged. Returns the seq of the last point written.
         """
-        n = len(scalars)
-        keys = (ctypes.c_char_p * n)()
-        values = (ctypes.c_double * n)()
-        for i, (k, v) in enumerate(scalars.items()):
-            if not isinstance(k, str):
-                raise TypeError(f"scalar key {k!r} (value {v!r}): expected a str")
-            if "\0" in k:
-                raise ValueError(f"scalar key {k!r} (value {v!r}): contains NUL")
-            keys[i] = k.encode("utf-8")
-            values[i] = float(v)
+        keys, values, n = _named(scalars)
         return self._check(self._lib.tw_log(self._h(), int(step), keys, values, n))
 
     def wants_images(self):

@@ -51,6 +51,12 @@ stats! {
     events_acked: "counter",
     /// Events overwritten in the segment's ring before they could be read.
     events_missed: "counter",
+    /// Named scalar points sent, resends included.
+    points_sent: "counter",
+    /// Points the server acknowledged as committed.
+    points_acked: "counter",
+    /// Points lost in the segment (its ring lapped, or a slot unreadable).
+    points_missed: "counter",
     /// Control commands written for trainers.
     commands_delivered: "counter",
     /// Streams re-established after a failure.

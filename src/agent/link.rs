@@ -110,10 +110,11 @@ impl std::fmt::Display for Unanswered {
     }
 }
 
-/// Which lossless events to send: everything after what the server has
-/// applied, at most `max_in_flight` ahead of its acknowledgements.
+/// Which lossless messages to send, for events and for scalar points alike
+/// (each has its own cursor): everything after what the server has
+/// applied, at most `max_in_flight` numbers ahead of its acknowledgements.
 ///
-/// Events the segment lost (its ring lapped before they were read) are
+/// Numbers the segment lost (a lapped ring, or an unreadable slot skipped) (its ring lapped before they were read) are
 /// never acknowledged by the server as such: the next event sent says how
 /// many went just before it (`events_missed_before`), and the server's
 /// cumulative ack of that event covers them. Until then they count neither
@@ -121,7 +122,7 @@ impl std::fmt::Display for Unanswered {
 /// to `acked` re-reads the gap and announces it again. All arithmetic
 /// saturates: a hostile `last_event_seq` or ack cannot overflow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EventCursor {
+pub struct SeqCursor {
     /// Next event number to send.
     pub next: u64,
     /// Every event up to this number is applied by the server.
@@ -132,11 +133,11 @@ pub struct EventCursor {
     pub lost: Option<(u64, u64)>,
 }
 
-impl EventCursor {
+impl SeqCursor {
     /// After a (re)registration: the server has applied up to
     /// `server_last`; resend from the one after it.
     pub fn resume(server_last: u64, max_in_flight: u64) -> Self {
-        EventCursor {
+        SeqCursor {
             next: server_last.saturating_add(1),
             acked: server_last,
             max_in_flight: max_in_flight.max(1),
@@ -147,7 +148,7 @@ impl EventCursor {
     /// The same cursor from its acknowledged position again (after
     /// BUFFER_FULL: whatever followed the ack is sent again).
     pub fn rewound(&self) -> Self {
-        EventCursor {
+        SeqCursor {
             lost: self.lost,
             ..Self::resume(self.acked, self.max_in_flight)
         }
@@ -164,9 +165,15 @@ impl EventCursor {
 
     /// Events `first..first + count` are lost for good; the next to send
     /// is the one after them.
+    /// A run lost right after another one not yet announced (nothing was
+    /// sent between) joins it, so one `missed_before` covers both.
     pub fn skip(&mut self, first: u64, count: u64) {
         let after = first.saturating_add(count);
         self.next = self.next.max(after);
+        let count = match self.lost {
+            Some((prev_after, prev)) if prev_after == first => prev.saturating_add(count),
+            _ => count,
+        };
         self.lost = Some((after, count));
     }
 
@@ -409,7 +416,7 @@ mod tests {
 
     #[test]
     fn the_event_cursor_resumes_after_what_the_server_applied() {
-        let mut c = EventCursor::resume(0, 2);
+        let mut c = SeqCursor::resume(0, 2);
         assert!(c.may_send());
         c.sent(1);
         c.sent(2);
@@ -418,16 +425,16 @@ mod tests {
         assert!(c.may_send());
         assert!(!c.on_ack(1), "a repeated ack does not advance");
         // Reconnect: the server says it applied 1, so 2 goes again.
-        let c = EventCursor::resume(1, 2);
+        let c = SeqCursor::resume(1, 2);
         assert_eq!((c.next, c.acked, c.in_flight()), (2, 1, 0));
         // A restarted server knows nothing: everything is resent.
-        assert_eq!(EventCursor::resume(0, 8).next, 1);
+        assert_eq!(SeqCursor::resume(0, 8).next, 1);
     }
 
     #[test]
     fn a_lost_run_is_announced_with_the_event_after_it_and_never_counts_as_acked() {
         // Acked 5, sent 6 and 7; the ring lost 8..=10.
-        let mut c = EventCursor::resume(5, 4);
+        let mut c = SeqCursor::resume(5, 4);
         c.sent(6);
         c.sent(7);
         c.skip(8, 3);
@@ -447,15 +454,20 @@ mod tests {
         assert_eq!(r.clone().acknowledge(11), 1);
         assert!(r.on_ack(11));
         assert_eq!(r.in_flight(), 0);
+        // Two runs lost back to back are announced as one.
+        let mut c = SeqCursor::resume(0, 8);
+        c.skip(1, 100);
+        c.skip(101, 1);
+        assert_eq!((c.next, c.missed_before(102)), (102, 101));
         // Without a lost run every event acked counts.
-        let mut c = EventCursor::resume(0, 8);
+        let mut c = SeqCursor::resume(0, 8);
         (1..=3).for_each(|n| c.sent(n));
         assert_eq!(c.acknowledge(3), 3);
     }
 
     #[test]
     fn a_hostile_last_event_seq_cannot_overflow_the_cursor() {
-        let mut c = EventCursor::resume(u64::MAX, 8);
+        let mut c = SeqCursor::resume(u64::MAX, 8);
         assert_eq!((c.next, c.in_flight()), (u64::MAX, 0));
         c.sent(u64::MAX);
         c.skip(u64::MAX - 1, 5);

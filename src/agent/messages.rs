@@ -8,8 +8,8 @@
 use crate::frame::EncodedBatch;
 use crate::proto::{
     self, control_command::CommandType, metrics_request::Payload, BatchData, EpochData, Heartbeat,
-    ImageData, MetricsRequest, Prediction, ResourceUsage, SessionInfo, StatusUpdate,
-    TrainingConfig,
+    ImageData, MetricsRequest, Prediction, ResourceUsage, ScalarBatch, ScalarPoint, SessionInfo,
+    StatusUpdate, TrainingConfig,
 };
 use crate::shm::{self, CommandKind, Event, WriterState};
 use crate::telemetry::Performance;
@@ -58,11 +58,12 @@ pub fn event_payload(event: &Event, timestamp_ms: u64) -> Payload {
             epoch,
             average_loss,
             average_accuracy,
+            metrics,
         } => Payload::EpochData(EpochData {
             epoch: *epoch,
             average_loss: *average_loss,
             average_accuracy: *average_accuracy,
-            metrics: Default::default(),
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }),
         Event::Status { status, message } => Payload::StatusUpdate(StatusUpdate {
             status: status_to_proto(*status) as i32,
@@ -71,6 +72,24 @@ pub fn event_payload(event: &Event, timestamp_ms: u64) -> Payload {
             timestamp_ms,
         }),
     }
+}
+
+/// A ScalarBatch of `points` (consecutive numbers, the first one's is the
+/// batch's `first_seq`), after `missed_before` points the segment lost.
+pub fn scalar_batch(points: &[shm::PointRecord], missed_before: u64) -> Payload {
+    Payload::ScalarBatch(ScalarBatch {
+        first_seq: points.first().map_or(0, |p| p.seq),
+        points: points
+            .iter()
+            .map(|p| ScalarPoint {
+                key: p.key.to_string(),
+                step: p.step,
+                wall_time_ms: p.wall_unix_ns / 1_000_000,
+                value: p.value,
+            })
+            .collect(),
+        missed_before,
+    })
 }
 
 pub fn status_to_proto(s: shm::TrainingStatus) -> proto::TrainingStatus {

@@ -36,7 +36,7 @@ use tonic::transport::Channel;
 use super::backoff::Backoff;
 use super::health::AgentStats;
 use super::messages;
-use super::stream::{Failure, StreamError, StreamState};
+use super::stream::{Failure, StreamError, StreamState, POINTS_PER_BATCH};
 use crate::config::AgentSettings;
 use crate::frame::{EncodedBatch, FramePipeline};
 use crate::proto::{
@@ -44,7 +44,9 @@ use crate::proto::{
     metrics_request::Payload, metrics_response, negotiated::Negotiated, ControlCommand,
     MetricsRequest, MetricsResponse, MetricsServiceClient, TrainingConfig,
 };
-use crate::shm::{self, EventRead, FrameRead, Reader, SendOutcome, WriterState};
+use crate::shm::{
+    self, EventRead, FrameRead, PointRecord, PointsRead, Reader, SendOutcome, WriterState,
+};
 use crate::telemetry::{BatchSample, FpsTracker, ResourceSampler, RunTotals};
 
 /// Messages queued for the stream; a frame that finds it full is dropped.
@@ -133,6 +135,10 @@ struct Registration {
     negotiated: Negotiated,
     /// The last event the server has applied.
     last_event_seq: u64,
+    /// The last scalar point the server has committed.
+    last_point_seq: u64,
+    /// Whether the server takes scalar points (ours does, a seed's not).
+    accepts_scalars: bool,
     resumed: bool,
 }
 
@@ -152,6 +158,8 @@ struct Stream {
     opening: Option<Opening>,
     inbound: Option<Inbound>,
     state: StreamState,
+    /// Whether points are sent on this stream.
+    scalars: bool,
 }
 
 impl Stream {
@@ -217,6 +225,8 @@ struct Session {
     /// The final status this agent made up for a writer that went away
     /// without one, once sent: (event_seq, request).
     final_status: Option<(u64, MetricsRequest)>,
+    /// Points read for the next ScalarBatch (capacity kept).
+    points: Vec<PointRecord>,
 }
 
 impl Session {
@@ -240,6 +250,7 @@ impl Session {
             fps: FpsTracker::new(ctx.settings.telemetry.fps_window),
             trainer_last_seen: (None, None),
             final_status: None,
+            points: Vec::with_capacity(POINTS_PER_BATCH),
             ctx,
         }
     }
@@ -255,6 +266,7 @@ impl Session {
             Err(end) => return end,
         };
         self.reader.seek_events(reg.last_event_seq);
+        self.reader.seek_points(reg.last_point_seq);
         if let Some((seq, _)) = &self.final_status {
             if reg.last_event_seq >= *seq {
                 return Attempt::Finished;
@@ -323,6 +335,8 @@ impl Session {
         let reg = Registration {
             negotiated: Negotiated::from_server(&resp.server_config.unwrap_or_default()),
             last_event_seq: resp.last_event_seq,
+            last_point_seq: resp.last_point_seq,
+            accepts_scalars: resp.accepts_scalars,
             resumed: resp.resumed,
         };
         Ok((client, reg))
@@ -338,6 +352,8 @@ impl Session {
             session = %self.id,
             resumed = reg.resumed,
             last_event_seq = reg.last_event_seq,
+            last_point_seq = reg.last_point_seq,
+            scalars = reg.accepts_scalars,
             heartbeat_ms = n.heartbeat.as_millis() as u64,
             max_images = n.max_images,
             max_dim = n.max_dim,
@@ -350,6 +366,7 @@ impl Session {
             s.liveness_intervals,
             s.telemetry.interval,
             reg.last_event_seq,
+            reg.last_point_seq,
             Instant::now(),
         );
         Stream {
@@ -358,6 +375,7 @@ impl Session {
             opening: Some(opening),
             inbound: None,
             state,
+            scalars: reg.accepts_scalars,
         }
     }
 
@@ -384,6 +402,7 @@ impl Session {
         }
         self.deliver_commands();
         let writer_done = self.send_events(st)?;
+        let points_done = self.send_points(st)?;
         // The trainer's newest batch, read once for this round.
         let progress = self.reader.progress();
         let last_publish = progress.map(|p| instant_at(now, p.mono_ns));
@@ -398,7 +417,7 @@ impl Session {
         if let Some(silence) = st.state.liveness.dead(now) {
             return Err(st.fail(silence));
         }
-        if writer_done {
+        if writer_done && points_done {
             self.writer_gone(st, now, last_publish)?;
         }
         Ok(sent_frame)
@@ -418,6 +437,7 @@ impl Session {
             Some(metrics_response::Payload::Ack(a)) => match AckKind::try_from(a.kind) {
                 Ok(AckKind::Batch) => AgentStats::add(&self.ctx.stats.frames_acked, 1),
                 Ok(AckKind::Event) => return self.on_event_ack(st, a.event_seq),
+                Ok(AckKind::Scalars) if st.scalars => self.on_points_ack(st, a.point_seq),
                 _ => {}
             },
             Some(metrics_response::Payload::Command(cmd)) => self.queue_command(cmd),
@@ -431,6 +451,7 @@ impl Session {
                         // An event the server could not take is resent.
                         st.state.on_buffer_full(now);
                         self.reader.seek_events(st.state.cursor.acked);
+                        self.reader.seek_points(st.state.points.acked);
                     }
                     _ => self.log_fault(&e.message),
                 }
@@ -486,7 +507,63 @@ impl Session {
                 }
                 Ok(None) => return Ok(true),
                 Err(e) => {
+                    // Skipped for good: announced like a lapped one, or the
+                    // server would wait for it forever.
                     self.log_fault(&format!("unreadable event skipped: {e}"));
+                    AgentStats::add(&self.ctx.stats.events_missed, 1);
+                    st.state.cursor.skip(self.reader.events_read(), 1);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Every point up to `seq` is committed: recorded in the segment, so a
+    /// restarted agent resumes after it.
+    fn on_points_ack(&mut self, st: &mut Stream, seq: u64) {
+        let newly = st.state.points.acknowledge(seq);
+        if newly > 0 {
+            AgentStats::add(&self.ctx.stats.points_acked, newly);
+        }
+        let in_ring = st.state.points.acked.min(self.reader.points_written());
+        if let Err(e) = self.reader.ack_points(in_ring) {
+            tracing::warn!(session = %self.id, error = %e, "cannot record acknowledged points in the segment");
+        }
+    }
+
+    /// The next scalar points, every one and in order, in batches of up to
+    /// [`POINTS_PER_BATCH`], a bounded window ahead of the acknowledgements;
+    /// returns whether none are left to send now (always, to a server that
+    /// takes none).
+    fn send_points(&mut self, st: &mut Stream) -> Result<bool, Attempt> {
+        if !st.scalars {
+            return Ok(true);
+        }
+        while st.state.points.may_send() && st.out.capacity() > 0 {
+            let room = st.state.points.max_in_flight - st.state.points.in_flight();
+            let max = POINTS_PER_BATCH.min(room as usize);
+            self.points.clear();
+            match self.reader.next_points(&mut self.points, max) {
+                Ok(PointsRead::Points(0)) => return Ok(true),
+                Ok(PointsRead::Points(n)) => {
+                    let first = self.points[0].seq;
+                    let last = self.points[n - 1].seq;
+                    let missed = st.state.points.missed_before(first);
+                    let payload = messages::scalar_batch(&self.points, missed);
+                    st.send(self.request(payload, proto::now_ms(), 0))?;
+                    st.state.points.sent(last);
+                    AgentStats::add(&self.ctx.stats.points_sent, n as u64);
+                }
+                Ok(PointsRead::Missed { first, count }) => {
+                    AgentStats::add(&self.ctx.stats.points_missed, count);
+                    tracing::error!(session = %self.id, first, count, "scalar points overwritten in the segment before they were read (the points ring was lapped)");
+                    st.state.points.skip(first, count);
+                }
+                Err(e) => {
+                    self.log_fault(&format!("unreadable scalar point skipped: {e}"));
+                    AgentStats::add(&self.ctx.stats.points_missed, 1);
+                    let (_, at, _) = self.reader.point_positions();
+                    st.state.points.skip(at, 1);
                 }
             }
         }
@@ -557,6 +634,7 @@ impl Session {
         last_publish: Option<Instant>,
     ) -> Result<(), Attempt> {
         if st.state.cursor.in_flight() != 0
+            || st.state.points.in_flight() != 0
             || self.final_status.is_some()
             || !st
                 .state
@@ -566,12 +644,14 @@ impl Session {
         }
         let acked = st.state.cursor.acked;
         match self.reader.writer_state(shm::IDLE_AFTER_NS) {
-            // The writer may have published its last events (and closed)
-            // after `next_event` found none: only end once every event it
-            // wrote is acknowledged. Read after the state, so nothing can
-            // be written after this check.
+            // The writer may have published its last events and points
+            // (and closed) after the reads found none: only end once every
+            // one it wrote is acknowledged (or lost, past the last one
+            // sent). Read after the state, so nothing can be written after
+            // this check.
             state @ (WriterState::Closed | WriterState::Dead)
-                if self.reader.events_written() <= acked =>
+                if self.reader.events_written() <= acked
+                    && (!st.scalars || st.state.points.next > self.reader.points_written()) =>
             {
                 tracing::info!(session = %self.id, ?state, events = acked, "trainer is gone; ending the run");
                 // The run's last figures (every batch counted).

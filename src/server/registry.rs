@@ -218,10 +218,13 @@ fn run_record(id: &str, client: &str, config: Option<&TrainingConfig>, now: u64)
             "class_names": c.class_names,
         })
     });
+    // An agent's id says which device and run; anything else is shown as
+    // it came, under the client's name.
+    let (device, name) = crate::proto::session_parts(id).unwrap_or((client, id));
     RunRecord {
         id: id.to_string(),
-        device: client.to_string(),
-        name: id.to_string(),
+        device: device.to_string(),
+        name: name.to_string(),
         model: config.map(|c| c.model_name.clone()).unwrap_or_default(),
         dataset: config.map(|c| c.dataset_name.clone()).unwrap_or_default(),
         config: json.map(|j| j.to_string()).unwrap_or_else(|| "{}".into()),

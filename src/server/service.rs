@@ -102,6 +102,7 @@ impl proto::MetricsService for Service {
             last_event_seq: reg.last_event_seq,
             resumed: reg.resumed,
             last_point_seq: reg.last_point_seq,
+            accepts_scalars: true,
         }))
     }
 

@@ -500,17 +500,57 @@ pub unsafe extern "C" fn tw_log(
                 slice(values, n, "values")?,
             )
         };
-        let mut points = Vec::with_capacity(n);
-        for (i, (&k, &v)) in keys.iter().zip(values).enumerate() {
-            if k.is_null() {
-                return Err(arg(&format!("keys[{i}]")));
-            }
-            // SAFETY: non-NULL and NUL-terminated per the contract.
-            let k = unsafe { CStr::from_ptr(k) }.to_str().map_err(|_| {
-                ShmError::InvalidArgument(format!("keys[{i}] is not UTF-8 (value {v})"))
-            })?;
-            points.push((k, v));
-        }
+        let points = named_values(keys, values)?;
         Ok(h.writer.log(step, &points)? as i64)
     })
+}
+
+/// Publishes an epoch summary with `n` named metrics (`keys[i]` =
+/// `values[i]`, at most 18, checked like `tw_log`'s): its event number, or
+/// -1 (see `tw_last_error`) and nothing published.
+///
+/// # Safety
+/// As `tw_log`.
+#[no_mangle]
+pub unsafe extern "C" fn tw_publish_epoch_metrics(
+    p: *mut TwPublisher,
+    epoch: u32,
+    average_loss: f32,
+    average_accuracy: f32,
+    keys: *const *const c_char,
+    values: *const f64,
+    n: usize,
+) -> i64 {
+    guard(-1, || {
+        // SAFETY: per the contract.
+        let (h, keys, values) = unsafe {
+            (
+                handle(p)?,
+                slice(keys, n, "keys")?,
+                slice(values, n, "values")?,
+            )
+        };
+        let metrics = named_values(keys, values)?;
+        Ok(h.writer
+            .publish_epoch_with(epoch, average_loss, average_accuracy, &metrics)? as i64)
+    })
+}
+
+/// `keys[i]` = `values[i]` pairs from C, each key checked for NULL and UTF-8.
+fn named_values<'a>(
+    keys: &'a [*const c_char],
+    values: &[f64],
+) -> Result<Vec<(&'a str, f64)>, ShmError> {
+    let mut points = Vec::with_capacity(keys.len());
+    for (i, (&k, &v)) in keys.iter().zip(values).enumerate() {
+        if k.is_null() {
+            return Err(arg(&format!("keys[{i}]")));
+        }
+        // SAFETY: non-NULL and NUL-terminated per the callers' contract.
+        let k = unsafe { CStr::from_ptr(k) }.to_str().map_err(|_| {
+            ShmError::InvalidArgument(format!("keys[{i}] is not UTF-8 (value {v})"))
+        })?;
+        points.push((k, v));
+    }
+    Ok(points)
 }

@@ -62,9 +62,11 @@ fn event_json(e: &Result<EventRead, ShmError>) -> Value {
                 epoch,
                 average_loss,
                 average_accuracy,
+                metrics,
             } => json!({
                 "seq": seq, "timestamp_unix_ns": timestamp_unix_ns, "kind": "epoch",
                 "epoch": epoch, "average_loss": average_loss, "average_accuracy": average_accuracy,
+                "metrics": metrics.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             }),
             Event::Status { status, message } => json!({
                 "seq": seq, "timestamp_unix_ns": timestamp_unix_ns, "kind": "status",
@@ -255,11 +257,13 @@ fn text_events(s: &mut String, r: &Reader, h: &HeaderInfo) {
                         epoch,
                         average_loss,
                         average_accuracy,
+                        metrics,
                     },
                 ..
             }) => {
+                let named: String = metrics.iter().map(|(k, v)| format!(", {k} {v}")).collect();
                 format!(
-                    "#{seq} epoch {epoch}: loss {average_loss:.4}, accuracy {average_accuracy:.4}"
+                    "#{seq} epoch {epoch}: loss {average_loss:.4}, accuracy {average_accuracy:.4}{named}"
                 )
             }
             Ok(EventRead::Event {

@@ -152,6 +152,10 @@ pub mod event {
     pub const MSG_LEN: usize = 36; // u32
     pub const MSG: usize = 40; // UTF-8
     pub const MSG_CAP: usize = SIZE - MSG;
+    /// An epoch event's message area holds its named metrics (format 2):
+    /// key id (u32 LE) then value (f64 bits, LE), 12 bytes each.
+    pub const METRIC_SIZE: usize = 12;
+    pub const MAX_METRICS: usize = MSG_CAP / METRIC_SIZE;
     pub const KIND_EPOCH: u32 = 1;
     pub const KIND_STATUS: u32 = 2;
 }

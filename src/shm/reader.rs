@@ -79,6 +79,8 @@ pub enum Event {
         epoch: u32,
         average_loss: f32,
         average_accuracy: f32,
+        /// Named metrics the summary carries (format 2), in the order given.
+        metrics: Vec<(Arc<str>, f64)>,
     },
     Status {
         status: TrainingStatus,
@@ -691,6 +693,7 @@ impl Reader {
                 epoch,
                 average_loss: loss,
                 average_accuracy: acc,
+                metrics: self.epoch_metrics(n, &msg[..len])?,
             },
             event::KIND_STATUS => {
                 let status = TrainingStatus::from_code(status)
@@ -754,6 +757,12 @@ impl Reader {
     pub fn seek_events(&mut self, after: u64) {
         let written = self.map.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
         self.event_cursor = after.min(written);
+    }
+
+    /// The read position of the event ring: the last event `next_event`
+    /// returned or skipped (an unreadable one included).
+    pub fn events_read(&self) -> u64 {
+        self.event_cursor
     }
 
     /// How many batches the trainer has published (copied or not).
@@ -943,6 +952,38 @@ fn check_len(path: &Path, len: u64) -> Result<(), ShmError> {
 
 /// The points ring (format 2): named scalars, lossless like events.
 impl Reader {
+    /// An epoch event's metrics: `(key id u32, value f64 bits u64)` pairs,
+    /// little-endian, in its message area.
+    fn epoch_metrics(&self, n: u64, bytes: &[u8]) -> Result<Vec<(Arc<str>, f64)>, ShmError> {
+        if !bytes.len().is_multiple_of(event::METRIC_SIZE) {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("event {n} metrics length"),
+                bytes.len(),
+                format!("a multiple of {}", event::METRIC_SIZE),
+            ));
+        }
+        bytes
+            .chunks_exact(event::METRIC_SIZE)
+            .map(|c| {
+                let id = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let mut v = [0u8; 8];
+                v.copy_from_slice(&c[4..12]);
+                let value = f64::from_bits(u64::from_le_bytes(v));
+                let key = self.key_name(id, &format!("event {n} metric key id"))?;
+                if !value.is_finite() {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("event {n} metric {key:?}"),
+                        value,
+                        "a finite value".into(),
+                    ));
+                }
+                Ok((key, value))
+            })
+            .collect()
+    }
+
     /// The segment's format version (1 has no points).
     pub fn format_version(&self) -> u32 {
         self.version
@@ -1046,44 +1087,63 @@ impl Reader {
         if let Some(k) = self.keys.get(id as usize) {
             return Ok(k.clone());
         }
+        self.check_key_id(id, &format!("point {n} key id"))?;
+        while (self.keys.len() as u32) <= id {
+            let k = self.read_key_entry(self.keys.len() as u32)?;
+            self.keys.push(k);
+        }
+        Ok(self.keys[id as usize].clone())
+    }
+
+    /// Key id `id`'s name without caching it (for `&self` readers).
+    fn key_name(&self, id: u32, what: &str) -> Result<Arc<str>, ShmError> {
+        if let Some(k) = self.keys.get(id as usize) {
+            return Ok(k.clone());
+        }
+        self.check_key_id(id, what)?;
+        self.read_key_entry(id)
+    }
+
+    /// `id` names a published key table entry.
+    fn check_key_id(&self, id: u32, what: &str) -> Result<(), ShmError> {
         let count = self.map.load_u64(hdr::KEY_COUNT, Ordering::Acquire);
         let cap = u64::from(self.geo.key_capacity);
         if u64::from(id) >= count.min(cap) {
             return Err(ShmError::field(
                 &self.path,
-                &format!("point {n} key id"),
+                what,
                 id,
                 format!("below the key count {}", count.min(cap)),
             ));
         }
-        while (self.keys.len() as u32) <= id {
-            let i = self.keys.len() as u32;
-            let base = self.geo.key_entry(i);
-            let len = self.map.load_u32(base + key::LEN, Ordering::Relaxed) as usize;
-            let mut buf = [0u8; key::MAX_LEN];
-            let name = buf.get_mut(..len).filter(|_| len > 0);
-            let Some(name) = name else {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("key {i} length"),
-                    len,
-                    format!("1..={}", key::MAX_LEN),
-                ));
-            };
-            self.map.read_bytes(base + key::NAME, name);
-            if !layout::valid_key(name) {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("key {i} name"),
-                    String::from_utf8_lossy(name),
-                    "1 to 128 of A-Z a-z 0-9 . _ / -".into(),
-                ));
-            }
-            // valid_key admits ASCII only: this is UTF-8.
-            let s = std::str::from_utf8(name).unwrap_or_default();
-            self.keys.push(Arc::from(s));
+        Ok(())
+    }
+
+    /// Key table entry `i`, checked.
+    fn read_key_entry(&self, i: u32) -> Result<Arc<str>, ShmError> {
+        let base = self.geo.key_entry(i);
+        let len = self.map.load_u32(base + key::LEN, Ordering::Relaxed) as usize;
+        let mut buf = [0u8; key::MAX_LEN];
+        let name = buf.get_mut(..len).filter(|_| len > 0);
+        let Some(name) = name else {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("key {i} length"),
+                len,
+                format!("1..={}", key::MAX_LEN),
+            ));
+        };
+        self.map.read_bytes(base + key::NAME, name);
+        if !layout::valid_key(name) {
+            return Err(ShmError::field(
+                &self.path,
+                &format!("key {i} name"),
+                String::from_utf8_lossy(name),
+                "1 to 128 of A-Z a-z 0-9 . _ / -".into(),
+            ));
         }
-        Ok(self.keys[id as usize].clone())
+        // valid_key admits ASCII only: this is UTF-8.
+        Ok(Arc::from(std::str::from_utf8(name).unwrap_or_default()))
     }
 
     /// Points up to `seq` are committed by the server: a restarted agent

@@ -377,39 +377,7 @@ impl Writer {
     /// write position when `points` is empty). Never waits: a ring the
     /// agent does not drain is lapped, and the agent counts what it missed.
     pub fn log(&mut self, step: i64, points: &[(&str, f64)]) -> Result<u64, ShmError> {
-        if self.geo.point_slots == 0 {
-            return Err(ShmError::InvalidArgument(
-                "this segment is format version 1, which has no points ring".into(),
-            ));
-        }
-        let mut new_keys = 0usize;
-        for (i, &(name, value)) in points.iter().enumerate() {
-            if !layout::valid_key(name.as_bytes()) {
-                return Err(ShmError::InvalidArgument(format!(
-                    "key {name:?} (value {value}): expected 1 to {} of A-Z a-z 0-9 . _ / -",
-                    key::MAX_LEN
-                )));
-            }
-            if !value.is_finite() {
-                return Err(ShmError::InvalidArgument(format!(
-                    "key {name:?}: value {value} is not finite"
-                )));
-            }
-            if !self.keys.contains_key(name) && !points[..i].iter().any(|p| p.0 == name) {
-                new_keys += 1;
-            }
-        }
-        let capacity = self.geo.key_capacity as usize;
-        if self.keys.len() + new_keys > capacity {
-            let first_new = points
-                .iter()
-                .find(|p| !self.keys.contains_key(p.0))
-                .map_or("", |p| p.0);
-            return Err(ShmError::InvalidArgument(format!(
-                "key {first_new:?}: {} new keys would exceed the segment's {capacity} distinct keys",
-                new_keys
-            )));
-        }
+        self.check_points(points)?;
         let wall = unix_ns();
         let m = &self.map;
         for &(name, value) in points {
@@ -546,6 +514,46 @@ impl Writer {
         ))
     }
 
+    /// Checks named values before any is written: valid keys, finite
+    /// values, room in the key table for the new ones. Errors name the key
+    /// and its value.
+    fn check_points(&self, points: &[(&str, f64)]) -> Result<(), ShmError> {
+        if self.geo.point_slots == 0 {
+            return Err(ShmError::InvalidArgument(
+                "this segment is format version 1, which has no points ring".into(),
+            ));
+        }
+        let mut new_keys = 0usize;
+        for (i, &(name, value)) in points.iter().enumerate() {
+            if !layout::valid_key(name.as_bytes()) {
+                return Err(ShmError::InvalidArgument(format!(
+                    "key {name:?} (value {value}): expected 1 to {} of A-Z a-z 0-9 . _ / -",
+                    key::MAX_LEN
+                )));
+            }
+            if !value.is_finite() {
+                return Err(ShmError::InvalidArgument(format!(
+                    "key {name:?}: value {value} is not finite"
+                )));
+            }
+            if !self.keys.contains_key(name) && !points[..i].iter().any(|p| p.0 == name) {
+                new_keys += 1;
+            }
+        }
+        let capacity = self.geo.key_capacity as usize;
+        if self.keys.len() + new_keys > capacity {
+            let first_new = points
+                .iter()
+                .find(|p| !self.keys.contains_key(p.0))
+                .map_or("", |p| p.0);
+            return Err(ShmError::InvalidArgument(format!(
+                "key {first_new:?}: {} new keys would exceed the segment's {capacity} distinct keys",
+                new_keys
+            )));
+        }
+        Ok(())
+    }
+
     /// Publishes an epoch summary; returns its event number.
     pub fn publish_epoch(&mut self, epoch: u32, average_loss: f32, average_accuracy: f32) -> u64 {
         self.publish_event(
@@ -554,14 +562,66 @@ impl Writer {
             epoch,
             average_loss,
             average_accuracy,
-            "",
+            &[],
         )
+    }
+
+    /// An epoch summary with named metrics (at most
+    /// [`event::MAX_METRICS`], checked like [`log`](Self::log)'s; format 2
+    /// only): returns its event number. Nothing is published on an error.
+    pub fn publish_epoch_with(
+        &mut self,
+        epoch: u32,
+        average_loss: f32,
+        average_accuracy: f32,
+        metrics: &[(&str, f64)],
+    ) -> Result<u64, ShmError> {
+        if metrics.is_empty() {
+            return Ok(self.publish_epoch(epoch, average_loss, average_accuracy));
+        }
+        if self.geo.point_slots == 0 {
+            return Err(ShmError::InvalidArgument(format!(
+                "epoch {epoch}: this segment is format version 1, which carries no epoch metrics"
+            )));
+        }
+        if metrics.len() > event::MAX_METRICS {
+            return Err(ShmError::InvalidArgument(format!(
+                "epoch {epoch}: {} metrics, at most {} fit an epoch summary (log the rest with log())",
+                metrics.len(),
+                event::MAX_METRICS
+            )));
+        }
+        self.check_points(metrics)?;
+        let mut bytes = [0u8; event::MSG_CAP];
+        for (i, &(name, value)) in metrics.iter().enumerate() {
+            let id = match self.keys.get(name) {
+                Some(&id) => id,
+                None => intern(&self.map, &self.geo, &mut self.keys, name),
+            };
+            let at = i * event::METRIC_SIZE;
+            bytes[at..at + 4].copy_from_slice(&id.to_le_bytes());
+            bytes[at + 4..at + 12].copy_from_slice(&value.to_bits().to_le_bytes());
+        }
+        let len = metrics.len() * event::METRIC_SIZE;
+        Ok(self.publish_event(
+            event::KIND_EPOCH,
+            0,
+            epoch,
+            average_loss,
+            average_accuracy,
+            &bytes[..len],
+        ))
     }
 
     /// Publishes a status change; a message longer than the slot is cut at
     /// a character boundary.
     pub fn publish_status(&mut self, status: TrainingStatus, message: &str) -> u64 {
-        self.publish_event(event::KIND_STATUS, status as u32, 0, 0.0, 0.0, message)
+        let mut cut = message.len().min(event::MSG_CAP);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let msg = &message.as_bytes()[..cut];
+        self.publish_event(event::KIND_STATUS, status as u32, 0, 0.0, 0.0, msg)
     }
 
     fn publish_event(
@@ -571,13 +631,8 @@ impl Writer {
         epoch: u32,
         loss: f32,
         acc: f32,
-        msg: &str,
+        msg: &[u8],
     ) -> u64 {
-        let mut cut = msg.len().min(event::MSG_CAP);
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let msg = &msg.as_bytes()[..cut];
         let n = self.event_no + 1;
         let base = self.geo.event_slot(n);
         let m = &self.map;

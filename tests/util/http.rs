@@ -57,10 +57,44 @@ pub async fn request(
             .nth(1)
             .and_then(|c| c.parse().ok())
             .expect("status code");
-        (status, buf[split + 4..].to_vec())
+        let body = &buf[split + 4..];
+        let chunked = head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+        (
+            status,
+            if chunked {
+                dechunk(body)
+            } else {
+                body.to_vec()
+            },
+        )
     })
     .await
     .expect("HTTP request timed out")
+}
+
+/// A chunked body's data; a truncated one (no final chunk) panics, so a
+/// test never takes a cut-off download for a whole one.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size_hex = size_text.split(';').next().unwrap().trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .unwrap_or_else(|_| panic!("chunk size {size_text:?}"));
+        b = &b[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        assert!(b.len() >= size + 2, "chunk of {size} bytes cut off");
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
 }
 
 /// `GET path` that must answer 200 with JSON.
