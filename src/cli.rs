@@ -425,6 +425,10 @@ pub struct DemoArgs {
     /// Segment directory [default: a private temporary one, removed at exit].
     #[arg(long, value_name = "DIR")]
     pub shm_dir: Option<PathBuf>,
+    /// Where the server records the run: a SQLite file or a postgres:// URL
+    /// [default: a temporary SQLite file, removed at exit].
+    #[arg(long, value_name = "PATH|URL")]
+    pub store: Option<String>,
 }
 
 fn positive_speed(s: &str) -> Result<f64, String> {
@@ -462,6 +466,7 @@ impl DemoArgs {
             http_port: self.http_port,
             grpc_port: self.grpc_port,
             shm_dir: self.shm_dir,
+            store: self.store,
             duration,
             epochs: self.epochs,
             batches_per_epoch: self.batches_per_epoch,
@@ -483,11 +488,12 @@ pub fn demo(args: DemoArgs) -> Result<(), CliError> {
         crate::demo::run(opts, signal, |s| {
             // One machine-readable line, then one for people.
             println!(
-                "listening http={} grpc={} tls=on run={} shm_dir={}",
+                "listening http={} grpc={} tls=on run={} shm_dir={} store={}",
                 s.http_addr,
                 s.grpc_addr,
                 s.run_name,
-                s.shm_dir.display()
+                s.shm_dir.display(),
+                s.store
             );
             println!(
                 "trainwatch demo: open http://{}/ in a browser (Ctrl-C to stop)",
@@ -592,6 +598,7 @@ mod tests {
             seed: 1,
             duration,
             shm_dir: None,
+            store: None,
         };
         assert!(matches!(
             args(0.0, None).options(),

@@ -210,6 +210,22 @@ async fn demo_trains_and_obeys_pause_resume_and_stop() {
     })
     .await;
 
+    // The demo records into its store: every batch's loss and the named
+    // scalars it logs, the learning rate as changed.
+    eventually("train/lr at 0.003 in the store", || async {
+        let s = get_json(
+            http,
+            &format!("/api/runs/{id}/scalars?keys=train/lr,train/loss"),
+        )
+        .await;
+        let series = s["series"].as_array()?;
+        let lr = series.iter().find(|x| x["key"] == "train/lr")?;
+        let last = lr["buckets"].as_array()?.last()?["last"].as_f64()?;
+        let has_loss = series.iter().any(|x| x["key"] == "train/loss");
+        (has_loss && (last - 0.003).abs() < 1e-6).then_some(())
+    })
+    .await;
+
     // Enough epochs that the model has visibly learned.
     let s = session_with_epochs(http, 8).await;
     assert_learned(&s);

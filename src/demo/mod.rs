@@ -77,6 +77,9 @@ pub struct DemoOptions {
     pub grpc_port: u16,
     /// Segment directory; `None`: a private one, removed at exit.
     pub shm_dir: Option<PathBuf>,
+    /// The server's store (a SQLite file or a `postgres://` URL); `None`: a
+    /// SQLite file in the private directory, removed at exit.
+    pub store: Option<String>,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
     pub epochs: u32,
@@ -94,6 +97,8 @@ pub struct Serving {
     pub grpc_addr: SocketAddr,
     pub shm_dir: PathBuf,
     pub run_name: String,
+    /// Where the run is recorded (a PostgreSQL URL's password hidden).
+    pub store: String,
 }
 
 /// A directory removed (with what is in it) when dropped.
@@ -210,6 +215,11 @@ pub async fn run(
     server_settings.http_listen = SocketAddr::from(([127, 0, 0, 1], opts.http_port));
     server_settings.tls = Some(tls);
     server_settings.shutdown_grace = SHUTDOWN_GRACE;
+    let store = opts
+        .store
+        .clone()
+        .unwrap_or_else(|| private.0.join("trainwatch.db").display().to_string());
+    server_settings.store.place = Some(store.clone());
     let server = Server::start(&server_settings).await?;
 
     let agent = Agent::new(agent_settings(server.grpc_addr.port(), &ca, &shm_dir)?);
@@ -234,6 +244,7 @@ pub async fn run(
         grpc_addr: server.grpc_addr,
         shm_dir: shm_dir.clone(),
         run_name,
+        store: crate::server::redact(&store),
     });
 
     let duration = async {

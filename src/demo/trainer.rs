@@ -175,6 +175,17 @@ pub fn train(opts: &TrainerOptions, stop: &Receiver<()>) -> Result<Outcome, ShmE
             } else {
                 run.writer.record_progress(epoch, batch_idx, step.loss);
             }
+            // Named scalars beside the loss (which every batch logs itself).
+            let global_step =
+                i64::from(epoch) * i64::from(opts.batches_per_epoch) + i64::from(batch_idx);
+            let batch_accuracy = step.correct as f64 / indices.len().max(1) as f64;
+            run.writer.log(
+                global_step,
+                &[
+                    ("train/accuracy", batch_accuracy),
+                    ("train/lr", f64::from(run.learning_rate)),
+                ],
+            )?;
             outcome.batches += 1;
             batch_idx += 1;
         }

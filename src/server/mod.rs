@@ -256,7 +256,7 @@ async fn open_store(
 }
 
 /// A store location fit for the log: a PostgreSQL URL's password hidden.
-fn redact(place: &str) -> String {
+pub fn redact(place: &str) -> String {
     match (place.find("://"), place.rfind('@')) {
         (Some(s), Some(at)) if at > s => match place[s + 3..at].find(':') {
             Some(c) => format!("{}:***{}", &place[..s + 3 + c], &place[at..]),
