@@ -2,9 +2,10 @@
 //!
 //! The modules follow the data: a trainer publishes into shared memory
 //! (`shm`), the agent turns frames into JPEGs (`frame`) and streams them with
-//! the run's events (`agent`) over the seed's gRPC protocol (`proto`) to the
-//! central MetricsService (`server`), which keeps bounded per-session state
-//! and serves it over HTTP.
+//! the run's events and named scalars (`agent`) over the seed's gRPC
+//! protocol (`proto`) to the central MetricsService (`server`), which keeps
+//! bounded live state per session, records every run in its store, and
+//! serves both over HTTP.
 //!
 //! - [`shm`] — the trainer → agent hand-off: one shared-memory segment per
 //!   run (format in [`shm::layout`]; v2 adds a lossless points ring for
@@ -23,8 +24,9 @@
 //!   handed out as `bytes::Bytes`, so the gRPC layer sends it without a copy. Buffers are
 //!   sized from config at start-up; a batch in steady state allocates nothing.
 //! - [`agent`] — `trainwatch agent`: finds runs in the segment directory and
-//!   streams each as a session: registration, one StreamMetrics, events in
-//!   order and exactly once across restarts, the newest frame at a paced
+//!   streams each as a session: registration, one StreamMetrics, events and
+//!   scalar points in order and exactly once across restarts (one go-back-N
+//!   cursor each, [`agent::link::SeqCursor`]), the newest frame at a paced
 //!   rate, heartbeats, liveness and reconnect with backoff, commands back
 //!   into the segment, health counters, systemd readiness and watchdog. The
 //!   stream loop is a state machine ([`agent::stream`]) woken per kind of
@@ -38,9 +40,12 @@
 //!   and stream handling validate every message; valid ones go through a
 //!   bounded per-session queue into a session's bounded state, which the JSON
 //!   HTTP API reads. A bad message is answered with an ErrorResponse and never
-//!   ends the stream or touches another session. [`server::store`] is the
-//!   run store (SQLite by default, PostgreSQL when shared) behind one trait;
-//!   it is not yet wired into ingest.
+//!   ends the stream or touches another session. Each session's apply task
+//!   takes sequenced messages strictly in order and acknowledges them only
+//!   after [`server::store`] (SQLite by default, PostgreSQL when shared,
+//!   behind one trait, written in groups by one writer task) has committed
+//!   them; `server::api` serves the store's history (runs, scalars, export,
+//!   images, commands, statuses, epochs, figures).
 //! - [`demo`] — `trainwatch demo`: server, agent and a trainer in one
 //!   process, over the real paths (shared memory, gRPC with TLS from a
 //!   throw-away CA, the HTTP API). The trainer really learns: softmax

@@ -1446,6 +1446,7 @@ mod inspect {
             "#1 status RUNNING \"go\"",
             "#2 epoch 0: loss 0.5000, accuracy 0.7500",
             "control  0 written, 0 applied",
+            "points   2 logged, 0 acknowledged, 65536 slots; 1 of 1024 keys named",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
@@ -1455,6 +1456,12 @@ mod inspect {
         assert_eq!(v["newest_frame"]["images"]["bytes"], 384);
         assert_eq!(v["pending_events"].as_array().unwrap().len(), 3);
         assert_eq!(v["config"]["class_names"][2], "ünïcode");
+        assert_eq!(
+            v["points"]["written"], 2,
+            "every batch's loss: {}",
+            v["points"]
+        );
+        assert_eq!(v["points"]["keys"], 1);
     }
 
     #[test]

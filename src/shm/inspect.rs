@@ -121,6 +121,20 @@ pub fn report_json(r: &Reader) -> Value {
         "newest_frame": newest,
         "pending_events": r.pending_events(MAX_EVENTS_SHOWN).iter().map(event_json).collect::<Vec<_>>(),
         "control": {"written": written, "applied": applied, "pending": written.saturating_sub(applied)},
+        "points": points_json(r),
+    })
+}
+
+/// The points ring's positions and key table (format 2; null for 1).
+fn points_json(r: &Reader) -> Value {
+    if r.point_slots() == 0 {
+        return Value::Null;
+    }
+    let (acked, _, written) = r.point_positions();
+    let (keys, key_capacity) = r.keys_published();
+    json!({
+        "written": written, "acknowledged": acked, "slots": r.point_slots(),
+        "keys": keys, "key_capacity": key_capacity,
     })
 }
 
@@ -156,6 +170,15 @@ pub fn report_text(r: &Reader) -> String {
     text_config(&mut s, c);
     text_frames(&mut s, r, &h);
     text_events(&mut s, r, &h);
+    if r.point_slots() != 0 {
+        let (acked, _, written) = r.point_positions();
+        let (keys, cap) = r.keys_published();
+        let _ = writeln!(
+            s,
+            "points   {written} logged, {acked} acknowledged, {} slots; {keys} of {cap} keys named",
+            r.point_slots()
+        );
+    }
     text_reader(&mut s, &h);
     s
 }

@@ -1187,6 +1187,22 @@ impl Reader {
         self.point_cursor = after.min(self.points_written());
     }
 
+    /// Distinct scalar keys the writer has named, and how many the segment
+    /// holds ((0, 0) for format 1).
+    pub fn keys_published(&self) -> (u64, u32) {
+        if self.geo.point_slots == 0 {
+            return (0, 0);
+        }
+        let cap = self.geo.key_capacity;
+        let count = self.map.load_u64(hdr::KEY_COUNT, Ordering::Acquire);
+        (count.min(u64::from(cap)), cap)
+    }
+
+    /// Slots of the points ring (0 for format 1).
+    pub fn point_slots(&self) -> u32 {
+        self.geo.point_slots
+    }
+
     /// How many points the writer has published (0 for format 1).
     pub fn points_written(&self) -> u64 {
         if self.geo.point_slots == 0 {
