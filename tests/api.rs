@@ -191,26 +191,6 @@ async fn response_head(addr: SocketAddr, path: &str) -> String {
     .expect("response in time")
 }
 
-/// Decodes an HTTP/1.1 chunked body (the test client reads raw bytes).
-fn dechunk(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = raw;
-    loop {
-        let nl = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
-            .expect("hex chunk size");
-        rest = &rest[nl + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_serves_what_the_store_holds() {
     every_endpoint(serve(None).await).await;
@@ -375,9 +355,9 @@ async fn export_streams_every_point_complete_in_both_formats() {
     }
     apply_ok(&*s.store, writes).await;
 
-    let (code, raw) = get(s.addr, "/api/runs/big/export?format=ndjson").await;
+    // util::http::get decodes the chunked body, and panics on a truncated one.
+    let (code, body) = get(s.addr, "/api/runs/big/export?format=ndjson").await;
     assert_eq!(code, 200);
-    let body = dechunk(&raw);
     let lines: Vec<Value> = body
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -394,7 +374,7 @@ async fn export_streams_every_point_complete_in_both_formats() {
 
     let (code, raw) = get(s.addr, "/api/runs/big/export?format=csv").await;
     assert_eq!(code, 200);
-    let body = String::from_utf8(dechunk(&raw)).unwrap();
+    let body = String::from_utf8(raw).unwrap();
     let mut rows = body.lines();
     assert_eq!(rows.next(), Some("run,key,step,wall_ms,value"));
     assert_eq!(

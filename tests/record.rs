@@ -240,3 +240,77 @@ async fn every_batch_loss_is_stored_though_frames_are_paced() {
         "{frames} frames for 900 batches at max_fps 60"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_samples_and_the_command_log_are_kept() {
+    let env = [("TRAINWATCH_SERVER_STORE__IMAGES_EVERY_S", "1")];
+    let server = ServerProc::start(&["--insecure"], &env);
+    let shm = shm_dir();
+    let _agent = AgentProc::start_insecure(server.grpc, shm.path(), &[]);
+    let mut t = trainer(
+        shm.path(),
+        "imgs",
+        &[
+            "--epochs",
+            "3",
+            "--batches-per-epoch",
+            "60",
+            "--keys",
+            "1",
+            "--fps",
+            "60",
+        ],
+    );
+    let row = run_where(server.http, "imgs", "the run is stored", |r| {
+        r["points"].as_u64() > Some(0)
+    })
+    .await;
+    let id = row["id"].as_str().unwrap().to_string();
+    let (status, answer) = util::http::post_json(
+        server.http,
+        &format!("/api/sessions/{id}/commands"),
+        &[("X-Trainwatch-User", "alice")],
+        &serde_json::json!({"type": "change_learning_rate", "parameters": {"learning_rate": "0.01"}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    t.wait_exit();
+    run_where(server.http, "imgs", "the run completed", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+
+    let c = get_json(server.http, &format!("/api/runs/{id}/commands")).await;
+    let commands = c["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 1, "{c}");
+    assert_eq!(commands[0]["who"], "alice");
+    assert_eq!(commands[0]["id"], answer["command_id"]);
+    let what: Value = serde_json::from_str(commands[0]["what"].as_str().unwrap()).unwrap();
+    assert_eq!(what["type"], "CHANGE_LEARNING_RATE");
+    assert_eq!(what["parameters"]["learning_rate"], "0.01");
+
+    // Every epoch's last frame, and one at most every second besides.
+    let im = get_json(server.http, &format!("/api/runs/{id}/images")).await;
+    let images = im["images"].as_array().unwrap();
+    let epochs: std::collections::BTreeSet<u64> = images
+        .iter()
+        .map(|i| i["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [0, 1, 2].into(), "{im}");
+    assert!(
+        images.len() <= 3 + 4,
+        "{} samples of a 3 s run",
+        images.len()
+    );
+    let last_of_run = images.last().unwrap();
+    assert_eq!(last_of_run["epoch"], 2);
+    for i in images {
+        assert_eq!(i["jpegs"].as_array().unwrap().len(), 4, "{i}");
+        assert_eq!(i["labels"], serde_json::json!([0, 1, 0, 1]));
+        assert_eq!(i["predictions"].as_array().unwrap().len(), 4);
+    }
+    let url = images[0]["jpegs"][0]["url"].as_str().unwrap();
+    let (status, jpeg) = get(server.http, url).await;
+    assert_eq!(status, 200);
+    assert_eq!(&jpeg[..2], &[0xFF, 0xD8], "a JPEG");
+}

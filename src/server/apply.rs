@@ -42,8 +42,12 @@ pub(super) async fn run(
     session: Arc<Session>,
     mut rx: mpsc::Receiver<Ingest>,
     history: History,
-    writer: Option<Writer>,
+    store: Option<(Writer, u64)>,
 ) {
+    let (writer, images_every_ms) = match store {
+        Some((w, every)) => (Some(w), Some(every)),
+        None => (None, None),
+    };
     let (acks, acks_rx) = mpsc::channel(ACKS_IN_FLIGHT);
     let acker = tokio::spawn(acknowledge(session.clone(), acks_rx));
     loop {
@@ -51,7 +55,7 @@ pub(super) async fn run(
             _ = session.closed() => break,
             item = rx.recv() => match item { Some(i) => i, None => break },
         };
-        let applied = apply(&session, item, &history).await;
+        let applied = apply(&session, item, &history, images_every_ms).await;
         session.changed();
         applied.finish(&session, writer.as_ref(), &acks).await;
     }
@@ -114,6 +118,10 @@ impl Applied {
         };
         if self.direct {
             send_ack(session, &reply, ack).await;
+            if !pending.is_empty() {
+                // A stored image sample: its errors are logged all the same.
+                let _ = acks.send(AckJob { pending, ack: None }).await;
+            }
             return;
         }
         let _ = acks
@@ -178,8 +186,14 @@ async fn send_ack(session: &Session, reply: &Reply, ack: Acknowledgment) {
         .await;
 }
 
-/// Applies one message under the session's state lock.
-async fn apply(session: &Session, item: Ingest, history: &History) -> Applied {
+/// Applies one message under the session's state lock; with a store,
+/// image samples are kept at most every `images_every_ms`.
+async fn apply(
+    session: &Session,
+    item: Ingest,
+    history: &History,
+    images_every_ms: Option<u64>,
+) -> Applied {
     let mut st = session.state().write().await;
     let now = proto::now_ms();
     st.last_seen_ms = now;
@@ -190,19 +204,19 @@ async fn apply(session: &Session, item: Ingest, history: &History) -> Applied {
             received_ms,
             received_us,
             reply,
-        } => Applied {
-            ack: Some(apply_batch(
-                session,
-                &mut st,
-                batch,
-                sent_ms,
-                received_ms,
-                received_us,
-            )),
-            reply: Some(reply),
-            writes: Vec::new(),
-            direct: true,
-        },
+        } => {
+            let ack = apply_batch(session, &mut st, batch, sent_ms, received_ms, received_us);
+            let writes = match images_every_ms {
+                Some(every) => sample_images(session, &mut st, every),
+                None => Vec::new(),
+            };
+            Applied {
+                ack: Some(ack),
+                reply: Some(reply),
+                writes,
+                direct: true,
+            }
+        }
         Ingest::Epoch {
             epoch,
             seq,
@@ -291,6 +305,63 @@ fn apply_batch(
         received_ms,
     });
     ack
+}
+
+/// The run's image history: the frame just kept as the latest becomes a
+/// stored sample when `every_ms` has passed since the last one, and the
+/// last frame of each epoch is stored when the next epoch's first arrives
+/// (or the run ends, see [`final_image`]). Content-addressed and capped per
+/// run by the store.
+fn sample_images(session: &Session, st: &mut SessionState, every_ms: u64) -> Vec<Write> {
+    let Some(frame) = &st.latest_frame else {
+        return Vec::new();
+    };
+    if frame.images.is_empty() {
+        return Vec::new();
+    }
+    let per_epoch = st.config.as_ref().map_or(0, |c| c.batches_per_epoch);
+    let sample = store::ImageSample {
+        epoch: frame.epoch,
+        step: i64::from(frame.epoch) * i64::from(per_epoch) + i64::from(frame.batch_idx),
+        wall_ms: frame.received_ms as i64,
+        jpegs: frame.images.clone(),
+        predictions: frame
+            .predictions
+            .iter()
+            .map(|&(class, confidence)| store::Prediction { class, confidence })
+            .collect(),
+        labels: frame.ground_truth.clone(),
+    };
+    let now = frame.received_ms;
+    let images = &mut st.images;
+    let mut writes = Vec::new();
+    if let Some(held) = images.held.take() {
+        if held.epoch != sample.epoch {
+            writes.push(image_write(session, held));
+        }
+    }
+    let due = images
+        .last_stored_ms
+        .is_none_or(|t| now.saturating_sub(t) >= every_ms);
+    if due {
+        images.last_stored_ms = Some(now);
+        writes.push(image_write(session, sample));
+    } else {
+        images.held = Some(sample);
+    }
+    writes
+}
+
+/// The held frame of a run that just ended: its last epoch's last sample.
+fn final_image(session: &Session, st: &mut SessionState) -> Option<Write> {
+    st.images.held.take().map(|s| image_write(session, s))
+}
+
+fn image_write(session: &Session, sample: store::ImageSample) -> Write {
+    Write::Image {
+        run: session.id.clone(),
+        sample,
+    }
 }
 
 /// Where a sequenced message stands against the last number accepted.
@@ -423,10 +494,14 @@ fn apply_status(
         if let Some(c) = config {
             session.set_config(st, c);
         }
-        session.set_finished(matches!(
+        let finished = matches!(
             rec.status,
             TrainingStatus::Completed | TrainingStatus::Failed
-        ));
+        );
+        session.set_finished(finished);
+        if finished {
+            writes.extend(final_image(session, st));
+        }
         writes.push(Write::Status {
             run: session.id.clone(),
             record: store::StatusRecord {

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::registry::Registry;
 use super::session::{CommandOutcome, Session};
 use super::state::SessionState;
+use super::store::{CommandRecord, Write};
 use crate::proto::{control_command::CommandType, ControlCommand, PerformanceData, TrainingConfig};
 
 /// Who may send control commands.
@@ -127,6 +128,13 @@ pub struct CountersJson {
     pub buffer_full: u64,
     pub events_applied: u64,
     pub events_duplicate: u64,
+    pub events_out_of_order: u64,
+    pub events_missed: u64,
+    pub points_applied: u64,
+    pub points_duplicate: u64,
+    pub points_out_of_order: u64,
+    pub points_missed: u64,
+    pub store_errors: u64,
     pub heartbeats: u64,
     pub image_bytes: u64,
     pub registrations: u64,
@@ -149,6 +157,7 @@ pub struct SummaryJson {
     pub epochs: usize,
     pub last_loss: Option<f32>,
     pub last_event_seq: u64,
+    pub last_point_seq: u64,
     pub counters: CountersJson,
     /// Trainer publish → server receipt, every batch (an upper bound: the
     /// publish time is whole ms on the wire).
@@ -280,6 +289,7 @@ fn summary(s: &Session, st: &SessionState) -> SummaryJson {
         epochs: st.epochs.len(),
         last_loss: st.latest_frame.as_ref().map(|f| f.loss),
         last_event_seq: st.last_event_seq,
+        last_point_seq: st.last_point_seq,
         counters: CountersJson {
             batches_received: c.batches_received.load(Relaxed),
             batches_invalid: c.batches_invalid.load(Relaxed),
@@ -287,6 +297,13 @@ fn summary(s: &Session, st: &SessionState) -> SummaryJson {
             buffer_full: c.buffer_full.load(Relaxed),
             events_applied: c.events_applied.load(Relaxed),
             events_duplicate: c.events_duplicate.load(Relaxed),
+            events_out_of_order: c.events_out_of_order.load(Relaxed),
+            events_missed: c.events_missed.load(Relaxed),
+            points_applied: c.points_applied.load(Relaxed),
+            points_duplicate: c.points_duplicate.load(Relaxed),
+            points_out_of_order: c.points_out_of_order.load(Relaxed),
+            points_missed: c.points_missed.load(Relaxed),
+            store_errors: c.store_errors.load(Relaxed),
             heartbeats: c.heartbeats.load(Relaxed),
             image_bytes: c.image_bytes.load(Relaxed),
             registrations: c.registrations.load(Relaxed),
@@ -525,6 +542,21 @@ pub(crate) fn authorize(
     Ok(())
 }
 
+/// Who sent a control request, for the command log: the `X-Trainwatch-User`
+/// header a proxy in front sets (up to 64 printable ASCII characters), else
+/// "http".
+fn requester(headers: &HeaderMap) -> String {
+    headers
+        .get("x-trainwatch-user")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
+        .unwrap_or("http")
+        .to_string()
+}
+
 async fn command(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -546,11 +578,26 @@ async fn command(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let kind = cmd.r#type().as_str_name();
+    let what = serde_json::json!({"type": kind, "parameters": cmd.parameters}).to_string();
     let (command_id, delivered) = match session.send_command(cmd) {
         CommandOutcome::Sent { command_id } => (command_id, true),
         CommandOutcome::Queued { command_id } => (command_id, false),
     };
     tracing::info!(session = %id, command = kind, command_id, delivered, "control command");
+    // The command log: who asked for what, when.
+    app.registry
+        .record(Write::Command {
+            run: id.clone(),
+            record: CommandRecord {
+                id: command_id,
+                who: requester(&headers),
+                when_ms: crate::proto::now_ms() as i64,
+                what,
+                delivered_ms: None,
+                applied_ms: None,
+            },
+        })
+        .await;
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "command_id": command_id, "type": kind, "delivered": delivered })),

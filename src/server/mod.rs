@@ -252,7 +252,12 @@ async fn open_store(
     tracing::info!(backend = st.backend(), store = %redact(place), "store open");
     let (writer, task) =
         store::Writer::spawn(st.clone(), store::WriterConfig::default(), stop.clone());
-    Ok(Some((registry::Ingestion { store: st, writer }, task)))
+    let ingestion = registry::Ingestion {
+        store: st,
+        writer,
+        images_every_ms: u64::from(settings.images_every_s) * 1000,
+    };
+    Ok(Some((ingestion, task)))
 }
 
 /// A store location fit for the log: a PostgreSQL URL's password hidden.

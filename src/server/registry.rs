@@ -39,6 +39,8 @@ pub enum RegisterError {
 pub struct Ingestion {
     pub store: Arc<dyn Store>,
     pub writer: Writer,
+    /// Least time between two image samples a run stores (`images_every_s`).
+    pub images_every_ms: u64,
 }
 
 /// The outcome of a registration.
@@ -89,6 +91,25 @@ impl Registry {
     /// The store, when there is one (for the HTTP API).
     pub fn store(&self) -> Option<&Arc<dyn Store>> {
         self.ingestion.as_ref().map(|i| &i.store)
+    }
+
+    /// Hands `write` to the store's writer without waiting for its commit
+    /// (no store: nothing); a failed one is logged.
+    pub async fn record(&self, write: Write) {
+        let Some(ing) = &self.ingestion else {
+            return;
+        };
+        let run = write.run().to_string();
+        match ing.writer.submit(write).await {
+            Ok(pending) => {
+                tokio::spawn(async move {
+                    if let Err(e) = pending.await {
+                        tracing::warn!(session = %run, error = %e, "store write failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(session = %run, error = %e, "store write not queued"),
+        }
     }
 
     /// Notifies on each change of any session, and when one registers or is
@@ -199,7 +220,9 @@ impl Registry {
             session.clone(),
             rx,
             self.history,
-            self.ingestion.as_ref().map(|i| i.writer.clone()),
+            self.ingestion
+                .as_ref()
+                .map(|i| (i.writer.clone(), i.images_every_ms)),
         ));
         Ok(session)
     }

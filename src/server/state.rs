@@ -61,6 +61,14 @@ pub struct Frame {
     pub received_ms: u64,
 }
 
+/// The run's image history so far: when a sample was last stored, and the
+/// newest frame not stored (its epoch's last, once the next one starts).
+#[derive(Debug, Default)]
+pub struct ImageSampling {
+    pub last_stored_ms: Option<u64>,
+    pub held: Option<super::store::ImageSample>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossPoint {
     pub epoch: u32,
@@ -150,6 +158,8 @@ pub struct SessionState {
     pub last_event_seq: u64,
     /// Highest scalar point sequence number accepted, likewise.
     pub last_point_seq: u64,
+    /// Which frames become stored image samples.
+    pub images: ImageSampling,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
 }
@@ -170,6 +180,7 @@ impl SessionState {
             performance: None,
             last_event_seq: 0,
             last_point_seq: 0,
+            images: ImageSampling::default(),
             registered_ms: now_ms,
             last_seen_ms: now_ms,
         }
