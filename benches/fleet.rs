@@ -24,6 +24,12 @@
 //! - `TW_FLEET_TLS` (1): 0 skips the TLS sweep
 //! - `TW_BENCH_REF` (1): 0 skips ours-plaintext and the reference
 //! - `TW_FLEET_REF_STEPS` (1,10,20,50)
+//! - `TW_FLEET_POINTS` (10): scalar points per frame each session also
+//!   sends (ScalarBatch, sequenced, acked after the store's commit), to a
+//!   server that accepts them (ours; never the reference)
+//! - `TW_FLEET_STORE` (1): sweep ours in plaintext with its SQLite store
+//!   (a temp file, as deployed) and with `--store none`, step by step in
+//!   turn until neither holds, for the store's cost in sessions held
 //! - `TW_FLEET_OUT` (target/fleet.json): every figure, as JSON
 //! - `TW_FLEET_PLOT` (docs/fleet.png; empty: no plot): drawn by
 //!   benches/python/fleet_plot.py (matplotlib)
@@ -79,16 +85,20 @@ enum Kind {
     Tls,
     /// trainwatch server, `--insecure`, for the comparison.
     Plain,
+    /// trainwatch server, `--insecure --store none` (in memory only).
+    PlainNoStore,
     /// ref_server.py (grpcio, plaintext).
     Reference,
 }
 
+#[derive(Clone)]
 struct Knobs {
     fps: u64,
     warmup: Duration,
     window: Duration,
     per_conn: usize,
     p99_bound_ms: f64,
+    points_per_frame: u64,
 }
 
 /// Microseconds since the bench started, for send → ack round trips.
@@ -132,6 +142,7 @@ fn start_ours(kind: Kind, certs: &Path, sessions: usize) -> Sut {
             "--tls-key",
             key.to_str().unwrap(),
         ],
+        Kind::PlainNoStore => vec!["--insecure", "--store", "none"],
         _ => vec!["--insecure"],
     };
     // Room for every session of the step (the default keeps 1000).
@@ -246,13 +257,24 @@ struct Counters {
     dropped: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
+    points_sent: AtomicU64,
+    /// Points the server acknowledged as committed.
+    points_acked: AtomicU64,
     /// Round trips are recorded only inside the measured window.
     measuring: AtomicBool,
 }
 
 impl Counters {
-    fn snapshot(&self) -> [u64; 4] {
-        [&self.sent, &self.dropped, &self.acked, &self.errors].map(|c| c.load(Relaxed))
+    fn snapshot(&self) -> [u64; 6] {
+        [
+            &self.sent,
+            &self.dropped,
+            &self.acked,
+            &self.errors,
+            &self.points_sent,
+            &self.points_acked,
+        ]
+        .map(|c| c.load(Relaxed))
     }
 }
 
@@ -281,6 +303,7 @@ fn jpegs() -> Vec<Bytes> {
 struct Fleet {
     batch: BatchData,
     period: Duration,
+    points_per_frame: u64,
     counters: Counters,
     /// Cancelled once every session is streaming: the first frames go.
     go: CancellationToken,
@@ -317,6 +340,11 @@ async fn session(
     if !reg.success {
         return Err(format!("register {}: {}", plan.id, reg.message));
     }
+    let points = if reg.accepts_scalars {
+        fleet.points_per_frame
+    } else {
+        0
+    };
     let hb_ms = reg
         .server_config
         .map(|c| c.heartbeat_interval_ms)
@@ -331,6 +359,7 @@ async fn session(
         tokio::spawn(async move {
             let counters = &fleet.counters;
             let mut rtt = Vec::new();
+            let mut points_acked = 0u64;
             let mut inbound = match client.stream_metrics(ReceiverStream::new(rx)).await {
                 Ok(r) => r.into_inner(),
                 Err(s) => return Err(format!("stream_metrics: {s}")),
@@ -348,6 +377,14 @@ async fn session(
                             let t = sent_at[a.batch_idx as usize % RING].load(Relaxed);
                             rtt.push(now_us().saturating_sub(t) as u32);
                         }
+                    }
+                    Some(metrics_response::Payload::Ack(a))
+                        if a.kind == AckKind::Scalars as i32 && a.point_seq > points_acked =>
+                    {
+                        counters
+                            .points_acked
+                            .fetch_add(a.point_seq - points_acked, Relaxed);
+                        points_acked = a.point_seq;
                     }
                     Some(metrics_response::Payload::Error(_)) => {
                         counters.errors.fetch_add(1, Relaxed);
@@ -367,7 +404,7 @@ async fn session(
     // is then visibly short of N x fps.
     frames.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut beats = tokio::time::interval_at(start, Duration::from_millis(hb_ms.into()));
-    let (mut k, mut seq) = (0u64, 0u32);
+    let (mut k, mut seq, mut next_point) = (0u64, 0u32, 1u64);
     let request = |payload| MetricsRequest {
         session_id: plan.id.clone(),
         timestamp_ms: proto::now_ms(),
@@ -394,6 +431,29 @@ async fn session(
         };
         let is_batch = matches!(req.payload, Some(Payload::BatchData(_)));
         let counters = &fleet.counters;
+        if is_batch && points > 0 {
+            // The frame's step logged as named scalars, as a trainer's
+            // pub.log would; a full queue holds them back (never dropped:
+            // they are lossless), as the agent's window does.
+            let step = k as i64;
+            let batch = proto::ScalarBatch {
+                first_seq: next_point,
+                points: (0..points)
+                    .map(|i| proto::ScalarPoint {
+                        key: format!("m/k{i:02}"),
+                        step,
+                        wall_time_ms: proto::now_ms(),
+                        value: step as f64 + i as f64 / 8.0,
+                    })
+                    .collect(),
+                missed_before: 0,
+            };
+            if tx.send(request(Payload::ScalarBatch(batch))).await.is_err() {
+                break;
+            }
+            next_point += points;
+            counters.points_sent.fetch_add(points, Relaxed);
+        }
         match tx.try_send(req) {
             Ok(()) if is_batch => {
                 counters.sent.fetch_add(1, Relaxed);
@@ -422,6 +482,9 @@ struct Step {
     offered_fps: f64,
     /// Frames the generator put on its streams per second.
     sent_fps: f64,
+    /// Scalar points sent and acknowledged (committed) per second.
+    points_sent_per_s: f64,
+    points_acked_per_s: f64,
     /// Frames the server counted (ours: batches_received; reference: acks).
     received_fps: f64,
     acked_fps: f64,
@@ -520,6 +583,7 @@ async fn run_step(sut: Sut, n: usize, k: &Knobs, images: &[Bytes]) -> Step {
     let fleet = Arc::new(Fleet {
         batch: util::grpc::batch_of(images.to_vec(), 0, 0),
         period,
+        points_per_frame: k.points_per_frame,
         counters: Counters::default(),
         go: CancellationToken::new(),
         stop: CancellationToken::new(),
@@ -616,6 +680,8 @@ async fn run_step(sut: Sut, n: usize, k: &Knobs, images: &[Bytes]) -> Step {
     step.acked_fps = acked / secs;
     step.dropped_at_client = c1[1] - c0[1];
     step.errors = c1[3] - c0[3];
+    step.points_sent_per_s = (c1[4] - c0[4]) as f64 / secs;
+    step.points_acked_per_s = (c1[5] - c0[5]) as f64 / secs;
     let frames = received.max(1.0);
     step.server_cpu_s_per_1000 = (s1 - s0) / frames * 1000.0;
     step.server_cores = (s1 - s0) / secs;
@@ -687,7 +753,9 @@ fn main() {
         window: Duration::from_secs(env_u64("TW_FLEET_WINDOW_S", 8).max(1)),
         per_conn: env_u64("TW_FLEET_PER_CONN", 1).max(1) as usize,
         p99_bound_ms: env_u64("TW_FLEET_P99_MS", 50) as f64,
+        points_per_frame: env_u64("TW_FLEET_POINTS", 10),
     };
+    let with_store = env_u64("TW_FLEET_STORE", 1) == 1;
     let steps = env_list("TW_FLEET_STEPS", "1,2,5,10,20,50,100,200,300,500,1000");
     let ref_steps = env_list("TW_FLEET_REF_STEPS", "1,10,20,50");
     let with_tls = env_u64("TW_FLEET_TLS", 1) == 1;
@@ -735,6 +803,24 @@ fn main() {
             }
         }
     }
+    if with_store {
+        // Store on and off in turn at each step, so both see the same load.
+        let (mut on, mut off) = (true, true);
+        for &n in &steps {
+            for (kind, going) in [(Kind::Plain, &mut on), (Kind::PlainNoStore, &mut off)] {
+                if !*going {
+                    continue;
+                }
+                let s = rt.block_on(run_step(start_ours(kind, certs.path(), n), n, &k, &images));
+                report(&s);
+                *going = s.held;
+                all.push(s);
+            }
+            if !on && !off {
+                break;
+            }
+        }
+    }
     let scratch = if with_ref {
         reference_scratch(&common::ref_dir())
     } else {
@@ -745,7 +831,12 @@ fn main() {
     }
     if let Some(work) = &scratch {
         // Ours in plaintext and the reference in turn at each step, so both
-        // see the same machine load.
+        // see the same machine load; frames only (the reference takes no
+        // scalar points).
+        let k = Knobs {
+            points_per_frame: 0,
+            ..k.clone()
+        };
         for &n in &ref_steps {
             let s = rt.block_on(run_step(
                 start_ours(Kind::Plain, certs.path(), n),
@@ -781,6 +872,46 @@ fn main() {
                 .find(|s| !s.held)
                 .map_or("none (raise TW_FLEET_STEPS)".into(), |s| s.sessions.to_string())
         );
+    }
+    let limit_of = |kind: Kind| {
+        all.iter()
+            .filter(|s| s.kind == Some(kind) && s.held)
+            .map(|s| s.sessions)
+            .max()
+    };
+    if with_store {
+        let (on, off) = (limit_of(Kind::Plain), limit_of(Kind::PlainNoStore));
+        println!(
+            "\nstore (plaintext, {} points/frame): {} session(s) held with the SQLite store, {} in memory only (--store none): {}",
+            k.points_per_frame,
+            on.map_or("no".into(), |l| l.to_string()),
+            off.map_or("no".into(), |l| l.to_string()),
+            match (on, off) {
+                (Some(a), Some(b)) => format!(
+                    "{:.0}% of the in-memory figure (goal ≥ 90%)",
+                    a as f64 / b as f64 * 100.0
+                ),
+                _ => "no ratio".into(),
+            }
+        );
+        println!("\n| sessions | store: points committed /s | store: p99 worst ms | in memory: p99 worst ms | store: server cores | in memory: server cores |");
+        println!("|---|---|---|---|---|---|");
+        for on in all.iter().filter(|s| s.kind == Some(Kind::Plain)) {
+            if let Some(off) = all
+                .iter()
+                .find(|s| s.kind == Some(Kind::PlainNoStore) && s.sessions == on.sessions)
+            {
+                println!(
+                    "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                    on.sessions,
+                    on.points_acked_per_s,
+                    on.p99_max_ms,
+                    off.p99_max_ms,
+                    on.server_cores,
+                    off.server_cores
+                );
+            }
+        }
     }
     let pairs: Vec<(&Step, &Step)> = all
         .iter()
