@@ -1415,7 +1415,29 @@ mod c_abi {
             .flat_map(|i| (f32::from(i) * 3.0).to_le_bytes())
             .collect();
         assert_eq!(f.image_bytes(), &want[..]);
-        assert_eq!(seqs(&all_events(&mut r)), vec![1, 2]);
+        let events = all_events(&mut r);
+        assert_eq!(seqs(&events), vec![1, 2, 3]);
+        match &events[2] {
+            EventRead::Event {
+                event: Event::Epoch {
+                    epoch: 3, metrics, ..
+                },
+                ..
+            } => assert_eq!(&*metrics[0].0, "val/acc"),
+            other => panic!("expected epoch 3 with metrics, got {other:?}"),
+        }
+        let mut points = Vec::new();
+        r.next_points(&mut points, 10).unwrap();
+        let got: Vec<(&str, i64, f64)> =
+            points.iter().map(|p| (&*p.key, p.step, p.value)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("train/loss", 20, 0.125),
+                ("val/loss", 41, 0.25),
+                ("lr", 41, 0.001)
+            ]
+        );
         assert_eq!(r.writer_state(u64::MAX), WriterState::Closed);
     }
 }

@@ -229,6 +229,40 @@ impl SeqCursor {
     }
 }
 
+/// Notices acknowledgements that stopped while messages are in flight: a
+/// server that refused a message without BUFFER_FULL (a store write that
+/// failed, say) drops everything after it, and only a resend from the last
+/// ack gets the stream going again (go-back-N's timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckStall {
+    acked: u64,
+    since: Instant,
+}
+
+impl AckStall {
+    pub fn new(now: Instant) -> Self {
+        AckStall {
+            acked: 0,
+            since: now,
+        }
+    }
+
+    /// Whether `cursor` has had messages in flight and no ack for `limit`
+    /// at `now`; if so the timer starts again (so a resend gets as long).
+    pub fn stalled(&mut self, cursor: &SeqCursor, now: Instant, limit: Duration) -> bool {
+        if cursor.in_flight() == 0 || cursor.acked != self.acked {
+            self.acked = cursor.acked;
+            self.since = now;
+            return false;
+        }
+        let stalled = now.duration_since(self.since) >= limit;
+        if stalled {
+            self.since = now;
+        }
+        stalled
+    }
+}
+
 /// Paces frames at most `max_fps` on average, as a token bucket holding up
 /// to [`BURST`] frames, on the clock of the frames' *publish* times: a
 /// frame goes if the trainer published it late enough after the ones sent
@@ -463,6 +497,31 @@ mod tests {
         let mut c = SeqCursor::resume(0, 8);
         (1..=3).for_each(|n| c.sent(n));
         assert_eq!(c.acknowledge(3), 3);
+    }
+
+    #[test]
+    fn acks_that_stop_with_messages_in_flight_are_a_stall_after_the_limit() {
+        let t0 = Instant::now();
+        let limit = ms(4000);
+        let mut stall = AckStall::new(t0);
+        let mut c = SeqCursor::resume(0, 8);
+        // Nothing in flight: never stalled, however long.
+        assert!(!stall.stalled(&c, t0 + ms(10_000), limit));
+        c.sent(1);
+        c.sent(2);
+        assert!(
+            !stall.stalled(&c, t0 + ms(10_000), limit),
+            "the timer starts now"
+        );
+        assert!(!stall.stalled(&c, t0 + ms(13_999), limit));
+        // An ack that advances restarts the timer.
+        c.acknowledge(1);
+        assert!(!stall.stalled(&c, t0 + ms(14_000), limit));
+        assert!(!stall.stalled(&c, t0 + ms(17_999), limit));
+        assert!(stall.stalled(&c, t0 + ms(18_000), limit));
+        // After a stall the resend gets the whole limit again.
+        assert!(!stall.stalled(&c, t0 + ms(21_999), limit));
+        assert!(stall.stalled(&c, t0 + ms(22_000), limit));
     }
 
     #[test]

@@ -401,6 +401,15 @@ impl Session {
             self.on_answer(st, now, answer)?;
         }
         self.deliver_commands();
+        let (events, points) = st.state.rewind_stalled(now, st.scalars);
+        if events {
+            tracing::warn!(session = %self.id, acked = st.state.cursor.acked, "event acks stalled; resending from the last ack");
+            self.reader.seek_events(st.state.cursor.acked);
+        }
+        if points {
+            tracing::warn!(session = %self.id, acked = st.state.points.acked, "point acks stalled; resending from the last ack");
+            self.reader.seek_points(st.state.points.acked);
+        }
         let writer_done = self.send_events(st)?;
         let points_done = self.send_points(st)?;
         // The trainer's newest batch, read once for this round.
@@ -633,9 +642,19 @@ impl Session {
         now: Instant,
         last_publish: Option<Instant>,
     ) -> Result<(), Attempt> {
+        if let Some((seq, req)) = &self.final_status {
+            // A rewind (stalled acks) went back past the made-up final
+            // status, which is not in the ring: send it again, now that
+            // the ring's events before it are out again.
+            if st.state.cursor.next <= *seq {
+                let (seq, req) = (*seq, req.clone());
+                st.send(req)?;
+                st.state.cursor.sent(seq);
+            }
+            return Ok(());
+        }
         if st.state.cursor.in_flight() != 0
             || st.state.points.in_flight() != 0
-            || self.final_status.is_some()
             || !st
                 .state
                 .writer_check_due(now, last_publish, || self.reader.writer_closed())

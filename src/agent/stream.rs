@@ -10,9 +10,12 @@
 use std::time::{Duration, Instant};
 
 use super::channel::ChannelError;
-use super::link::{FrameClock, FramePacer, Liveness, SeqCursor, Silence};
+use super::link::{AckStall, FrameClock, FramePacer, Liveness, SeqCursor, Silence};
 use crate::proto::negotiated::Negotiated;
 
+/// Heartbeat periods without an ack, with messages in flight, before they
+/// are sent again from the last ack.
+pub const STALL_INTERVALS: u32 = 2;
 /// Events sent ahead of the server's acknowledgements.
 pub const EVENT_WINDOW: u64 = 64;
 /// Scalar points sent ahead of the server's acknowledgements: a second of
@@ -35,6 +38,8 @@ pub struct StreamState {
     pub cursor: SeqCursor,
     /// Scalar points; only used when the server accepts them.
     pub points: SeqCursor,
+    events_stall: AckStall,
+    points_stall: AckStall,
     pub liveness: Liveness,
     pub pacer: FramePacer,
     pub frames: FrameClock,
@@ -65,6 +70,8 @@ impl StreamState {
         StreamState {
             cursor: SeqCursor::resume(server_last, EVENT_WINDOW),
             points: SeqCursor::resume(points_last, POINT_WINDOW),
+            events_stall: AckStall::new(now),
+            points_stall: AckStall::new(now),
             liveness: Liveness::new(heartbeat * liveness_intervals, now),
             pacer: FramePacer::new(max_fps, now),
             frames: FrameClock::default(),
@@ -90,6 +97,27 @@ impl StreamState {
         self.pacer.on_buffer_full(now);
         self.cursor = self.cursor.rewound();
         self.points = self.points.rewound();
+    }
+
+    /// Acks that stopped for [`STALL_INTERVALS`] heartbeat periods with
+    /// messages in flight: those cursors go back to their acknowledged
+    /// position (the caller moves the segment's reads with them). Events
+    /// only against a peer that acknowledges heartbeats (ours: a seed
+    /// server acknowledges no events and would get them over and over);
+    /// points only when `scalars` (the peer takes them). Returns (events,
+    /// points) rewound.
+    pub fn rewind_stalled(&mut self, now: Instant, scalars: bool) -> (bool, bool) {
+        let limit = self.heartbeat * STALL_INTERVALS;
+        let events = self.liveness.answers_heartbeats()
+            && self.events_stall.stalled(&self.cursor, now, limit);
+        if events {
+            self.cursor = self.cursor.rewound();
+        }
+        let points = scalars && self.points_stall.stalled(&self.points, now, limit);
+        if points {
+            self.points = self.points.rewound();
+        }
+        (events, points)
     }
 
     pub fn answered(&self) -> bool {
@@ -236,6 +264,23 @@ mod tests {
             max_dim: 512,
         };
         StreamState::new(&n, 50.0, 3, ms(figures_ms), 0, 0, t0)
+    }
+
+    #[test]
+    fn stalled_acks_rewind_events_only_for_an_acking_peer_and_points_only_when_taken() {
+        let t0 = Instant::now();
+        let mut s = state(1000, 1000, t0);
+        s.cursor.sent(1);
+        s.points.sent(100);
+        assert_eq!(s.rewind_stalled(t0, true), (false, false));
+        // A seed peer (no heartbeat acks): events are never resent; points
+        // only because this test says the peer takes them.
+        assert_eq!(s.rewind_stalled(t0 + ms(2000), true), (false, true));
+        assert_eq!((s.points.next, s.points.acked), (1, 0), "back to the ack");
+        // Our server acknowledges heartbeats: stalled events go again.
+        s.on_response(t0 + ms(2100), true);
+        assert_eq!(s.rewind_stalled(t0 + ms(4100), false), (true, false));
+        assert_eq!((s.cursor.next, s.cursor.acked), (1, 0));
     }
 
     #[test]

@@ -48,6 +48,15 @@ int main(int argc, char **argv) {
     if (tw_wants_frame(p) != 1 || tw_publish_batch(p, &b) != 1) return 6;
     if (tw_publish_status(p, TW_STATUS_RUNNING, "from C") != 1) return 7;
     if (tw_publish_epoch(p, 2, 0.5f, 0.875f) != 2) return 8;
+    /* Named scalars: point 1 is the batch's loss, then these two. */
+    const char *keys[2] = {"val/loss", "lr"};
+    double values[2] = {0.25, 0.001};
+    if (tw_log(p, 41, keys, values, 2) != 3) return 11;
+    const char *bad_key[1] = {"no spaces"};
+    if (tw_log(p, 42, bad_key, values, 1) != -1) return 12;
+    const char *mkeys[1] = {"val/acc"};
+    double mvalues[1] = {0.9375};
+    if (tw_publish_epoch_metrics(p, 3, 0.25f, 0.9375f, mkeys, mvalues, 1) != 3) return 13;
     tw_command c;
     if (tw_next_command(p, &c) != 0) return 9;
     printf("%s\n", tw_segment_path(p));
