@@ -4,15 +4,16 @@
 //! run listing among 10,000 runs.
 //!
 //! Ingest: one run, `TW_STORE_POINTS` points in batches of
-//! `TW_STORE_BATCH` (one `Write::Points` each, keys `loss` and `lr`
-//! alternating), submitted as fast as the writer's queue takes them; the
+//! `TW_STORE_BATCH` (one `Write::Points` each, `TW_STORE_KEYS` keys in
+//! turn), submitted as fast as the writer's queue takes them; the
 //! rate is points over wall time, and "per core" divides by the CPU time
 //! this process spent (for PostgreSQL the server's backends add theirs).
 //! PostgreSQL is a throw-away cluster (tests/util/postgres.rs), once with
 //! binary COPY and once with one `INSERT … unnest(…)` per batch.
 //!
 //! `cargo bench --bench store`; env:
-//! - `TW_STORE_POINTS` (1000000), `TW_STORE_BATCH` (1000)
+//! - `TW_STORE_POINTS` (1000000), `TW_STORE_BATCH` (1000), `TW_STORE_KEYS`
+//!   (2; the fleet bench's trainers log 10 keys in batches of 10)
 //! - `TW_STORE_QUERIES` (100): scalars queries timed per backend
 //! - `TW_STORE_RUNS` (10000): runs for the listing figure
 //! - `TW_STORE_PG` (1): 0 skips PostgreSQL
@@ -64,7 +65,7 @@ struct Ingest {
     points_per_cpu_s: f64,
 }
 
-async fn ingest(store: Arc<dyn Store>, total: u64, batch: u64) -> Ingest {
+async fn ingest(store: Arc<dyn Store>, total: u64, batch: u64, keys: u64) -> Ingest {
     store
         .apply(vec![Write::Run(record(RUN, 0, "bench"))])
         .await
@@ -81,8 +82,8 @@ async fn ingest(store: Arc<dyn Store>, total: u64, batch: u64) -> Ingest {
                 .map(|i| {
                     let seq = b * batch + i;
                     Point {
-                        key: if seq.is_multiple_of(2) { "loss" } else { "lr" }.into(),
-                        step: seq as i64 / 2,
+                        key: format!("train/k{}", seq % keys),
+                        step: (seq / keys) as i64,
                         wall_ms: 1_700_000_000_000 + seq as i64,
                         value: ((seq % 1000) as f64).sqrt(),
                     }
@@ -112,7 +113,7 @@ async fn ingest(store: Arc<dyn Store>, total: u64, batch: u64) -> Ingest {
 /// series, and a zoomed range of 10% of it.
 async fn query_latency(store: &dyn Store, queries: u64) -> (f64, f64, f64) {
     let q = ScalarQuery {
-        keys: vec!["loss".into()],
+        keys: vec!["train/k0".into()],
         from: None,
         to: None,
         points: 1000,
@@ -221,7 +222,7 @@ fn print(f: &Figures) {
     );
 }
 
-async fn sqlite(total: u64, batch: u64, queries: u64, runs: u64) -> Figures {
+async fn sqlite(total: u64, batch: u64, keys: u64, queries: u64, runs: u64) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     let s: Arc<dyn Store> = Arc::new(
@@ -229,7 +230,7 @@ async fn sqlite(total: u64, batch: u64, queries: u64, runs: u64) -> Figures {
             .await
             .unwrap(),
     );
-    let ingest = ingest(s.clone(), total, batch).await;
+    let ingest = ingest(s.clone(), total, batch, keys).await;
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     let bytes = std::fs::metadata(&path).unwrap().len() as f64;
@@ -248,6 +249,7 @@ async fn postgres(
     by: PointsBy,
     total: u64,
     batch: u64,
+    keys: u64,
     queries: u64,
     runs: u64,
 ) -> Option<Figures> {
@@ -256,7 +258,7 @@ async fn postgres(
     let mut pg = PgStore::open(&url, StoreOptions::default()).await.unwrap();
     pg.set_points_by(by);
     let s: Arc<dyn Store> = Arc::new(pg);
-    let ingest = ingest(s.clone(), total, batch).await;
+    let ingest = ingest(s.clone(), total, batch, keys).await;
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -286,6 +288,7 @@ async fn postgres(
 fn main() {
     let total = env_u64("TW_STORE_POINTS", 1_000_000);
     let batch = env_u64("TW_STORE_BATCH", 1000).max(1);
+    let keys = env_u64("TW_STORE_KEYS", 2).max(1);
     let queries = env_u64("TW_STORE_QUERIES", 100).max(1);
     let runs = env_u64("TW_STORE_RUNS", 10_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -294,11 +297,11 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        eprintln!("store: {total} points in batches of {batch}, {queries} queries, {runs} runs");
-        print(&sqlite(total, batch, queries, runs).await);
+        eprintln!("store: {total} points in batches of {batch} over {keys} keys, {queries} queries, {runs} runs");
+        print(&sqlite(total, batch, keys, queries, runs).await);
         if env_u64("TW_STORE_PG", 1) == 1 {
             for by in [PointsBy::Copy, PointsBy::Unnest] {
-                if let Some(f) = postgres(by, total, batch, queries, runs).await {
+                if let Some(f) = postgres(by, total, batch, keys, queries, runs).await {
                     print(&f);
                 }
             }

@@ -14,7 +14,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use trainwatch::server::store::{
     self, export, Applied, CommandRecord, EpochRecord, ExportFormat, ImageSample, PerfSample,
-    Point, Prediction, Result, Retention, RunQuery, RunRecord, RunStatus, ScalarQuery,
+    Point, Prediction, Result, Retention, RunQuery, RunRecord, RunStatus, ScalarQuery, Series,
     StatusRecord, Store, StoreError, StoreOptions, Write, Writer, WriterConfig, SCHEMA_VERSION,
 };
 
@@ -62,21 +62,23 @@ impl Fixture {
     /// Writes `version` into schema_version behind the store's back, as a
     /// newer trainwatch would have.
     async fn set_schema_version(&self, version: i64) {
+        self.behind_its_back(&format!("UPDATE schema_version SET version = {version}"))
+            .await;
+    }
+
+    /// Runs `sql` on the database on a connection of its own.
+    async fn behind_its_back(&self, sql: &str) {
         match &self.place {
             Place::Sqlite(_) => {
                 let c = rusqlite::Connection::open(self.place()).unwrap();
-                c.execute("UPDATE schema_version SET version = ?1", [version])
-                    .unwrap();
+                c.execute_batch(sql).unwrap();
             }
             Place::Postgres(url) => {
                 let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                     .await
                     .unwrap();
                 let conn = tokio::spawn(conn);
-                client
-                    .execute("UPDATE schema_version SET version = $1", &[&version])
-                    .await
-                    .unwrap();
+                client.batch_execute(sql).await.unwrap();
                 drop(client);
                 let _ = conn.await;
             }
@@ -122,6 +124,7 @@ suite!(
     reopening_keeps_everything_and_resends_stay_skipped,
     listing_runs_pages_newest_first_and_filters,
     downsampling_keeps_a_spike_and_zooming_gives_every_point,
+    downsampled_buckets_are_those_of_the_points_before_and_after_migrating,
     export_streams_every_point_once_in_order,
     retention_deletes_old_finished_runs_and_nothing_else,
     image_quota_evicts_the_oldest_finished_runs_images_never_scalars,
@@ -575,7 +578,9 @@ mod cases {
         assert_eq!(series.len(), 1);
         let loss = &series[0];
         assert!(loss.downsampled);
-        assert!(loss.buckets.len() <= 1000 && loss.buckets.len() > 900);
+        // Buckets wide enough to read rollups are whole multiples of them,
+        // so between half of N and N come back.
+        assert!(loss.buckets.len() <= 1000 && loss.buckets.len() > 500);
         assert_eq!(loss.buckets.iter().map(|b| b.count).sum::<u64>(), N as u64);
         let spike = loss
             .buckets
@@ -623,6 +628,124 @@ mod cases {
             .await
             .unwrap();
         assert!(none.is_empty());
+    }
+
+    /// Checks `got` against the points themselves: buckets partition the
+    /// range's points in step order, so bucket i holds the points whose
+    /// step is after bucket i-1's last step and at most its own.
+    fn check_buckets(all: &[store::ScalarPoint], from: i64, to: i64, n: usize, got: &Series) {
+        let inside: Vec<&store::ScalarPoint> = all
+            .iter()
+            .filter(|p| (from..=to).contains(&p.step))
+            .collect();
+        assert!(got.downsampled, "{from}..={to}: {} points", inside.len());
+        assert!(
+            got.buckets.len() <= n && got.buckets.len() * 2 >= n.min(inside.len()),
+            "{} buckets for {n}",
+            got.buckets.len()
+        );
+        let mut prev = i64::MIN;
+        for b in &got.buckets {
+            let mine: Vec<&&store::ScalarPoint> = inside
+                .iter()
+                .filter(|p| p.step > prev && p.step <= b.step)
+                .collect();
+            let min = mine.iter().map(|p| p.value).fold(f64::INFINITY, f64::min);
+            let max = mine
+                .iter()
+                .map(|p| p.value)
+                .fold(f64::NEG_INFINITY, f64::max);
+            // The export orders ties on step by sequence number.
+            let last = mine.last().expect("a bucket holds points");
+            assert_eq!(
+                (b.count, b.min, b.max, b.last, b.wall_ms),
+                (mine.len() as u64, min, max, last.value, last.wall_ms),
+                "bucket ending at step {} of {from}..={to}",
+                b.step
+            );
+            prev = b.step;
+        }
+        assert_eq!(
+            got.buckets.iter().map(|b| b.count).sum::<u64>(),
+            inside.len() as u64
+        );
+    }
+
+    pub async fn downsampled_buckets_are_those_of_the_points_before_and_after_migrating(
+        f: Fixture,
+    ) {
+        let s = f.open().await;
+        apply_ok(s.as_ref(), vec![run("r1", "d", NOW_MS)]).await;
+        // 40,000 points in 400 writes across 40 transactions, so rollups
+        // are folded within a group and across them; steps from -500 with
+        // every 97th step logged twice and a few logged late, out of order.
+        let mut steps: Vec<i64> = Vec::new();
+        for i in -500..39_500i64 {
+            steps.push(i);
+            if i.rem_euclid(97) == 0 {
+                steps.push(i);
+            }
+        }
+        steps.truncate(39_996);
+        steps.extend([-321, 5_000, 17_777, 38_000]);
+        let mut seq = 1u64;
+        for chunk in steps.chunks(1000) {
+            let writes = chunk
+                .chunks(100)
+                .map(|c| {
+                    let w = Write::Points {
+                        run: "r1".into(),
+                        first_seq: seq,
+                        points: c
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &step)| Point {
+                                key: "loss".into(),
+                                step,
+                                wall_ms: NOW_MS + seq as i64 + i as i64,
+                                value: ((step * 7919).rem_euclid(1009) as f64) - 500.0,
+                            })
+                            .collect(),
+                    };
+                    seq += c.len() as u64;
+                    w
+                })
+                .collect();
+            apply_ok(s.as_ref(), writes).await;
+        }
+        let all = all_points(s.as_ref(), "r1").await;
+        assert_eq!(all.len(), 40_000);
+        let ranges = [
+            (None, None, 1000),
+            (None, None, 37),
+            (Some(-77), Some(38_950), 300),
+            (Some(1_000), Some(1_639), 600),
+            (Some(5_003), Some(30_001), 10),
+        ];
+        let query = |from: Option<i64>, to: Option<i64>, n: usize| ScalarQuery {
+            keys: vec!["loss".into()],
+            from,
+            to,
+            points: n,
+        };
+        let mut before = Vec::new();
+        for &(from, to, n) in &ranges {
+            let got = s.scalars("r1", &query(from, to, n)).await.unwrap();
+            let (a, z) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
+            check_buckets(&all, a, z, n, &got[0]);
+            before.push(got);
+        }
+        drop(s);
+
+        // A database from before rollups: they are built from its points.
+        f.behind_its_back("DROP TABLE rollups; UPDATE schema_version SET version = 1")
+            .await;
+        let s = f.open().await;
+        assert_eq!(s.schema_version().await.unwrap(), SCHEMA_VERSION);
+        for (&(from, to, n), want) in ranges.iter().zip(&before) {
+            let got = s.scalars("r1", &query(from, to, n)).await.unwrap();
+            assert_eq!(&got, want, "{from:?}..{to:?} after migrating");
+        }
     }
 
     pub async fn export_streams_every_point_once_in_order(f: Fixture) {

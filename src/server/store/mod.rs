@@ -15,8 +15,10 @@
 //! below it is skipped, one beyond `last + 1` is refused ([`admit`]).
 
 pub mod export;
+pub mod group;
 pub mod postgres;
 pub mod retention;
+pub mod rollup;
 pub mod sqlite;
 pub mod writer;
 
@@ -32,7 +34,7 @@ pub use writer::{Pending, Writer, WriterConfig};
 
 /// The schema this build writes; [`sqlite`] and [`postgres`] migrate older
 /// databases up to it at open and refuse newer ones.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -22,15 +22,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use super::group::PointGroup;
+use super::rollup::{self, Bucketer, Plan, Rollup};
 use super::{
-    admit, bucket_width, page, runs_query, Applied, Bucket, CommandRecord, Dialect, EpochRecord,
-    ImageSample, PerfSample, Point, PointStream, Result, Retention, RetentionReport, RunPage,
-    RunQuery, RunRecord, RunStatus, RunSummary, ScalarPoint, ScalarQuery, SeqKind, Series,
-    SqlParam, StatusRecord, Store, StoreError, StoreOptions, Write, EXPORT_CHUNK, SCHEMA_VERSION,
+    admit, page, runs_query, Applied, Bucket, CommandRecord, Dialect, EpochRecord, ImageSample,
+    PerfSample, PointStream, Result, Retention, RetentionReport, RunPage, RunQuery, RunRecord,
+    RunStatus, RunSummary, ScalarPoint, ScalarQuery, SeqKind, Series, SqlParam, StatusRecord,
+    Store, StoreError, StoreOptions, Write, EXPORT_CHUNK, SCHEMA_VERSION,
 };
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -122,7 +125,34 @@ CREATE TABLE blobs (
     size INTEGER NOT NULL,
     data BLOB NOT NULL
 );
-"#];
+"#,
+    // 2: rollups of every 64 steps of each series (rollup.rs), built from the
+    // points already stored. Integer `/` truncates, so the floor division
+    // subtracts the non-negative remainder first.
+    r#"
+CREATE TABLE rollups (
+    series INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    mn REAL NOT NULL,
+    mx REAL NOT NULL,
+    cnt INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_wall INTEGER NOT NULL,
+    last_value REAL NOT NULL,
+    PRIMARY KEY (series, bucket)
+) WITHOUT ROWID;
+INSERT INTO rollups (series, bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value)
+SELECT series, bucket, min(value), max(value), count(*), 0, 0, 0, 0
+FROM (SELECT series, (step - ((step % 64) + 64) % 64) / 64 AS bucket, value FROM points)
+GROUP BY series, bucket;
+UPDATE rollups SET (last_step, last_seq, last_wall, last_value) = (
+    SELECT step, seq, wall_ms, value FROM points p
+    WHERE p.series = rollups.series AND p.step >= rollups.bucket * 64
+      AND p.step < rollups.bucket * 64 + 64
+    ORDER BY step DESC, seq DESC LIMIT 1);
+"#,
+];
 
 /// How long a connection waits on another's lock before failing: only
 /// checkpoints and the one writer contend, so a long wait means trouble.
@@ -134,8 +164,41 @@ const READER_POOL: usize = 8;
 pub struct SqliteStore {
     path: PathBuf,
     options: StoreOptions,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writing>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// The writer's connection and the series ids it has resolved, run → key →
+/// id, so a group of many small batches looks each pair up once. Cleared
+/// when runs are deleted (SQLite may reuse a deleted id) and when it holds
+/// more than [`SERIES_CACHED`] pairs.
+struct Writing {
+    conn: Connection,
+    series: SeriesIds,
+    cached: usize,
+}
+
+/// Pairs the writer remembers: 10,000 runs of 6 keys, a few MB.
+const SERIES_CACHED: usize = 65_536;
+
+type SeriesIds = HashMap<String, HashMap<String, i64>>;
+
+impl Writing {
+    /// Remembers pairs resolved in a transaction that has committed.
+    fn remember(&mut self, fresh: Vec<(String, String, i64)>) {
+        if self.cached + fresh.len() > SERIES_CACHED {
+            self.forget();
+        }
+        self.cached += fresh.len();
+        for (run, key, id) in fresh {
+            self.series.entry(run).or_default().insert(key, id);
+        }
+    }
+
+    fn forget(&mut self) {
+        self.series.clear();
+        self.cached = 0;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,7 +270,11 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             options,
-            writer: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Mutex::new(Writing {
+                conn,
+                series: HashMap::new(),
+                cached: 0,
+            })),
             readers: Arc::new(Mutex::new(Vec::new())),
         })
     }
@@ -218,7 +285,7 @@ impl SqliteStore {
 
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection, StoreOptions) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Writing, StoreOptions) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let conn = self.writer.clone();
         let options = self.options;
@@ -264,11 +331,56 @@ fn seqs(tx: &Transaction, run: &str) -> Result<(u64, u64)> {
         })
 }
 
-/// Applies one write. The outer error aborts the whole group (SQL failed);
-/// the inner one refuses only this write.
-fn apply_one(tx: &Transaction, options: StoreOptions, w: Write) -> Result<Result<Applied>> {
+/// The run's last point number as the group has left it, else as stored;
+/// the inner error refuses a write to a run that is not stored.
+fn last_point(tx: &Transaction, group: &PointGroup, run: &str) -> Result<Result<u64>> {
+    if let Some(last) = group.last_seq(run) {
+        return Ok(Ok(last));
+    }
+    match seqs(tx, run) {
+        Ok((_, last)) => Ok(Ok(last)),
+        Err(e @ StoreError::UnknownRun { .. }) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies one write; points are gathered into `group`, stored by
+/// [`store_points`] before the commit. The outer error aborts the whole
+/// group (SQL failed); the inner one refuses only this write.
+fn apply_one(
+    tx: &Transaction,
+    options: StoreOptions,
+    group: &mut PointGroup,
+    w: Write,
+) -> Result<Result<Applied>> {
     if let Err(e) = w.check() {
         return Ok(Err(e));
+    }
+    let points = matches!(
+        w,
+        Write::Points { .. }
+            | Write::Gap {
+                what: SeqKind::Point,
+                ..
+            }
+    );
+    if points {
+        let last = match last_point(tx, group, w.run())? {
+            Ok(last) => last,
+            Err(e) => return Ok(Err(e)),
+        };
+        return Ok(match w {
+            Write::Points {
+                run,
+                first_seq,
+                points,
+            } => group.add(&run, last, first_seq, points),
+            Write::Gap { run, through, .. } => {
+                group.gap(&run, last, through);
+                Ok(STORED_ONE)
+            }
+            _ => unreachable!("only point writes are gathered"),
+        });
     }
     if !matches!(w, Write::Run(_)) {
         if let Err(e) = seqs(tx, w.run()) {
@@ -282,12 +394,8 @@ fn apply_one(tx: &Transaction, options: StoreOptions, w: Write) -> Result<Result
         Write::Run(r) => upsert_run(tx, &r).map(Ok),
         Write::Status { run, record } => status(tx, &run, &record),
         Write::Epoch { run, record } => epoch(tx, &run, &record),
-        Write::Points {
-            run,
-            first_seq,
-            points,
-        } => insert_points(tx, &run, first_seq, &points),
-        Write::Gap { run, what, through } => gap(tx, &run, what, through).map(Ok),
+        Write::Points { .. } => unreachable!("points are gathered above"),
+        Write::Gap { run, through, .. } => event_gap(tx, &run, through).map(Ok),
         Write::Perf { run, samples } => perf(tx, &run, &samples).map(Ok),
         Write::Command { run, record } => command(tx, &run, &record).map(Ok),
         Write::CommandDelivered { run, id, at_ms } => command_mark(tx, &run, id, at_ms, false),
@@ -372,83 +480,91 @@ fn epoch(tx: &Transaction, run: &str, e: &EpochRecord) -> Result<Result<Applied>
     Ok(Ok(STORED_ONE))
 }
 
-fn series_id(tx: &Transaction, run: &str, key: &str) -> Result<i64> {
-    tx.prepare_cached("INSERT OR IGNORE INTO series (run, key) VALUES (?1, ?2)")?
-        .execute([run, key])?;
-    Ok(tx
-        .prepare_cached("SELECT id FROM series WHERE run = ?1 AND key = ?2")?
-        .query_row([run, key], |r| r.get(0))?)
-}
-
-fn insert_points(
+/// Stores a group's points: the series id of each (run, key) pair (from
+/// the writer's cache, else inserted or looked up), every point, and each
+/// run's summary once. Returns the pairs resolved here, to be remembered
+/// once the transaction has committed.
+fn store_points(
     tx: &Transaction,
-    run: &str,
-    first_seq: u64,
-    points: &[Point],
-) -> Result<Result<Applied>> {
-    let n = points.len() as u64;
-    if n == 0 {
-        return Ok(Ok(Applied::default()));
-    }
-    let (_, last) = seqs(tx, run)?;
-    let skip = match admit(run, SeqKind::Point, last, first_seq, n) {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(e)),
-    };
-    if skip == n {
-        return Ok(Ok(Applied {
-            stored: 0,
-            skipped: n,
-        }));
-    }
-    let mut ids: HashMap<&str, i64> = HashMap::new();
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO points (series, step, seq, wall_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let (mut max_step, mut max_wall) = (i64::MIN, i64::MIN);
-    for (i, p) in points.iter().enumerate().skip(skip as usize) {
-        let id = match ids.get(p.key.as_str()) {
+    known: &SeriesIds,
+    group: &PointGroup,
+) -> Result<Vec<(String, String, i64)>> {
+    let mut fresh = Vec::new();
+    let mut ids = Vec::with_capacity(group.series.len());
+    for (run, key) in &group.series {
+        let id = match known.get(run).and_then(|keys| keys.get(key)) {
             Some(&id) => id,
             None => {
-                let id = series_id(tx, run, &p.key)?;
-                ids.insert(&p.key, id);
+                tx.prepare_cached("INSERT OR IGNORE INTO series (run, key) VALUES (?1, ?2)")?
+                    .execute([run, key])?;
+                let id: i64 = tx
+                    .prepare_cached("SELECT id FROM series WHERE run = ?1 AND key = ?2")?
+                    .query_row([run, key], |r| r.get(0))?;
+                fresh.push((run.clone(), key.clone(), id));
                 id
             }
         };
-        insert.execute(params![
-            id,
-            p.step,
-            (first_seq + i as u64) as i64,
-            p.wall_ms,
-            p.value
-        ])?;
-        max_step = max_step.max(p.step);
-        max_wall = max_wall.max(p.wall_ms);
+        ids.push(id);
     }
-    tx.prepare_cached(
-        "UPDATE runs SET last_point_seq = ?2, points = points + ?3,
-           last_step = max(coalesce(last_step, ?4), ?4), updated_ms = max(updated_ms, ?5)
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO points (series, step, seq, wall_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for i in 0..group.point_count() {
+        insert.execute(params![
+            ids[group.pair[i]],
+            group.step[i],
+            group.seq[i],
+            group.wall[i],
+            group.value[i]
+        ])?;
+    }
+    let mut rollup = tx.prepare_cached(
+        "INSERT INTO rollups (series, bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (series, bucket) DO UPDATE SET mn = min(mn, excluded.mn),
+           mx = max(mx, excluded.mx), cnt = cnt + excluded.cnt,
+           last_step = CASE WHEN (excluded.last_step, excluded.last_seq) > (last_step, last_seq)
+             THEN excluded.last_step ELSE last_step END,
+           last_seq = CASE WHEN (excluded.last_step, excluded.last_seq) > (last_step, last_seq)
+             THEN excluded.last_seq ELSE last_seq END,
+           last_wall = CASE WHEN (excluded.last_step, excluded.last_seq) > (last_step, last_seq)
+             THEN excluded.last_wall ELSE last_wall END,
+           last_value = CASE WHEN (excluded.last_step, excluded.last_seq) > (last_step, last_seq)
+             THEN excluded.last_value ELSE last_value END",
+    )?;
+    for (pair, r) in rollup::of_group(group) {
+        rollup.execute(params![
+            ids[pair],
+            r.bucket,
+            r.min,
+            r.max,
+            r.count as i64,
+            r.last_step,
+            r.last_seq,
+            r.last_wall,
+            r.last_value
+        ])?;
+    }
+    let mut summary = tx.prepare_cached(
+        "UPDATE runs SET last_point_seq = max(last_point_seq, ?2), points = points + ?3,
+           last_step = CASE WHEN ?3 > 0 THEN max(coalesce(last_step, ?4), ?4) ELSE last_step END,
+           updated_ms = max(updated_ms, ?5)
          WHERE id = ?1",
-    )?
-    .execute(params![
-        run,
-        (first_seq + n - 1) as i64,
-        (n - skip) as i64,
-        max_step,
-        max_wall
-    ])?;
-    Ok(Ok(Applied {
-        stored: n - skip,
-        skipped: skip,
-    }))
+    )?;
+    for (run, r) in group.runs() {
+        summary.execute(params![
+            run,
+            r.last_seq as i64,
+            r.stored as i64,
+            r.max_step,
+            r.max_wall
+        ])?;
+    }
+    Ok(fresh)
 }
 
-fn gap(tx: &Transaction, run: &str, what: SeqKind, through: u64) -> Result<Applied> {
-    let sql = match what {
-        SeqKind::Event => "UPDATE runs SET last_event_seq = max(last_event_seq, ?2) WHERE id = ?1",
-        SeqKind::Point => "UPDATE runs SET last_point_seq = max(last_point_seq, ?2) WHERE id = ?1",
-    };
-    tx.prepare_cached(sql)?
+fn event_gap(tx: &Transaction, run: &str, through: u64) -> Result<Applied> {
+    tx.prepare_cached("UPDATE runs SET last_event_seq = max(last_event_seq, ?2) WHERE id = ?1")?
         .execute(params![run, through as i64])?;
     Ok(STORED_ONE)
 }
@@ -592,10 +708,12 @@ fn run_images(tx: &Transaction, run: &str) -> Result<Vec<i64>> {
 fn delete_run_tx(tx: &Transaction, run: &str) -> Result<bool> {
     let ids = run_images(tx, run)?;
     drop_images(tx, run, &ids)?;
-    tx.execute(
-        "DELETE FROM points WHERE series IN (SELECT id FROM series WHERE run = ?1)",
-        [run],
-    )?;
+    for table in ["points", "rollups"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE series IN (SELECT id FROM series WHERE run = ?1)"),
+            [run],
+        )?;
+    }
     for table in ["series", "statuses", "epochs", "perf", "commands"] {
         tx.execute(&format!("DELETE FROM {table} WHERE run = ?1"), [run])?;
     }
@@ -700,8 +818,9 @@ fn bucket_row(r: &Row) -> rusqlite::Result<Bucket> {
 }
 
 /// One series over `from..=to`: every point when there are at most
-/// `n`, else at most `n` buckets, each aggregated by SQLite over a range
-/// of the primary key (so nothing is sorted and only the range is read).
+/// `n`, else at most `n` buckets from its rollups and the raw points at
+/// their edges, or from the raw points of a narrow range
+/// ([`rollup::plan`]).
 fn series_buckets(c: &Connection, series: i64, from: i64, to: i64, n: usize) -> Result<Series> {
     let mut raw = c.prepare_cached(
         "SELECT step, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
@@ -717,43 +836,64 @@ fn series_buckets(c: &Connection, series: i64, from: i64, to: i64, n: usize) -> 
             buckets: probe,
         });
     }
-    let mut last = c.prepare_cached(
-        "SELECT step, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
-         ORDER BY step DESC, seq DESC LIMIT 1",
-    )?;
     let lo = probe[0].step;
-    let hi = last.query_row(params![series, from, to], |r| r.get::<_, i64>(0))?;
-    let w = bucket_width(lo, hi, n);
-    let mut agg = c.prepare_cached(
-        "SELECT min(value), max(value), count(*) FROM points
-         WHERE series = ?1 AND step >= ?2 AND step <= ?3",
+    let hi: i64 = c
+        .prepare_cached(
+            "SELECT step FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
+             ORDER BY step DESC, seq DESC LIMIT 1",
+        )?
+        .query_row(params![series, from, to], |r| r.get(0))?;
+    let plan = rollup::plan(from, to, lo, hi, n);
+    let mut b = Bucketer::for_plan(&plan, lo);
+    let mut points = c.prepare_cached(
+        "SELECT step, seq, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
+         ORDER BY step, seq",
     )?;
-    let mut buckets = Vec::with_capacity(n);
-    let mut b_lo = lo;
-    while b_lo <= hi {
-        let b_hi = b_lo.saturating_add(w - 1).min(hi);
-        let (min, max, count): (Option<f64>, Option<f64>, i64) = agg
-            .query_row(params![series, b_lo, b_hi], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-        if let (Some(min), Some(max), true) = (min, max, count > 0) {
-            let l = last.query_row(params![series, b_lo, b_hi], bucket_row)?;
-            buckets.push(Bucket {
-                min,
-                max,
-                count: count as u64,
-                ..l
-            });
+    let mut scan = |b: &mut Bucketer, a: i64, z: i64| -> Result<()> {
+        let mut rows = points.query(params![series, a, z])?;
+        while let Some(r) = rows.next()? {
+            b.point(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
         }
-        if b_hi == hi {
-            break;
+        Ok(())
+    };
+    match plan {
+        Plan::Raw { .. } => scan(&mut b, lo, hi)?,
+        Plan::Rolled {
+            head_to,
+            first,
+            last,
+            tail_from,
+            ..
+        } => {
+            if let Some(z) = head_to {
+                scan(&mut b, lo, z)?;
+            }
+            let mut st = c.prepare_cached(
+                "SELECT bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value
+                 FROM rollups WHERE series = ?1 AND bucket >= ?2 AND bucket <= ?3 ORDER BY bucket",
+            )?;
+            let mut rows = st.query(params![series, first, last])?;
+            while let Some(r) = rows.next()? {
+                b.rollup(Rollup {
+                    bucket: r.get(0)?,
+                    min: r.get(1)?,
+                    max: r.get(2)?,
+                    count: r.get::<_, i64>(3)? as u64,
+                    last_step: r.get(4)?,
+                    last_seq: r.get(5)?,
+                    last_wall: r.get(6)?,
+                    last_value: r.get(7)?,
+                });
+            }
+            if let Some(a) = tail_from {
+                scan(&mut b, a, hi)?;
+            }
         }
-        b_lo = b_hi + 1;
     }
     Ok(Series {
         key: String::new(),
         downsampled: true,
-        buckets,
+        buckets: b.finish(),
     })
 }
 
@@ -881,13 +1021,16 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Result<Applied>>> {
-        self.write(move |conn, options| {
-            let tx = conn.transaction()?;
+        self.write(move |w, options| {
+            let tx = w.conn.transaction()?;
+            let mut group = PointGroup::default();
             let mut out = Vec::with_capacity(writes.len());
-            for w in writes {
-                out.push(apply_one(&tx, options, w)?);
+            for write in writes {
+                out.push(apply_one(&tx, options, &mut group, write)?);
             }
+            let fresh = store_points(&tx, &w.series, &group)?;
             tx.commit()?;
+            w.remember(fresh);
             Ok(out)
         })
         .await
@@ -1050,20 +1193,22 @@ impl Store for SqliteStore {
 
     async fn delete_run(&self, run: &str) -> Result<bool> {
         let run = run.to_string();
-        self.write(move |conn, _| {
-            let tx = conn.transaction()?;
+        self.write(move |w, _| {
+            let tx = w.conn.transaction()?;
             let found = delete_run_tx(&tx, &run)?;
             tx.commit()?;
+            w.forget();
             Ok(found)
         })
         .await
     }
 
     async fn retain(&self, policy: Retention, now_ms: i64) -> Result<RetentionReport> {
-        self.write(move |conn, _| {
-            let tx = conn.transaction()?;
+        self.write(move |w, _| {
+            let tx = w.conn.transaction()?;
             let report = retain_tx(&tx, policy, now_ms)?;
             tx.commit()?;
+            w.forget();
             Ok(report)
         })
         .await
