@@ -268,7 +268,8 @@ async fn postgres(
     client.batch_execute("VACUUM ANALYZE").await.unwrap();
     let bytes: i64 = client
         .query_one(
-            "SELECT (pg_total_relation_size('points') + pg_total_relation_size('series'))::int8",
+            "SELECT (pg_total_relation_size('points') + pg_total_relation_size('series')
+                + pg_total_relation_size('rollups'))::int8",
             &[],
         )
         .await
