@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use super::{admit, Applied, Point, Result, SeqKind};
+use super::{admit, Applied, Point, Result, SeqKind, Write};
 
 /// What a group did to one run's points.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +102,27 @@ impl PointGroup {
             stored: n - skip,
             skipped: skip,
         })
+    }
+
+    /// Gathers a point write ([`Write::is_point`]: points or a point gap)
+    /// against `last`, the run's last point number ([`PointGroup::last_seq`],
+    /// else the stored one).
+    pub fn apply(&mut self, w: Write, last: u64) -> Result<Applied> {
+        match w {
+            Write::Points {
+                run,
+                first_seq,
+                points,
+            } => self.add(&run, last, first_seq, points),
+            Write::Gap { run, through, .. } => {
+                self.gap(&run, last, through);
+                Ok(Applied {
+                    stored: 1,
+                    skipped: 0,
+                })
+            }
+            _ => unreachable!("only point writes are gathered"),
+        }
     }
 
     /// A point gap the agent reported: the run's number moves on to

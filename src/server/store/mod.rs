@@ -371,6 +371,19 @@ impl Write {
     }
 
     /// Refuses what no backend may store, before any SQL runs.
+    /// Points or a point gap: what a backend gathers into a
+    /// [`group::PointGroup`] instead of storing on its own.
+    pub fn is_point(&self) -> bool {
+        matches!(
+            self,
+            Write::Points { .. }
+                | Write::Gap {
+                    what: SeqKind::Point,
+                    ..
+                }
+        )
+    }
+
     pub fn check(&self) -> Result<()> {
         if let Write::Points { run, points, .. } = self {
             if let Some(p) = points.iter().find(|p| !p.value.is_finite()) {

@@ -22,7 +22,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use super::group::PointGroup;
-use super::rollup::{self, Bucketer, Plan, Rollup};
+use super::rollup::{self, Bucketer, Read, Rollup};
 use super::{
     admit, page, runs_query, sqlite::parse_json, Applied, Bucket, CommandRecord, Dialect,
     EpochRecord, ImageSample, PerfSample, PointStream, Result, Retention, RetentionReport, RunPage,
@@ -363,31 +363,12 @@ impl Tx<'_> {
         if let Err(e) = w.check() {
             return Ok(Err(e));
         }
-        let points = matches!(
-            w,
-            Write::Points { .. }
-                | Write::Gap {
-                    what: SeqKind::Point,
-                    ..
-                }
-        );
-        if points {
+        if w.is_point() {
             let last = match self.last_point(group, w.run()).await? {
                 Ok(last) => last,
                 Err(e) => return Ok(Err(e)),
             };
-            return Ok(match w {
-                Write::Points {
-                    run,
-                    first_seq,
-                    points,
-                } => group.add(&run, last, first_seq, points),
-                Write::Gap { run, through, .. } => {
-                    group.gap(&run, last, through);
-                    Ok(STORED_ONE)
-                }
-                _ => unreachable!("only point writes are gathered"),
-            });
+            return Ok(group.apply(w, last));
         }
         if !matches!(w, Write::Run(_)) {
             if let Err(e) = self.seqs(w.run()).await {
@@ -971,41 +952,31 @@ impl PgStore {
             .get(0);
         let plan = rollup::plan(from, to, lo, hi, n);
         let mut b = Bucketer::for_plan(&plan, lo);
-        match plan {
-            Plan::Raw { .. } => self.scan_points(&mut b, series, lo, hi).await?,
-            Plan::Rolled {
-                head_to,
-                first,
-                last,
-                tail_from,
-                ..
-            } => {
-                if let Some(z) = head_to {
-                    self.scan_points(&mut b, series, lo, z).await?;
-                }
-                let rows = self
-                    .reader
-                    .query(
-                        "SELECT bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value
-                         FROM rollups WHERE series = $1 AND bucket >= $2 AND bucket <= $3
-                         ORDER BY bucket",
-                        &[&series, &first, &last],
-                    )
-                    .await?;
-                for r in &rows {
-                    b.rollup(Rollup {
-                        bucket: r.get(0),
-                        min: r.get(1),
-                        max: r.get(2),
-                        count: r.get::<_, i64>(3) as u64,
-                        last_step: r.get(4),
-                        last_seq: r.get(5),
-                        last_wall: r.get(6),
-                        last_value: r.get(7),
-                    });
-                }
-                if let Some(a) = tail_from {
-                    self.scan_points(&mut b, series, a, hi).await?;
+        for read in plan.reads(lo, hi) {
+            match read {
+                Read::Points { from, to } => self.scan_points(&mut b, series, from, to).await?,
+                Read::Rollups { first, last } => {
+                    let rows = self
+                        .reader
+                        .query(
+                            "SELECT bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value
+                             FROM rollups WHERE series = $1 AND bucket >= $2 AND bucket <= $3
+                             ORDER BY bucket",
+                            &[&series, &first, &last],
+                        )
+                        .await?;
+                    for r in &rows {
+                        b.rollup(Rollup {
+                            bucket: r.get(0),
+                            min: r.get(1),
+                            max: r.get(2),
+                            count: r.get::<_, i64>(3) as u64,
+                            last_step: r.get(4),
+                            last_seq: r.get(5),
+                            last_wall: r.get(6),
+                            last_value: r.get(7),
+                        });
+                    }
                 }
             }
         }

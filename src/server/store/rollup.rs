@@ -101,6 +101,37 @@ pub enum Plan {
     },
 }
 
+/// One read a plan asks of a backend; [`Plan::reads`] lists them in step
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// The raw points of steps `from..=to`, ordered by (step, seq).
+    Points { from: i64, to: i64 },
+    /// The rollup rows `first..=last`, ordered by bucket.
+    Rollups { first: i64, last: i64 },
+}
+
+impl Plan {
+    /// What to read, in step order, for points running from `lo` to `hi`.
+    pub fn reads(&self, lo: i64, hi: i64) -> Vec<Read> {
+        match *self {
+            Plan::Raw { .. } => vec![Read::Points { from: lo, to: hi }],
+            Plan::Rolled {
+                head_to,
+                first,
+                last,
+                tail_from,
+                ..
+            } => head_to
+                .map(|to| Read::Points { from: lo, to })
+                .into_iter()
+                .chain([Read::Rollups { first, last }])
+                .chain(tail_from.map(|from| Read::Points { from, to: hi }))
+                .collect(),
+        }
+    }
+}
+
 /// The plan for at most `n` buckets over the points of `from..=to`, the
 /// first of which is at `lo` and the last at `hi`.
 pub fn plan(from: i64, to: i64, lo: i64, hi: i64, n: usize) -> Plan {
@@ -254,23 +285,13 @@ mod tests {
                 }
             }
         };
-        match p {
-            Plan::Raw { .. } => raw(&mut b, lo, hi),
-            Plan::Rolled {
-                head_to,
-                first,
-                last,
-                tail_from,
-                ..
-            } => {
-                if let Some(z) = head_to {
-                    raw(&mut b, lo, z);
-                }
-                for r in rollups.range(first..=last).map(|(_, r)| *r) {
-                    b.rollup(r);
-                }
-                if let Some(a) = tail_from {
-                    raw(&mut b, a, hi);
+        for read in p.reads(lo, hi) {
+            match read {
+                Read::Points { from, to } => raw(&mut b, from, to),
+                Read::Rollups { first, last } => {
+                    for r in rollups.range(first..=last).map(|(_, r)| *r) {
+                        b.rollup(r);
+                    }
                 }
             }
         }

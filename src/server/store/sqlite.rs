@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::group::PointGroup;
-use super::rollup::{self, Bucketer, Plan, Rollup};
+use super::rollup::{self, Bucketer, Read, Rollup};
 use super::{
     admit, page, runs_query, Applied, Bucket, CommandRecord, Dialect, EpochRecord, ImageSample,
     PerfSample, PointStream, Result, Retention, RetentionReport, RunPage, RunQuery, RunRecord,
@@ -356,31 +356,12 @@ fn apply_one(
     if let Err(e) = w.check() {
         return Ok(Err(e));
     }
-    let points = matches!(
-        w,
-        Write::Points { .. }
-            | Write::Gap {
-                what: SeqKind::Point,
-                ..
-            }
-    );
-    if points {
+    if w.is_point() {
         let last = match last_point(tx, group, w.run())? {
             Ok(last) => last,
             Err(e) => return Ok(Err(e)),
         };
-        return Ok(match w {
-            Write::Points {
-                run,
-                first_seq,
-                points,
-            } => group.add(&run, last, first_seq, points),
-            Write::Gap { run, through, .. } => {
-                group.gap(&run, last, through);
-                Ok(STORED_ONE)
-            }
-            _ => unreachable!("only point writes are gathered"),
-        });
+        return Ok(group.apply(w, last));
     }
     if !matches!(w, Write::Run(_)) {
         if let Err(e) = seqs(tx, w.run()) {
@@ -856,37 +837,27 @@ fn series_buckets(c: &Connection, series: i64, from: i64, to: i64, n: usize) -> 
         }
         Ok(())
     };
-    match plan {
-        Plan::Raw { .. } => scan(&mut b, lo, hi)?,
-        Plan::Rolled {
-            head_to,
-            first,
-            last,
-            tail_from,
-            ..
-        } => {
-            if let Some(z) = head_to {
-                scan(&mut b, lo, z)?;
-            }
-            let mut st = c.prepare_cached(
-                "SELECT bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value
-                 FROM rollups WHERE series = ?1 AND bucket >= ?2 AND bucket <= ?3 ORDER BY bucket",
-            )?;
-            let mut rows = st.query(params![series, first, last])?;
-            while let Some(r) = rows.next()? {
-                b.rollup(Rollup {
-                    bucket: r.get(0)?,
-                    min: r.get(1)?,
-                    max: r.get(2)?,
-                    count: r.get::<_, i64>(3)? as u64,
-                    last_step: r.get(4)?,
-                    last_seq: r.get(5)?,
-                    last_wall: r.get(6)?,
-                    last_value: r.get(7)?,
-                });
-            }
-            if let Some(a) = tail_from {
-                scan(&mut b, a, hi)?;
+    for read in plan.reads(lo, hi) {
+        match read {
+            Read::Points { from, to } => scan(&mut b, from, to)?,
+            Read::Rollups { first, last } => {
+                let mut st = c.prepare_cached(
+                    "SELECT bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value
+                     FROM rollups WHERE series = ?1 AND bucket >= ?2 AND bucket <= ?3 ORDER BY bucket",
+                )?;
+                let mut rows = st.query(params![series, first, last])?;
+                while let Some(r) = rows.next()? {
+                    b.rollup(Rollup {
+                        bucket: r.get(0)?,
+                        min: r.get(1)?,
+                        max: r.get(2)?,
+                        count: r.get::<_, i64>(3)? as u64,
+                        last_step: r.get(4)?,
+                        last_seq: r.get(5)?,
+                        last_wall: r.get(6)?,
+                        last_value: r.get(7)?,
+                    });
+                }
             }
         }
     }
