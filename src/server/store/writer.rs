@@ -128,13 +128,7 @@ async fn run(
         while rows < config.max_rows {
             tokio::select! {
                 biased;
-                job = rx.recv() => match job {
-                    Some(job) => {
-                        rows += job.write.rows();
-                        group.push(job);
-                    }
-                    None => break,
-                },
+                job = rx.recv() => if !gather(job, &mut group, &mut rows) { break },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => break,
             }
@@ -147,13 +141,7 @@ async fn run(
                 tokio::select! {
                     biased;
                     _ = &mut previous => done = true,
-                    job = rx.recv() => match job {
-                        Some(job) => {
-                            rows += job.write.rows();
-                            group.push(job);
-                        }
-                        None => break,
-                    },
+                    job = rx.recv() => if !gather(job, &mut group, &mut rows) { break },
                 }
             }
             if !done {
@@ -174,6 +162,18 @@ async fn run(
     }
     if !group.is_empty() {
         commit(store, group).await;
+    }
+}
+
+/// Adds a received job to the group; false once the queue has closed.
+fn gather(job: Option<Job>, group: &mut Vec<Job>, rows: &mut usize) -> bool {
+    match job {
+        Some(job) => {
+            *rows += job.write.rows();
+            group.push(job);
+            true
+        }
+        None => false,
     }
 }
 
