@@ -14,6 +14,8 @@
 //! `cargo bench --bench store`; env:
 //! - `TW_STORE_POINTS` (1000000), `TW_STORE_BATCH` (1000), `TW_STORE_KEYS`
 //!   (2; the fleet bench's trainers log 10 keys in batches of 10)
+//! - `TW_STORE_WRITERS` (1): runs the batches go to in turn (a fleet of
+//!   300 trainers: 300, with `TW_STORE_BATCH=10 TW_STORE_KEYS=10`)
 //! - `TW_STORE_QUERIES` (100): scalars queries timed per backend
 //! - `TW_STORE_RUNS` (10000): runs for the listing figure
 //! - `TW_STORE_PG` (1): 0 skips PostgreSQL
@@ -65,30 +67,57 @@ struct Ingest {
     points_per_cpu_s: f64,
 }
 
-async fn ingest(store: Arc<dyn Store>, total: u64, batch: u64, keys: u64) -> Ingest {
-    store
-        .apply(vec![Write::Run(record(RUN, 0, "bench"))])
-        .await
-        .unwrap();
+/// What the ingest figure writes: `total` points in writes of `batch`,
+/// `keys` keys in turn, to `writers` runs in turn.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    total: u64,
+    batch: u64,
+    keys: u64,
+    writers: u64,
+}
+
+async fn ingest(store: Arc<dyn Store>, shape: Shape) -> Ingest {
+    let Shape {
+        total,
+        batch,
+        keys,
+        writers,
+    } = shape;
+    // Run 0 is the one the query figures read; the others share the load.
+    let run = |w: u64| match w {
+        0 => RUN.to_string(),
+        w => format!("{RUN}-{w}"),
+    };
+    for w in 0..writers {
+        store
+            .apply(vec![Write::Run(record(&run(w), 0, "bench"))])
+            .await
+            .unwrap();
+    }
     let stop = CancellationToken::new();
     let (writer, task) = Writer::spawn(store, WriterConfig::default(), stop.clone());
     // Batches built before the clock starts: the trainer side is not
-    // what this measures.
+    // what this measures. Batch `b` goes to run `b % writers`, as a fleet's
+    // small writes arrive interleaved.
     let batches: Vec<Write> = (0..total / batch)
-        .map(|b| Write::Points {
-            run: RUN.into(),
-            first_seq: b * batch + 1,
-            points: (0..batch)
-                .map(|i| {
-                    let seq = b * batch + i;
-                    Point {
-                        key: format!("train/k{}", seq % keys),
-                        step: (seq / keys) as i64,
-                        wall_ms: 1_700_000_000_000 + seq as i64,
-                        value: ((seq % 1000) as f64).sqrt(),
-                    }
-                })
-                .collect(),
+        .map(|b| {
+            let (w, nth) = (b % writers, b / writers);
+            Write::Points {
+                run: run(w),
+                first_seq: nth * batch + 1,
+                points: (0..batch)
+                    .map(|i| {
+                        let seq = nth * batch + i;
+                        Point {
+                            key: format!("train/k{}", seq % keys),
+                            step: (seq / keys) as i64,
+                            wall_ms: 1_700_000_000_000 + seq as i64,
+                            value: ((seq % 1000) as f64).sqrt(),
+                        }
+                    })
+                    .collect(),
+            }
         })
         .collect();
     let (t0, c0) = (Instant::now(), cpu_s());
@@ -222,7 +251,7 @@ fn print(f: &Figures) {
     );
 }
 
-async fn sqlite(total: u64, batch: u64, keys: u64, queries: u64, runs: u64) -> Figures {
+async fn sqlite(shape: Shape, queries: u64, runs: u64) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     let s: Arc<dyn Store> = Arc::new(
@@ -230,7 +259,7 @@ async fn sqlite(total: u64, batch: u64, keys: u64, queries: u64, runs: u64) -> F
             .await
             .unwrap(),
     );
-    let ingest = ingest(s.clone(), total, batch, keys).await;
+    let ingest = ingest(s.clone(), shape).await;
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     let bytes = std::fs::metadata(&path).unwrap().len() as f64;
@@ -239,26 +268,19 @@ async fn sqlite(total: u64, batch: u64, keys: u64, queries: u64, runs: u64) -> F
     Figures {
         name: "sqlite".into(),
         ingest,
-        bytes_per_1000: bytes / total as f64 * 1000.0,
+        bytes_per_1000: bytes / shape.total as f64 * 1000.0,
         q,
         list,
     }
 }
 
-async fn postgres(
-    by: PointsBy,
-    total: u64,
-    batch: u64,
-    keys: u64,
-    queries: u64,
-    runs: u64,
-) -> Option<Figures> {
+async fn postgres(by: PointsBy, shape: Shape, queries: u64, runs: u64) -> Option<Figures> {
     let cluster = util::postgres::cluster_or_skip("bench store (PostgreSQL)")?;
     let url = cluster.fresh_db().await;
     let mut pg = PgStore::open(&url, StoreOptions::default()).await.unwrap();
     pg.set_points_by(by);
     let s: Arc<dyn Store> = Arc::new(pg);
-    let ingest = ingest(s.clone(), total, batch, keys).await;
+    let ingest = ingest(s.clone(), shape).await;
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -280,16 +302,19 @@ async fn postgres(
     Some(Figures {
         name: format!("postgres ({by:?})"),
         ingest,
-        bytes_per_1000: bytes as f64 / total as f64 * 1000.0,
+        bytes_per_1000: bytes as f64 / shape.total as f64 * 1000.0,
         q,
         list,
     })
 }
 
 fn main() {
-    let total = env_u64("TW_STORE_POINTS", 1_000_000);
-    let batch = env_u64("TW_STORE_BATCH", 1000).max(1);
-    let keys = env_u64("TW_STORE_KEYS", 2).max(1);
+    let shape = Shape {
+        total: env_u64("TW_STORE_POINTS", 1_000_000),
+        batch: env_u64("TW_STORE_BATCH", 1000).max(1),
+        keys: env_u64("TW_STORE_KEYS", 2).max(1),
+        writers: env_u64("TW_STORE_WRITERS", 1).max(1),
+    };
     let queries = env_u64("TW_STORE_QUERIES", 100).max(1);
     let runs = env_u64("TW_STORE_RUNS", 10_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -298,11 +323,17 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        eprintln!("store: {total} points in batches of {batch} over {keys} keys, {queries} queries, {runs} runs");
-        print(&sqlite(total, batch, keys, queries, runs).await);
+        let Shape {
+            total,
+            batch,
+            keys,
+            writers,
+        } = shape;
+        eprintln!("store: {total} points in batches of {batch} over {keys} keys to {writers} run(s), {queries} queries, {runs} runs");
+        print(&sqlite(shape, queries, runs).await);
         if env_u64("TW_STORE_PG", 1) == 1 {
             for by in [PointsBy::Copy, PointsBy::Unnest] {
-                if let Some(f) = postgres(by, total, batch, keys, queries, runs).await {
+                if let Some(f) = postgres(by, shape, queries, runs).await {
                     print(&f);
                 }
             }

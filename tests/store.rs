@@ -1187,6 +1187,7 @@ async fn writer_reports_a_failed_commit_to_every_write_of_the_group() {
         linger: Duration::from_secs(5),
         max_rows: 2,
         queue: 8,
+        ..WriterConfig::default()
     };
     let (w, task) = Writer::spawn(failing, config, stop.clone());
     let a = w.submit(run("r1", "d", NOW_MS)).await.unwrap();
@@ -1217,6 +1218,7 @@ async fn writer_commits_what_was_queued_before_shutdown() {
         linger: Duration::from_secs(30),
         max_rows: 1_000_000,
         queue: 64,
+        ..WriterConfig::default()
     };
     let (w, task) = Writer::spawn(s.clone(), config, stop.clone());
     let mut pending = vec![w.submit(run("r1", "d", NOW_MS)).await.unwrap()];

@@ -7,7 +7,9 @@
 //! commit through [`Pending`], so the server acknowledges to the agent
 //! only what is committed.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,8 +24,12 @@ use super::{Applied, Result, Store, StoreError, Write};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
-    /// Longest a write waits for others to share its transaction.
+    /// Shortest a write waits for others to share its transaction.
     pub linger: Duration,
+    /// Added to the wait for each run the previous group wrote to, up to
+    /// `linger_max`: see [`WriterConfig::linger_for`].
+    pub linger_per_run: Duration,
+    pub linger_max: Duration,
     /// Rows that close a group early.
     pub max_rows: usize,
     /// Writes queued before `submit` waits (backpressure).
@@ -33,17 +39,41 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
-            // 100 ms: acks stay well inside a heartbeat interval while a
-            // group at 10,000 points/s holds about a thousand rows.
+            // 100 ms for a few runs: acks stay well inside a heartbeat
+            // interval while a group at 10,000 points/s holds about a
+            // thousand rows.
             linger: Duration::from_millis(100),
-            // 20,000 rows: one SQLite transaction of this size commits in
-            // a few tens of ms, so a group never stalls the next for long.
-            max_rows: 20_000,
+            // A commit rewrites about one page per series it touched
+            // (SQLite's points are clustered by series), whatever its
+            // rows: 200 trainers logging 10 keys at 60/s dirtied some
+            // 2,000 pages per commit, 135 MB/s of WAL at 100 ms. Lingering
+            // 2 ms per run (200 runs: 400 ms) cut the store's CPU at that
+            // load from 0.61 to 0.35 cores (benches/fleet, docs/store.md);
+            // past 500 ms the saving flattens and big commits raise the
+            // frames' p99.
+            linger_per_run: Duration::from_millis(2),
+            linger_max: Duration::from_millis(500),
+            // 200,000 rows: a group is closed by time, not size, at any
+            // rate a fleet sends (20,000 closed groups of 300 sessions
+            // every ~100 ms, undoing the linger).
+            max_rows: 200_000,
             // 16,384 writes: a fleet of 400 trainers sends some 25,000
             // small writes a second, so the queue holds more than the
             // writes of one commit.
             queue: 16_384,
         }
+    }
+}
+
+impl WriterConfig {
+    /// How long a group gathers after the previous one wrote to `runs`
+    /// runs: `linger` plus `linger_per_run` each, at most `linger_max`
+    /// (or `linger`, when that is longer).
+    pub fn linger_for(&self, runs: usize) -> Duration {
+        let grown = self
+            .linger_per_run
+            .saturating_mul(u32::try_from(runs).unwrap_or(u32::MAX));
+        (self.linger + grown).min(self.linger_max.max(self.linger))
     }
 }
 
@@ -116,19 +146,20 @@ async fn run(
     // on each commit's latency. Groups still commit one after another, in
     // order.
     let mut committing: Option<JoinHandle<()>> = None;
+    let mut runs_before = 0;
     loop {
         let first = tokio::select! {
             job = rx.recv() => job,
             _ = shutdown.cancelled() => None,
         };
         let Some(first) = first else { break };
-        let mut rows = first.write.rows();
-        let mut group = vec![first];
-        let deadline = Instant::now() + config.linger;
-        while rows < config.max_rows {
+        let mut g = Group::default();
+        g.add(first);
+        let deadline = Instant::now() + config.linger_for(runs_before);
+        while g.rows < config.max_rows {
             tokio::select! {
                 biased;
-                job = rx.recv() => if !gather(job, &mut group, &mut rows) { break },
+                job = rx.recv() => match job { Some(j) => g.add(j), None => break },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => break,
             }
@@ -137,18 +168,19 @@ async fn run(
         // writes until it is done (or this one is full).
         if let Some(mut previous) = committing.take() {
             let mut done = false;
-            while rows < config.max_rows && !done {
+            while g.rows < config.max_rows && !done {
                 tokio::select! {
                     biased;
                     _ = &mut previous => done = true,
-                    job = rx.recv() => if !gather(job, &mut group, &mut rows) { break },
+                    job = rx.recv() => match job { Some(j) => g.add(j), None => break },
                 }
             }
             if !done {
                 let _ = previous.await;
             }
         }
-        committing = Some(tokio::spawn(commit(store.clone(), group)));
+        runs_before = g.runs.len();
+        committing = Some(tokio::spawn(commit(store.clone(), g.jobs)));
     }
     if let Some(previous) = committing.take() {
         let _ = previous.await;
@@ -165,15 +197,22 @@ async fn run(
     }
 }
 
-/// Adds a received job to the group; false once the queue has closed.
-fn gather(job: Option<Job>, group: &mut Vec<Job>, rows: &mut usize) -> bool {
-    match job {
-        Some(job) => {
-            *rows += job.write.rows();
-            group.push(job);
-            true
-        }
-        None => false,
+/// The writes gathered for one transaction, their rows and the runs they
+/// write to (by a hash of the run's id: only their number matters).
+#[derive(Default)]
+struct Group {
+    jobs: Vec<Job>,
+    rows: usize,
+    runs: HashSet<u64>,
+}
+
+impl Group {
+    fn add(&mut self, job: Job) {
+        self.rows += job.write.rows();
+        let mut h = DefaultHasher::new();
+        job.write.run().hash(&mut h);
+        self.runs.insert(h.finish());
+        self.jobs.push(job);
     }
 }
 
@@ -197,5 +236,26 @@ async fn commit(store: Arc<dyn Store>, group: Vec<Job>) {
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_linger_grows_with_the_runs_written_to_and_is_bounded() {
+        let c = WriterConfig::default();
+        assert_eq!(c.linger_for(0), Duration::from_millis(100));
+        assert_eq!(c.linger_for(50), Duration::from_millis(200));
+        assert_eq!(c.linger_for(200), Duration::from_millis(500));
+        assert_eq!(c.linger_for(usize::MAX), Duration::from_millis(500));
+        // A linger set above the maximum is kept (tests that want one
+        // group).
+        let long = WriterConfig {
+            linger: Duration::from_secs(5),
+            ..c
+        };
+        assert_eq!(long.linger_for(1_000), Duration::from_secs(5));
     }
 }
