@@ -22,9 +22,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The session id of a run: the device, the run's name and the writer's
-/// start time, so a run name reused later is a new session, while an agent
-/// restart finds the same one.
+/// The session id of a run: `device:run.hash:start_ms`, where `device`
+/// and `run` are readable prefixes (48 and 40 characters, `run` with every
+/// character outside `[A-Za-z0-9._-]` as `_`), `hash` is 10 hex digits of
+/// a SHA-256 of the full device id, run name and the writer's start time
+/// in nanoseconds, and `start_ms` that start in milliseconds. So runs named
+/// alike beyond the readable part or started in the same second are
+/// distinct sessions, a name reused later is a new one, and an agent
+/// restart, reading the same segment header, finds the same one.
 pub fn session_id(device_id: &str, run_name: &str, writer_start_unix_ns: u64) -> String {
     let run: String = run_name
         .chars()
@@ -35,18 +40,43 @@ pub fn session_id(device_id: &str, run_name: &str, writer_start_unix_ns: u64) ->
                 '_'
             }
         })
-        .take(64)
+        .take(ID_RUN_CHARS)
         .collect();
-    let device: String = device_id.chars().take(48).collect();
-    format!("{device}:{run}:{}", writer_start_unix_ns / 1_000_000_000)
+    let device: String = device_id.chars().take(ID_DEVICE_CHARS).collect();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [device_id.as_bytes(), b"\0", run_name.as_bytes(), b"\0"] {
+        h.update(part);
+    }
+    h.update(&writer_start_unix_ns.to_le_bytes());
+    let hash: String = h.finish().as_ref()[..ID_HASH_HEX / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{device}:{run}.{hash}:{}", writer_start_unix_ns / 1_000_000)
 }
 
+/// Readable characters of the device and the run in a session id, and the
+/// hex digits of its hash: 48 + 40 + 10 + 20 for the start and separators
+/// stay within [`MAX_SESSION_ID_LEN`].
+const ID_DEVICE_CHARS: usize = 48;
+const ID_RUN_CHARS: usize = 40;
+const ID_HASH_HEX: usize = 10;
+
 /// The device and run name an agent's session id (see [`session_id`])
-/// carries; `None` for an id of another shape (a seed peer names its
-/// sessions as it likes).
+/// carries, the run without its hash; `None` for an id of another shape (a
+/// seed peer names its sessions as it likes).
 pub fn session_parts(id: &str) -> Option<(&str, &str)> {
     let (device, rest) = id.split_once(':')?;
     let (run, start) = rest.rsplit_once(':')?;
+    // Ids of agents before the hash was added have none.
+    let run = match run.rsplit_once('.') {
+        Some((name, hash))
+            if hash.len() == ID_HASH_HEX && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            name
+        }
+        _ => run,
+    };
     let plausible = !device.is_empty()
         && !run.is_empty()
         && !start.is_empty()
@@ -171,10 +201,49 @@ mod tests {
     #[test]
     fn an_agents_session_id_gives_back_its_device_and_run() {
         let id = session_id("jetson-7", "resnet:sweep/3", 1_700_000_000_123_000_000);
-        assert_eq!(id, "jetson-7:resnet_sweep_3:1700000000");
+        let (readable, hash) = id.rsplit_once(':').unwrap().0.rsplit_once('.').unwrap();
+        assert_eq!(readable, "jetson-7:resnet_sweep_3");
+        assert!(
+            hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(id.ends_with(":1700000000123"), "{id}");
         assert_eq!(session_parts(&id), Some(("jetson-7", "resnet_sweep_3")));
+        // An id from an agent before the hash.
+        assert_eq!(
+            session_parts("jetson-7:resnet_sweep_3:1700000000"),
+            Some(("jetson-7", "resnet_sweep_3"))
+        );
         for other in ["seed-session", "a:b", ":run:1", "dev::1", "dev:run:x"] {
             assert_eq!(session_parts(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn distinct_runs_get_distinct_ids_that_stay_the_same_across_restarts() {
+        // A sweep: names sharing more than the readable part, started in
+        // the same second (issue 15 item 2).
+        let prefix = "sweep_resnet18_cifar10_".repeat(4);
+        let t = 1_700_000_000_123_000_000;
+        let a = session_id("jetson-7", &format!("{prefix}lr0.1"), t);
+        let b = session_id("jetson-7", &format!("{prefix}lr0.2"), t);
+        assert_ne!(a, b);
+        assert_eq!(a, session_id("jetson-7", &format!("{prefix}lr0.1"), t));
+        // The same name started again within the second.
+        assert_ne!(session_id("d", "r", t), session_id("d", "r", t + 1_000));
+        // Devices named alike beyond the readable part.
+        let dev = "edge-".repeat(12);
+        assert_ne!(
+            session_id(&format!("{dev}1"), "r", t),
+            session_id(&format!("{dev}2"), "r", t)
+        );
+        let long = session_id(&"d".repeat(300), &"r".repeat(500), u64::MAX);
+        for id in [&a, &b, &long] {
+            assert_eq!(check_session_id(id), Ok(()), "{id}");
+        }
+        // The readable parts come back without the hash.
+        let (device, run) = session_parts(&a).unwrap();
+        assert_eq!(device, "jetson-7");
+        assert!(prefix.starts_with(run) && run.len() >= 32, "{run}");
     }
 }

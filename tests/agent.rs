@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 
 /// The one session whose id contains `run`, once it exists.
 async fn session(http: SocketAddr, run: &str) -> Value {
-    let needle = format!(":{run}:");
+    let needle = format!(":{run}.");
     eventually(&format!("session for run {run}"), || async {
         let list = get_json(http, "/api/sessions").await;
         let id = list["sessions"]
@@ -279,6 +279,57 @@ mod faults {
             1
         );
         assert_eq!(agent_metric(health, "segments_rejected_total").await, 2);
+        stop(server).await;
+    }
+
+    /// Issue 15 item 2: a sweep's runs, named alike for longer than the
+    /// readable part of an id and started together, are sessions of their
+    /// own: each its own config and epochs, nothing dropped as a duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_named_alike_and_started_together_are_separate_sessions() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let prefix = "sweep_resnet18_cifar10_".repeat(3);
+        let runs = [
+            (format!("{prefix}lr_a"), 2u64),
+            (format!("{prefix}lr_b"), 3),
+        ];
+        let mut trainers: Vec<Trainer> = runs
+            .iter()
+            .map(|(run, epochs)| {
+                let e = epochs.to_string();
+                Trainer::start(
+                    shm.path(),
+                    run,
+                    &["--epochs", &e, "--batches-per-epoch", "10", "--fps", "100"],
+                )
+            })
+            .collect();
+        for t in &mut trainers {
+            t.wait_exit();
+        }
+        let ids = eventually("two sessions COMPLETED", || async {
+            let list = get_json(http, "/api/sessions").await;
+            let all = list["sessions"].as_array()?;
+            let done: Vec<String> = all
+                .iter()
+                .filter(|s| s["status"] == "COMPLETED")
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect();
+            (done.len() == 2).then_some(done)
+        })
+        .await;
+        let mut seen: Vec<(u64, Vec<u64>)> = Vec::new();
+        for id in &ids {
+            let d = get_json(http, &format!("/api/sessions/{id}")).await;
+            assert_eq!(d["counters"]["events_duplicate"], 0, "{d}");
+            let total = d["config"]["total_epochs"].as_u64().unwrap();
+            seen.push((total, epochs(&d)));
+        }
+        seen.sort();
+        assert_eq!(seen, vec![(2, vec![0, 1]), (3, vec![0, 1, 2])]);
         stop(server).await;
     }
 

@@ -269,7 +269,7 @@ async fn train_digits_example_streams_two_epochs_and_completes() {
     let id = eventually("the digits session", || async {
         let list = get_json(http, "/api/sessions").await;
         let id = list["sessions"].get(0)?["id"].as_str()?.to_string();
-        id.contains(":digits:").then_some(id)
+        id.contains(":digits.").then_some(id)
     })
     .await;
     let status = tokio::task::spawn_blocking(move || {
