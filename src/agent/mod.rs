@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -66,14 +66,25 @@ impl AgentError {
 
 /// What the agent knows about one file in the segment directory.
 enum Known {
-    /// Being streamed by a session task.
-    Streaming,
+    /// Being streamed by a session task; `failures`: how many tasks for
+    /// this segment died before it (see [`Known::Failed`]).
+    Streaming { failures: u32 },
+    /// Its task died (a panic) `failures` times in a row; started again at
+    /// `retry_at`, after a backoff that doubles up to [`RETRY_MAX`].
+    Failed { retry_at: Instant, failures: u32 },
     /// Finished at this instant; removed after the grace period.
     Finished(Instant),
     /// Rejected; remembered by its modification time so that it is reported
     /// once, and looked at again only when it changes.
     Rejected(Option<SystemTime>),
 }
+
+/// The longest wait before a segment whose task died is streamed again.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Session tasks by task id, so a task that died still names its segment.
+type Tasks = JoinSet<(PathBuf, SessionEnd)>;
+type Running = HashMap<tokio::task::Id, PathBuf>;
 
 /// Hooks for the process around the agent (systemd notification, tests).
 pub trait Lifecycle: Send {
@@ -132,7 +143,8 @@ impl Agent {
             stats: self.stats.clone(),
         });
         let mut known: HashMap<PathBuf, Known> = HashMap::new();
-        let mut tasks: JoinSet<(PathBuf, SessionEnd)> = JoinSet::new();
+        let mut tasks: Tasks = JoinSet::new();
+        let mut running: Running = HashMap::new();
         let sessions_stop = stop.child_token();
         let mut scan = tokio::time::interval(s.scan_interval);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,17 +155,15 @@ impl Agent {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = scan.tick() => {
-                    self.scan(&ctx, &mut known, &mut tasks, &sessions_stop)?;
+                    self.scan(&ctx, &mut known, (&mut tasks, &mut running), &sessions_stop)?;
                     if first {
                         first = false;
                         lifecycle.ready();
                     }
                     lifecycle.alive();
                 }
-                Some(done) = tasks.join_next() => {
-                    if let Ok((path, end)) = done {
-                        self.session_ended(&mut known, path, end);
-                    }
+                Some(done) = tasks.join_next_with_id() => {
+                    self.task_done(&mut known, &mut running, done);
                 }
                 _ = log.tick() => {
                     tracing::info!(stats = %self.stats.summary(), "agent health");
@@ -164,6 +174,64 @@ impl Agent {
         while tasks.join_next().await.is_some() {}
         self.stats.sessions_active.store(0, Relaxed);
         Ok(())
+    }
+
+    /// A session task returned or died. A task that died (a panic: a bug,
+    /// never segment or wire content by design) is reported with what it
+    /// said, and its segment is streamed again after a backoff.
+    fn task_done(
+        &self,
+        known: &mut HashMap<PathBuf, Known>,
+        running: &mut Running,
+        done: Result<(tokio::task::Id, (PathBuf, SessionEnd)), tokio::task::JoinError>,
+    ) {
+        let e = match done {
+            Ok((id, (path, end))) => {
+                running.remove(&id);
+                self.session_ended(known, path, end);
+                return;
+            }
+            Err(e) => e,
+        };
+        let Some(path) = running.remove(&e.id()) else {
+            return;
+        };
+        self.stats.sessions_active.fetch_sub(1, Relaxed);
+        self.stats.session_tasks_failed.fetch_add(1, Relaxed);
+        let failures = match known.get(&path) {
+            Some(Known::Streaming { failures }) => failures + 1,
+            _ => 1,
+        };
+        let backoff = self
+            .settings
+            .scan_interval
+            .max(Duration::from_secs(1))
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(RETRY_MAX);
+        let what = if e.is_panic() {
+            let payload = e.into_panic();
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string())
+        } else {
+            e.to_string()
+        };
+        tracing::error!(
+            segment = %path.display(),
+            failures,
+            retry_in_s = backoff.as_secs_f64(),
+            reason = %what,
+            "session task died; the run will be streamed again"
+        );
+        known.insert(
+            path,
+            Known::Failed {
+                retry_at: Instant::now() + backoff,
+                failures,
+            },
+        );
     }
 
     fn session_ended(&self, known: &mut HashMap<PathBuf, Known>, path: PathBuf, end: SessionEnd) {
@@ -189,7 +257,7 @@ impl Agent {
         &self,
         ctx: &Arc<SessionContext>,
         known: &mut HashMap<PathBuf, Known>,
-        tasks: &mut JoinSet<(PathBuf, SessionEnd)>,
+        (tasks, running): (&mut Tasks, &mut Running),
         stop: &CancellationToken,
     ) -> Result<(), AgentError> {
         let dir = &self.settings.shm_dir;
@@ -197,7 +265,7 @@ impl Agent {
             Ok(e) => e,
             // Not there yet (tmpfiles creates it at boot): nothing to stream.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                known.retain(|_, k| matches!(k, Known::Streaming));
+                known.retain(|_, k| matches!(k, Known::Streaming { .. }));
                 return Ok(());
             }
             Err(source) => {
@@ -214,8 +282,18 @@ impl Agent {
                 continue;
             }
             present.push(path.clone());
+            let mut failures = 0;
             match known.get(&path) {
-                Some(Known::Streaming) => continue,
+                Some(Known::Streaming { .. }) => continue,
+                Some(&Known::Failed {
+                    retry_at,
+                    failures: f,
+                }) => {
+                    if Instant::now() < retry_at {
+                        continue;
+                    }
+                    failures = f;
+                }
                 Some(Known::Finished(at)) => {
                     if at.elapsed() >= self.settings.finished_grace {
                         match std::fs::remove_file(&path) {
@@ -238,18 +316,64 @@ impl Agent {
                 }
                 None => {}
             }
-            known.insert(path.clone(), Known::Streaming);
+            known.insert(path.clone(), Known::Streaming { failures });
             self.stats.sessions_active.fetch_add(1, Relaxed);
             let ctx = ctx.clone();
             let stop = stop.clone();
-            tasks.spawn(async move {
-                let end = session::run(path.clone(), ctx, stop).await;
-                (path, end)
+            let p = path.clone();
+            let task = tasks.spawn(async move {
+                let end = session::run(p.clone(), ctx, stop).await;
+                (p, end)
             });
+            running.insert(task.id(), path);
         }
         // Forget files that are gone (except those still streaming: a
         // trainer may unlink its segment while the agent drains it).
-        known.retain(|p, k| matches!(k, Known::Streaming) || present.contains(p));
+        known.retain(|p, k| matches!(k, Known::Streaming { .. }) || present.contains(p));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boom() -> (PathBuf, SessionEnd) {
+        panic!("boom in a session")
+    }
+
+    /// Issue 15 item 3: a dead session task used to be dropped unseen, its
+    /// segment "streaming" for ever.
+    #[tokio::test]
+    async fn a_session_task_that_dies_is_reported_and_retried_after_a_growing_backoff() {
+        let settings = AgentSettings::load(None, &crate::config::EnvMap::new(), vec![]).unwrap();
+        let first = settings.scan_interval.max(Duration::from_secs(1));
+        let agent = Agent::new(settings);
+        let path = PathBuf::from("/dev/shm/trainwatch/run-1");
+        let mut known = HashMap::from([(path.clone(), Known::Streaming { failures: 0 })]);
+        let (mut tasks, mut running): (Tasks, Running) = (JoinSet::new(), HashMap::new());
+        for round in 1..=3u32 {
+            agent.stats.sessions_active.fetch_add(1, Relaxed);
+            let task = tasks.spawn(async { boom() });
+            running.insert(task.id(), path.clone());
+            let done = tasks.join_next_with_id().await.unwrap();
+            assert!(done.is_err());
+            agent.task_done(&mut known, &mut running, done);
+            let Some(&Known::Failed { retry_at, failures }) = known.get(&path) else {
+                panic!("not marked failed after round {round}");
+            };
+            assert_eq!(failures, round);
+            let wait = retry_at.saturating_duration_since(Instant::now());
+            let backoff = first * (1 << (round - 1));
+            assert!(
+                wait <= backoff && wait + Duration::from_secs(1) > backoff,
+                "{wait:?}"
+            );
+            // What the next scan does once the backoff is over.
+            known.insert(path.clone(), Known::Streaming { failures });
+        }
+        assert!(running.is_empty());
+        assert_eq!(agent.stats.session_tasks_failed.load(Relaxed), 3);
+        assert_eq!(agent.stats.sessions_active.load(Relaxed), 0);
     }
 }
