@@ -282,6 +282,44 @@ mod faults {
         stop(server).await;
     }
 
+    /// Issue 15 item 1: the same script run again under the same name,
+    /// within the finished run's grace period, is a new run streamed in
+    /// full (the writer renames its new segment over the old path).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_repeated_under_the_same_name_is_streamed_as_a_new_run() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let args = ["--epochs", "2", "--batches-per-epoch", "10", "--fps", "100"];
+        let mut first = Trainer::start(shm.path(), "again", &args);
+        first.wait_exit();
+        let one = session_where(http, "again", "first run COMPLETED", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        let mut second = Trainer::start(shm.path(), "again", &args);
+        second.wait_exit();
+        let needle = ":again.";
+        let two = eventually("a second session COMPLETED", || async {
+            let list = get_json(http, "/api/sessions").await;
+            let other = list["sessions"].as_array()?.iter().find(|s| {
+                s["id"] != one["id"]
+                    && s["status"] == "COMPLETED"
+                    && s["id"].as_str().is_some_and(|i| i.contains(needle))
+            })?;
+            let id = other["id"].as_str()?;
+            Some(get_json(http, &format!("/api/sessions/{id}")).await)
+        })
+        .await;
+        assert_eq!(epochs(&two), vec![0, 1], "{two}");
+        assert_eq!(statuses(&two), vec!["RUNNING", "COMPLETED"]);
+        assert_eq!(two["counters"]["events_duplicate"], 0);
+        // The live segment was not removed from under the new run.
+        assert!(shm.path().read_dir().unwrap().count() >= 1);
+        stop(server).await;
+    }
+
     /// Issue 15 item 2: a sweep's runs, named alike for longer than the
     /// readable part of an id and started together, are sessions of their
     /// own: each its own config and epochs, nothing dropped as a duplicate.

@@ -64,7 +64,29 @@ impl AgentError {
     }
 }
 
-/// What the agent knows about one file in the segment directory.
+/// A segment file by identity, not by path: a trainer run again under the
+/// same name renames its new segment over the old path, and that is a new
+/// run. The birth time (where the file system keeps one) tells a new file
+/// from an old one whose inode number was reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    born: Option<SystemTime>,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            born: meta.created().ok(),
+        }
+    }
+}
+
+/// What the agent knows about one segment file (by [`FileId`]).
 enum Known {
     /// Being streamed by a session task; `failures`: how many tasks for
     /// this segment died before it (see [`Known::Failed`]).
@@ -84,7 +106,7 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Session tasks by task id, so a task that died still names its segment.
 type Tasks = JoinSet<(PathBuf, SessionEnd)>;
-type Running = HashMap<tokio::task::Id, PathBuf>;
+type Running = HashMap<tokio::task::Id, (FileId, PathBuf)>;
 
 /// Hooks for the process around the agent (systemd notification, tests).
 pub trait Lifecycle: Send {
@@ -142,7 +164,7 @@ impl Agent {
             pipeline,
             stats: self.stats.clone(),
         });
-        let mut known: HashMap<PathBuf, Known> = HashMap::new();
+        let mut known: HashMap<FileId, Known> = HashMap::new();
         let mut tasks: Tasks = JoinSet::new();
         let mut running: Running = HashMap::new();
         let sessions_stop = stop.child_token();
@@ -181,24 +203,25 @@ impl Agent {
     /// said, and its segment is streamed again after a backoff.
     fn task_done(
         &self,
-        known: &mut HashMap<PathBuf, Known>,
+        known: &mut HashMap<FileId, Known>,
         running: &mut Running,
         done: Result<(tokio::task::Id, (PathBuf, SessionEnd)), tokio::task::JoinError>,
     ) {
         let e = match done {
             Ok((id, (path, end))) => {
-                running.remove(&id);
-                self.session_ended(known, path, end);
+                if let Some((file, _)) = running.remove(&id) {
+                    self.session_ended(known, file, path, end);
+                }
                 return;
             }
             Err(e) => e,
         };
-        let Some(path) = running.remove(&e.id()) else {
+        let Some((file, path)) = running.remove(&e.id()) else {
             return;
         };
         self.stats.sessions_active.fetch_sub(1, Relaxed);
         self.stats.session_tasks_failed.fetch_add(1, Relaxed);
-        let failures = match known.get(&path) {
+        let failures = match known.get(&file) {
             Some(Known::Streaming { failures }) => failures + 1,
             _ => 1,
         };
@@ -226,7 +249,7 @@ impl Agent {
             "session task died; the run will be streamed again"
         );
         known.insert(
-            path,
+            file,
             Known::Failed {
                 retry_at: Instant::now() + backoff,
                 failures,
@@ -234,29 +257,58 @@ impl Agent {
         );
     }
 
-    fn session_ended(&self, known: &mut HashMap<PathBuf, Known>, path: PathBuf, end: SessionEnd) {
+    fn session_ended(
+        &self,
+        known: &mut HashMap<FileId, Known>,
+        file: FileId,
+        path: PathBuf,
+        end: SessionEnd,
+    ) {
         self.stats.sessions_active.fetch_sub(1, Relaxed);
         match end {
             SessionEnd::Finished => {
-                known.insert(path, Known::Finished(Instant::now()));
+                known.insert(file, Known::Finished(Instant::now()));
             }
             SessionEnd::Stopped => {
-                known.remove(&path);
+                known.remove(&file);
             }
             SessionEnd::Rejected(e) => {
                 self.stats.segments_rejected.fetch_add(1, Relaxed);
                 tracing::error!(segment = %path.display(), error = %e, "segment skipped");
                 let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-                known.insert(path, Known::Rejected(mtime));
+                known.insert(file, Known::Rejected(mtime));
             }
         }
+    }
+
+    /// A finished run's segment once its grace period is over: removed,
+    /// unless a live writer has it (then it is a new run in a file that
+    /// looks like the old one: false, stream it).
+    fn remove_finished(&self, path: &std::path::Path) -> bool {
+        let idle_after = crate::shm::IDLE_AFTER_NS;
+        if let Ok(r) = crate::shm::Reader::open_read_only(path) {
+            if matches!(
+                r.writer_state(idle_after),
+                crate::shm::WriterState::Live | crate::shm::WriterState::Idle { .. }
+            ) {
+                tracing::info!(segment = %path.display(), "a live writer has a finished run's segment: a new run");
+                return false;
+            }
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(segment = %path.display(), "finished run's segment removed"),
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot remove finished segment")
+            }
+        }
+        true
     }
 
     /// One pass over the segment directory.
     fn scan(
         &self,
         ctx: &Arc<SessionContext>,
-        known: &mut HashMap<PathBuf, Known>,
+        known: &mut HashMap<FileId, Known>,
         (tasks, running): (&mut Tasks, &mut Running),
         stop: &CancellationToken,
     ) -> Result<(), AgentError> {
@@ -275,15 +327,19 @@ impl Agent {
                 })
             }
         };
-        let mut present = Vec::new();
+        let mut present = std::collections::HashSet::new();
         for entry in entries.flatten() {
             let path = entry.path();
             if !entry.file_type().is_ok_and(|t| t.is_file()) || !session::is_segment_name(&path) {
                 continue;
             }
-            present.push(path.clone());
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let file = FileId::of(&meta);
+            present.insert(file);
             let mut failures = 0;
-            match known.get(&path) {
+            match known.get(&file) {
                 Some(Known::Streaming { .. }) => continue,
                 Some(&Known::Failed {
                     retry_at,
@@ -295,28 +351,19 @@ impl Agent {
                     failures = f;
                 }
                 Some(Known::Finished(at)) => {
-                    if at.elapsed() >= self.settings.finished_grace {
-                        match std::fs::remove_file(&path) {
-                            Ok(()) => {
-                                tracing::info!(segment = %path.display(), "finished run's segment removed")
-                            }
-                            Err(e) => {
-                                tracing::warn!(segment = %path.display(), error = %e, "cannot remove finished segment")
-                            }
-                        }
-                        known.remove(&path);
+                    if at.elapsed() < self.settings.finished_grace {
+                        continue;
                     }
-                    continue;
-                }
-                Some(Known::Rejected(mtime)) => {
-                    let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-                    if now == *mtime {
+                    if self.remove_finished(&path) {
+                        known.remove(&file);
                         continue;
                     }
                 }
+                Some(Known::Rejected(mtime)) if meta.modified().ok() == *mtime => continue,
+                Some(Known::Rejected(_)) => {}
                 None => {}
             }
-            known.insert(path.clone(), Known::Streaming { failures });
+            known.insert(file, Known::Streaming { failures });
             self.stats.sessions_active.fetch_add(1, Relaxed);
             let ctx = ctx.clone();
             let stop = stop.clone();
@@ -325,11 +372,12 @@ impl Agent {
                 let end = session::run(p.clone(), ctx, stop).await;
                 (p, end)
             });
-            running.insert(task.id(), path);
+            running.insert(task.id(), (file, path));
         }
         // Forget files that are gone (except those still streaming: a
-        // trainer may unlink its segment while the agent drains it).
-        known.retain(|p, k| matches!(k, Known::Streaming { .. }) || present.contains(p));
+        // trainer may unlink its segment while the agent drains it, or
+        // rename a new one over it).
+        known.retain(|f, k| matches!(k, Known::Streaming { .. }) || present.contains(f));
         Ok(())
     }
 }
@@ -350,16 +398,21 @@ mod tests {
         let first = settings.scan_interval.max(Duration::from_secs(1));
         let agent = Agent::new(settings);
         let path = PathBuf::from("/dev/shm/trainwatch/run-1");
-        let mut known = HashMap::from([(path.clone(), Known::Streaming { failures: 0 })]);
+        let file = FileId {
+            dev: 1,
+            ino: 2,
+            born: None,
+        };
+        let mut known = HashMap::from([(file, Known::Streaming { failures: 0 })]);
         let (mut tasks, mut running): (Tasks, Running) = (JoinSet::new(), HashMap::new());
         for round in 1..=3u32 {
             agent.stats.sessions_active.fetch_add(1, Relaxed);
             let task = tasks.spawn(async { boom() });
-            running.insert(task.id(), path.clone());
+            running.insert(task.id(), (file, path.clone()));
             let done = tasks.join_next_with_id().await.unwrap();
             assert!(done.is_err());
             agent.task_done(&mut known, &mut running, done);
-            let Some(&Known::Failed { retry_at, failures }) = known.get(&path) else {
+            let Some(&Known::Failed { retry_at, failures }) = known.get(&file) else {
                 panic!("not marked failed after round {round}");
             };
             assert_eq!(failures, round);
@@ -370,7 +423,7 @@ mod tests {
                 "{wait:?}"
             );
             // What the next scan does once the backoff is over.
-            known.insert(path.clone(), Known::Streaming { failures });
+            known.insert(file, Known::Streaming { failures });
         }
         assert!(running.is_empty());
         assert_eq!(agent.stats.session_tasks_failed.load(Relaxed), 3);
