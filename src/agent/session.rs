@@ -166,7 +166,7 @@ impl Stream {
     fn fail(&self, error: impl Into<StreamError>) -> Attempt {
         Attempt::Failed(Failure {
             error: error.into(),
-            answered: self.state.answered(),
+            healthy: self.state.healthy(Instant::now()),
         })
     }
 
@@ -312,7 +312,7 @@ impl Session {
         let failed = |error: StreamError| {
             Attempt::Failed(Failure {
                 error,
-                answered: false,
+                healthy: false,
             })
         };
         let channel =
@@ -442,6 +442,14 @@ impl Session {
         };
         let hb = matches!(&resp.payload, Some(metrics_response::Payload::Ack(a)) if a.kind == AckKind::Heartbeat as i32);
         st.state.on_response(Instant::now(), hb);
+        let took = match &resp.payload {
+            Some(metrics_response::Payload::Ack(a)) => a.success,
+            Some(metrics_response::Payload::Command(_)) => true,
+            _ => false,
+        };
+        if took {
+            st.state.on_ack(now);
+        }
         match resp.payload {
             Some(metrics_response::Payload::Ack(a)) => match AckKind::try_from(a.kind) {
                 Ok(AckKind::Batch) => AgentStats::add(&self.ctx.stats.frames_acked, 1),

@@ -48,8 +48,10 @@ pub struct StreamState {
     next_heartbeat: Instant,
     next_figures: Instant,
     next_writer_check: Instant,
-    /// Whether the server has sent anything on this stream.
-    answered: bool,
+    opened: Instant,
+    /// When the server first acknowledged something on this stream (an
+    /// error answer is not one).
+    first_ack: Option<Instant>,
 }
 
 impl StreamState {
@@ -80,14 +82,28 @@ impl StreamState {
             next_heartbeat: now,
             next_figures: now + figures_every,
             next_writer_check: now,
-            answered: false,
+            opened: now,
+            first_ack: None,
         }
     }
 
     /// Any message from the server.
     pub fn on_response(&mut self, now: Instant, heartbeat_ack: bool) {
         self.liveness.on_response(now, heartbeat_ack);
-        self.answered = true;
+    }
+
+    /// A successful acknowledgement or a command: the server takes what
+    /// this stream sends.
+    pub fn on_ack(&mut self, now: Instant) {
+        self.first_ack.get_or_insert(now);
+    }
+
+    /// Whether the stream proved healthy by `now`: the server acknowledged
+    /// something on it and it stayed up for a heartbeat period. Only such a
+    /// stream starts the backoff again when it fails; one answered only
+    /// with errors (a session evicted over and over) does not.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.first_ack.is_some() && now.saturating_duration_since(self.opened) >= self.heartbeat
     }
 
     /// BUFFER_FULL: frames slow down, and events and points from the first
@@ -118,10 +134,6 @@ impl StreamState {
             self.points = self.points.rewound();
         }
         (events, points)
-    }
-
-    pub fn answered(&self) -> bool {
-        self.answered
     }
 
     /// Whether a heartbeat is due at `now`; if so the next one is due a
@@ -208,12 +220,12 @@ pub enum StreamError {
     Silent(#[from] Silence),
 }
 
-/// A failed attempt: the error, and whether the server had sent anything
-/// on the stream before it.
+/// A failed attempt: the error, and whether the stream had proved healthy
+/// before it ([`StreamState::healthy`]).
 #[derive(Debug)]
 pub struct Failure {
     pub error: StreamError,
-    pub answered: bool,
+    pub healthy: bool,
 }
 
 /// What follows a failed attempt.
@@ -227,9 +239,10 @@ impl Failure {
     /// The one decision after a failure. Every failure is retried (a
     /// refused registration too: a server being reconfigured or restarted
     /// may take the session next time); a fatal kind would be decided here.
-    /// The backoff starts again only after a stream the server answered,
+    /// The backoff starts again only after a stream that proved healthy,
     /// unless it then went silent: a stream that stops answering may be a
-    /// peer that accepts and hangs, which must not be hammered.
+    /// peer that accepts and hangs, and one answered only with errors (an
+    /// INVALID_SESSION after each registration) must not be hammered either.
     pub fn retry(&self) -> Retry {
         let reset_backoff = match &self.error {
             StreamError::Channel(_)
@@ -238,11 +251,10 @@ impl Failure {
             | StreamError::Refused(_)
             | StreamError::Open(_)
             | StreamError::Silent(_) => false,
-            // The server answered (with an error): it is there.
-            StreamError::SessionLost(_) => true,
-            StreamError::ServerEnded | StreamError::Stream(_) | StreamError::SendQueueClosed => {
-                self.answered
-            }
+            StreamError::SessionLost(_)
+            | StreamError::ServerEnded
+            | StreamError::Stream(_)
+            | StreamError::SendQueueClosed => self.healthy,
         };
         Retry { reset_backoff }
     }
@@ -360,14 +372,18 @@ mod tests {
         s.on_buffer_full(t0);
         assert_eq!((s.cursor.next, s.cursor.acked), (2, 1));
         assert_eq!(s.pacer.fps(), 25.0);
-        assert!(!s.answered());
+        // An answer alone proves nothing; an ack after a heartbeat
+        // period of being up does.
         s.on_response(t0, false);
-        assert!(s.answered());
+        assert!(!s.healthy(t0 + ms(5000)));
+        s.on_ack(t0 + ms(10));
+        assert!(!s.healthy(t0 + ms(1999)));
+        assert!(s.healthy(t0 + ms(2000)));
     }
 
     #[test]
-    fn only_a_stream_the_server_answered_resets_the_backoff() {
-        let failure = |error, answered| Failure { error, answered }.retry().reset_backoff;
+    fn only_a_stream_that_proved_healthy_resets_the_backoff() {
+        let failure = |error, healthy| Failure { error, healthy }.retry().reset_backoff;
         let status = || tonic::Status::unavailable("down");
         assert!(!failure(
             StreamError::RegistrationTimeout(ms(20_000)),
@@ -376,12 +392,17 @@ mod tests {
         assert!(!failure(StreamError::Registration(status()), false));
         assert!(!failure(StreamError::Refused("no".into()), false));
         assert!(!failure(StreamError::Open(status()), false));
-        for answered in [false, true] {
-            assert_eq!(failure(StreamError::ServerEnded, answered), answered);
-            assert_eq!(failure(StreamError::Stream(status()), answered), answered);
-            assert_eq!(failure(StreamError::SendQueueClosed, answered), answered);
+        for healthy in [false, true] {
+            assert_eq!(failure(StreamError::ServerEnded, healthy), healthy);
+            assert_eq!(failure(StreamError::Stream(status()), healthy), healthy);
+            assert_eq!(failure(StreamError::SendQueueClosed, healthy), healthy);
+            // Issue 15 item 13: INVALID_SESSION right after registering
+            // (eviction churn) used to reset the backoff every time.
+            assert_eq!(
+                failure(StreamError::SessionLost("evicted".into()), healthy),
+                healthy
+            );
         }
-        assert!(failure(StreamError::SessionLost("evicted".into()), true));
         let silence = Silence {
             what: Unanswered::Heartbeats,
             waited: ms(6001),
