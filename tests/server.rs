@@ -360,6 +360,67 @@ mod stream {
         stop(server).await;
     }
 
+    /// Issue 15 item 10: a client that never reads its responses filled its
+    /// stream's channel and stalled the session's apply task on it for
+    /// ever; the real agent got BUFFER_FULL from then on. That stream is
+    /// ended now, never the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_that_never_reads_is_ended_and_the_session_goes_on() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "victim").await;
+        let mut h = grpc::connect_plain_small_window(server.grpc_addr).await;
+        let mut hostile = Stream::open(&mut h).await;
+        let flood = hostile.sender();
+        // Acks beyond what HTTP/2 buffers (hyper keeps up to 1 MiB a stream)
+        // and the stream's channel hold; the sends stop once the server
+        // ends the stream.
+        let flooding = tokio::spawn(async move {
+            for i in 0.. {
+                let req = request("victim", Payload::BatchData(batch(0, i, 1)));
+                if flood.send(req).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut real = Stream::open(&mut c).await;
+        let mut idx = 100_000;
+        // First the stall shows (BUFFER_FULL: the session's queue is full
+        // behind an ack the hostile stream does not take), then it ends.
+        let mut stalled = false;
+        let acked = tokio::time::timeout(util::TEST_TIMEOUT, async {
+            loop {
+                idx += 1;
+                real.send(request("victim", Payload::BatchData(batch(1, idx, 1))))
+                    .await;
+                let until = tokio::time::Instant::now() + Duration::from_millis(200);
+                while let Some(r) = real.next_within(until - tokio::time::Instant::now()).await {
+                    match &r.payload {
+                        Some(metrics_response::Payload::Error(e))
+                            if e.code == ErrorCode::BufferFull as i32 =>
+                        {
+                            stalled = true
+                        }
+                        Some(metrics_response::Payload::Ack(a)) if stalled => return a.batch_idx,
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the real stream's batches are acknowledged again after the stall");
+        assert!(acked > 100_000, "{acked}");
+        // The hostile stream was ended by the server, saying why.
+        let end = hostile.end_within(util::TEST_TIMEOUT).await;
+        let status = end
+            .expect("the unread stream is still open")
+            .expect_err("ended with a status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+        assert!(status.message().contains("not read"), "{status}");
+        flooding.abort();
+        stop(server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_sessions_are_isolated_from_each_others_faults() {
         let server = start_default().await;

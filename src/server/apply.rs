@@ -177,12 +177,12 @@ async fn rewind(session: &Session) {
 async fn send_ack(session: &Session, reply: &Reply, ack: Acknowledgment) {
     // The stream may be gone (client disconnected); the data is applied
     // all the same and a resend is deduplicated.
-    let _ = reply
-        .send(Ok(MetricsResponse {
+    reply
+        .send(MetricsResponse {
             session_id: session.id.clone(),
             timestamp_ms: proto::now_ms(),
             payload: Some(metrics_response::Payload::Ack(ack)),
-        }))
+        })
         .await;
 }
 

@@ -115,17 +115,37 @@ impl proto::MetricsService for Service {
         // apply tasks wait (never drop an ack) when the client reads slowly.
         let capacity = (self.registry.limits.buffer_size as usize).clamp(16, 4096);
         let (tx, rx) = mpsc::channel(capacity);
+        let ended = CancellationToken::new();
         tokio::spawn(read_stream(
             self.registry.clone(),
             inbound,
-            tx,
+            Reply::new(tx, ended.clone()),
             self.shutdown.clone(),
         ));
         // On shutdown the response stream ends even while an apply task
-        // still holds a sender, so the graceful drain can finish.
-        let stop = self.shutdown.clone().cancelled_owned();
+        // still holds a sender, so the graceful drain can finish; a stream
+        // whose client stopped reading ends saying so.
+        let shutdown = self.shutdown.clone();
+        let end = ended.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = end.cancelled() => {}
+            }
+        };
+        let why = futures_util::stream::once(async move {
+            ended.is_cancelled().then(|| {
+                Err(Status::resource_exhausted(format!(
+                    "answers not read for {} s; stream ended (the session goes on: open a new stream)",
+                    super::session::UNREAD_STREAM_LIMIT.as_secs()
+                )))
+            })
+        })
+        .filter_map(std::future::ready);
         Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).take_until(stop),
+            ReceiverStream::new(rx)
+                .take_until(Box::pin(stop))
+                .chain(why),
         )))
     }
 }
@@ -183,16 +203,16 @@ async fn read_messages(
                 // A message that does not decode ends the stream in tonic;
                 // say why before it goes.
                 tracing::warn!(%status, "metrics stream ended by a transport or decode error");
-                let _ = tx.try_send(Ok(error(
+                tx.try_send(error(
                     "",
                     ErrorCode::InvalidData,
                     format!("stream error: {}", status.message()),
-                )));
+                ));
                 return;
             }
         };
         if let Some(answer) = handle(registry, req, tx, attached) {
-            if tx.send(Ok(answer)).await.is_err() {
+            if !tx.send(answer).await {
                 return;
             }
         }

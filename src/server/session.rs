@@ -27,9 +27,65 @@ use crate::proto::{
 /// reconnecting agent); beyond it the oldest are dropped and counted.
 pub const PENDING_COMMANDS: usize = 32;
 
+/// How long an answer waits for its stream's client to read before the
+/// server ends that stream: a client that does not read must not hold the
+/// session's apply task (and so every other stream of the session).
+pub const UNREAD_STREAM_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where an apply task sends the acknowledgement of what it applied: the
-/// response half of the stream the message arrived on.
-pub type Reply = mpsc::Sender<Result<MetricsResponse, tonic::Status>>;
+/// response half of the stream the message arrived on, and the switch that
+/// ends that stream.
+#[derive(Clone)]
+pub struct Reply {
+    tx: mpsc::Sender<Result<MetricsResponse, tonic::Status>>,
+    ended: CancellationToken,
+}
+
+impl Reply {
+    pub fn new(
+        tx: mpsc::Sender<Result<MetricsResponse, tonic::Status>>,
+        ended: CancellationToken,
+    ) -> Reply {
+        Reply { tx, ended }
+    }
+
+    /// Sends `msg`, waiting at most [`UNREAD_STREAM_LIMIT`] for room; a
+    /// stream whose client has not made room by then is ended. False when
+    /// the stream is gone (or just ended).
+    pub async fn send(&self, msg: MetricsResponse) -> bool {
+        if self.ended.is_cancelled() {
+            return false;
+        }
+        match tokio::time::timeout(UNREAD_STREAM_LIMIT, self.tx.send(Ok(msg))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!(
+                    limit_s = UNREAD_STREAM_LIMIT.as_secs(),
+                    "a metrics stream's client has not read its answers; stream ended"
+                );
+                self.ended.cancel();
+                false
+            }
+        }
+    }
+
+    /// Sends `msg` if there is room now.
+    pub fn try_send(&self, msg: MetricsResponse) -> bool {
+        !self.ended.is_cancelled() && self.tx.try_send(Ok(msg)).is_ok()
+    }
+
+    pub fn same_channel(&self, other: &Reply) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
+    /// Resolves once the client has gone or the server ended the stream.
+    pub async fn closed(&self) {
+        tokio::select! {
+            _ = self.tx.closed() => {}
+            _ = self.ended.cancelled() => {}
+        }
+    }
+}
 
 /// A validated message on its way to a session's state.
 pub enum Ingest {
@@ -241,10 +297,7 @@ impl Session {
         }
         route.stream = Some(stream.clone());
         while let Some(cmd) = route.pending.front() {
-            if stream
-                .try_send(Ok(self.command_response(cmd.clone())))
-                .is_err()
-            {
+            if !stream.try_send(self.command_response(cmd.clone())) {
                 break;
             }
             route.pending.pop_front();
@@ -284,10 +337,7 @@ impl Session {
         if let Some(stream) = &route.stream {
             // Commands are rare and small: a clone keeps the one that could
             // not be written without unpacking the channel's error.
-            if stream
-                .try_send(Ok(self.command_response(cmd.clone())))
-                .is_ok()
-            {
+            if stream.try_send(self.command_response(cmd.clone())) {
                 self.counters.commands_sent.fetch_add(1, Relaxed);
                 return CommandOutcome::Sent { command_id };
             }

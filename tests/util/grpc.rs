@@ -27,6 +27,20 @@ pub async fn connect_plain(addr: SocketAddr) -> Result<Client, tonic::transport:
     Ok(MetricsServiceClient::new(ch))
 }
 
+/// A plaintext client whose HTTP/2 windows are 1 KiB: the server can get
+/// only that far ahead of a reader that stops reading.
+pub async fn connect_plain_small_window(addr: SocketAddr) -> Client {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(TEST_TIMEOUT)
+        .initial_stream_window_size(1024)
+        .initial_connection_window_size(1024)
+        .connect()
+        .await
+        .expect("connect");
+    MetricsServiceClient::new(ch)
+}
+
 pub async fn connect_tls(
     addr: SocketAddr,
     files: &ClientTlsFiles,
@@ -178,6 +192,26 @@ impl Stream {
             .await
             .ok()
             .and_then(|r| r.ok().flatten())
+    }
+
+    /// Reads (and drops) responses until the stream ends, for at most
+    /// `wait`: `Some(Ok(()))` when it ended cleanly, `Some(Err(status))`
+    /// when it ended with an error, `None` when it is still open.
+    pub async fn end_within(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<Result<(), tonic::Status>> {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.rx.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(status),
+                }
+            }
+        })
+        .await
+        .ok()
     }
 
     /// Sends and waits for the one answer the request gets.
