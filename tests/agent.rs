@@ -282,6 +282,62 @@ mod faults {
         stop(server).await;
     }
 
+    /// Issue 15 item 6: an impossible counter in a segment's header made
+    /// the agent's session loop spin without yielding, wedging every run
+    /// until the watchdog killed the agent (and again after each restart).
+    /// Now that run is rejected, and the agent and the other runs go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_impossible_header_counter_rejects_that_run_and_the_rest_go_on() {
+        use std::os::unix::fs::FileExt;
+        use trainwatch::shm::layout::hdr;
+        use trainwatch::shm::{RunConfig, TrainingStatus, Writer, WriterOptions};
+
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let health_s = health.to_string();
+        let _agent = AgentProc::start_insecure(
+            server.grpc_addr,
+            shm.path(),
+            &["--health-listen", &health_s],
+        );
+        let config = RunConfig {
+            run_name: "broken".into(),
+            model_name: "resnet18".into(),
+            dataset_name: "cifar10".into(),
+            class_names: vec!["cat".into(), "dog".into()],
+            total_epochs: 3,
+            batches_per_epoch: 10,
+            batch_size: 16,
+        };
+        let mut w = Writer::create(&config, &WriterOptions::new(shm.path())).unwrap();
+        w.publish_status(TrainingStatus::Running, "");
+        session_where(http, "broken", "the run streaming", |d| {
+            d["status"] == "RUNNING"
+        })
+        .await;
+        // A header no writer leaves: more events written than can be.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(w.path())
+            .unwrap();
+        file.write_all_at(&u64::MAX.to_le_bytes(), hdr::EVENT_WRITE_SEQ as u64)
+            .unwrap();
+        eventually("the broken run rejected", || async {
+            (agent_metric(health, "segments_rejected_total").await >= 1).then_some(())
+        })
+        .await;
+        let mut good = Trainer::start(shm.path(), "good", &["--epochs", "2"]);
+        good.wait_exit();
+        session_where(http, "good", "the other run COMPLETED", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        drop(w);
+        stop(server).await;
+    }
+
     /// Issue 15 item 1: the same script run again under the same name,
     /// within the finished run's grace period, is a new run streamed in
     /// full (the writer renames its new segment over the old path).

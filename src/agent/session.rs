@@ -88,6 +88,9 @@ enum Attempt {
     Finished,
     Stopped,
     Failed(Failure),
+    /// A header counter no writer could have left: the run cannot be read
+    /// on, so it is rejected (the other runs go on).
+    Corrupt(shm::ShmError),
 }
 
 /// Streams the run in segment `path` until it finishes or `stop` fires.
@@ -109,6 +112,7 @@ pub async fn run(path: PathBuf, ctx: Arc<SessionContext>, stop: CancellationToke
                 return SessionEnd::Finished;
             }
             Attempt::Stopped => return SessionEnd::Stopped,
+            Attempt::Corrupt(e) => return SessionEnd::Rejected(e),
             Attempt::Failed(failure) => {
                 if failure.retry().reset_backoff {
                     backoff.reset();
@@ -227,6 +231,8 @@ struct Session {
     final_status: Option<(u64, MetricsRequest)>,
     /// Points read for the next ScalarBatch (capacity kept).
     points: Vec<PointRecord>,
+    /// Set when reading a frame found the run corrupt; ends the attempt.
+    corrupt: Option<shm::ShmError>,
 }
 
 impl Session {
@@ -251,6 +257,7 @@ impl Session {
             trainer_last_seen: (None, None),
             final_status: None,
             points: Vec::with_capacity(POINTS_PER_BATCH),
+            corrupt: None,
             ctx,
         }
     }
@@ -416,6 +423,9 @@ impl Session {
         let progress = self.reader.progress();
         let last_publish = progress.map(|p| instant_at(now, p.mono_ns));
         let sent_frame = self.send_frame(st, now, last_publish).await;
+        if let Some(e) = self.corrupt.take() {
+            return Err(Attempt::Corrupt(e));
+        }
         self.send_heartbeat(st, now);
         self.observe(progress);
         if st.state.figures_due(now) {
@@ -523,6 +533,7 @@ impl Session {
                     st.state.cursor.skip(first, count);
                 }
                 Ok(None) => return Ok(true),
+                Err(e) if e.corrupts_run() => return Err(Attempt::Corrupt(e)),
                 Err(e) => {
                     // Skipped for good: announced like a lapped one, or the
                     // server would wait for it forever.
@@ -576,6 +587,7 @@ impl Session {
                     tracing::error!(session = %self.id, first, count, "scalar points overwritten in the segment before they were read (the points ring was lapped)");
                     st.state.points.skip(first, count);
                 }
+                Err(e) if e.corrupts_run() => return Err(Attempt::Corrupt(e)),
                 Err(e) => {
                     self.log_fault(&format!("unreadable scalar point skipped: {e}"));
                     AgentStats::add(&self.ctx.stats.points_missed, 1);
@@ -622,6 +634,10 @@ impl Session {
                 true
             }
             Ok(_) => false,
+            Err(e) if e.corrupts_run() => {
+                self.corrupt = Some(e);
+                false
+            }
             Err(e) => {
                 self.log_fault(&format!("unreadable frame skipped: {e}"));
                 false

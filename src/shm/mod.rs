@@ -74,6 +74,15 @@ pub enum ShmError {
         value: String,
         expected: String,
     },
+    /// A header counter no writer could have left: the whole run is
+    /// unreadable from here on (reading on would only meet it again).
+    #[error("segment {}: {field} is {value}, expected {expected}; the run is corrupt", path.display())]
+    Header {
+        path: PathBuf,
+        field: String,
+        value: String,
+        expected: String,
+    },
     /// A frame slot's tensor breaks the tensor rule.
     #[error("segment {}: {what} {error}", path.display())]
     BadTensor {
@@ -105,6 +114,21 @@ impl ShmError {
         }
     }
 
+    /// An impossible header counter: see [`ShmError::Header`].
+    pub(crate) fn header(
+        path: &Path,
+        field: &str,
+        value: impl fmt::Display,
+        expected: String,
+    ) -> ShmError {
+        ShmError::Header {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            value: value.to_string(),
+            expected,
+        }
+    }
+
     pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> ShmError {
         ShmError::Io {
             path: path.to_owned(),
@@ -118,8 +142,17 @@ impl ShmError {
     pub fn is_corrupt(&self) -> bool {
         matches!(
             self,
-            ShmError::TooShort { .. } | ShmError::Field { .. } | ShmError::BadTensor { .. }
+            ShmError::TooShort { .. }
+                | ShmError::Field { .. }
+                | ShmError::Header { .. }
+                | ShmError::BadTensor { .. }
         )
+    }
+
+    /// True when the run cannot be read on (a header counter is
+    /// impossible), not just one slot: the reader stops that run.
+    pub fn corrupts_run(&self) -> bool {
+        matches!(self, ShmError::Header { .. })
     }
 }
 

@@ -298,6 +298,31 @@ impl Reader {
         let mut config_bytes = vec![0u8; geo.config_len];
         m.read_bytes(geo.config_offset, &mut config_bytes);
         let config = RunConfig::decode(path, &config_bytes)?;
+        // Every counter within what a writer can reach, so no reader
+        // arithmetic on them can overflow and no loop meets one it cannot
+        // pass.
+        let mut counters = vec![
+            (hdr::FRAME_WRITE_SEQ, "header frame_write_seq"),
+            (hdr::EVENT_WRITE_SEQ, "header event_write_seq"),
+            (hdr::EVENT_ACK_SEQ, "header event_ack_seq"),
+            (hdr::CONTROL_WRITE_SEQ, "header control_write_seq"),
+            (hdr::CONTROL_APPLIED_SEQ, "header control_applied_seq"),
+        ];
+        if version >= 2 {
+            counters.push((hdr::POINT_WRITE_SEQ, "header point_write_seq"));
+            counters.push((hdr::POINT_ACK_SEQ, "header point_ack_seq"));
+        }
+        for (off, field) in counters {
+            let v = m.load_u64(off, Ordering::Acquire);
+            if v > layout::MAX_SEQ {
+                return Err(ShmError::header(
+                    path,
+                    field,
+                    v,
+                    format!("at most {}", layout::MAX_SEQ),
+                ));
+            }
+        }
         let written = m.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
         let acked = m.load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire);
         if acked > written {
@@ -576,7 +601,7 @@ impl Reader {
         for _ in 0..READ_TRIES {
             let written = self.seq(hdr::EVENT_WRITE_SEQ, "header event_write_seq")?;
             if written < self.event_cursor {
-                return Err(ShmError::field(
+                return Err(ShmError::header(
                     &self.path,
                     "header event_write_seq",
                     written,
@@ -805,7 +830,7 @@ impl Reader {
         let written = self.seq(hdr::CONTROL_WRITE_SEQ, "header control_write_seq")?;
         let applied = m.load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire);
         if applied > written {
-            return Err(ShmError::field(
+            return Err(ShmError::header(
                 &self.path,
                 "header control_applied_seq",
                 applied,
@@ -928,7 +953,7 @@ impl Reader {
     fn seq(&self, off: usize, field: &str) -> Result<u64, ShmError> {
         let v = self.map.load_u64(off, Ordering::Acquire);
         if v > layout::MAX_SEQ {
-            return Err(ShmError::field(
+            return Err(ShmError::header(
                 &self.path,
                 field,
                 v,
@@ -1005,7 +1030,7 @@ impl Reader {
         for _ in 0..READ_TRIES {
             let written = self.seq(hdr::POINT_WRITE_SEQ, "header point_write_seq")?;
             if written < self.point_cursor {
-                return Err(ShmError::field(
+                return Err(ShmError::header(
                     &self.path,
                     "header point_write_seq",
                     written,
