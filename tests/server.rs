@@ -105,11 +105,16 @@ mod registration {
         let long = "x".repeat(200);
         let mut huge = grpc::config(10);
         huge.total_epochs = 50_000_000;
+        // Issue 15 item 14: each name within bounds, 2 MiB in all, once
+        // accepted and kept by every session that sent it.
+        let mut bulky = grpc::config(0);
+        bulky.class_names = (0..80_000).map(|i| format!("class-{i:020}")).collect();
         let cases: Vec<(&str, Option<trainwatch::proto::TrainingConfig>, &str)> = vec![
             ("", None, "session_id is empty"),
             (&long, None, "200 bytes long"),
             ("run/../../etc", None, "contains '/'"),
             ("ok-id", Some(huge), "config.total_epochs is 50000000"),
+            ("bulky-id", Some(bulky), "more than 1048576"),
         ];
         for (id, config, expected) in cases {
             let r = c

@@ -78,7 +78,8 @@ pub struct Limits {
     /// answers BUFFER_FULL.
     pub buffer_size: u32,
     /// Largest gRPC message accepted (a 16-image batch of 512x512 JPEGs is
-    /// about 1–2 MiB).
+    /// about 1–2 MiB). Each session keeps its newest batch, so this bounds
+    /// what a session holds too.
     pub max_message_bytes: usize,
 }
 
@@ -90,7 +91,9 @@ impl Default for Limits {
             max_image_dimension: negotiated::MAX_IMAGE_DIMENSION,
             heartbeat_interval_ms: negotiated::HEARTBEAT_INTERVAL_MS,
             buffer_size: negotiated::BUFFER_SIZE,
-            max_message_bytes: 16 << 20,
+            // gRPC's own default: twice the largest batch agents send, and
+            // 1,000 sessions' newest batches within 4 GiB.
+            max_message_bytes: 4 << 20,
         }
     }
 }

@@ -21,6 +21,10 @@ pub const MAX_POINTS_PER_BATCH: usize = 4096;
 pub const MAX_KEY_LEN: usize = 128;
 /// Most class names a TrainingConfig may list (ImageNet-21k has ~21,841).
 pub const MAX_CLASSES: usize = 100_000;
+/// Largest TrainingConfig a session may hold, encoded: ImageNet-21k's
+/// 21,841 class names fit four times over; 1,000 sessions hold at most
+/// 1 GiB of configs.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -79,6 +83,13 @@ pub fn training_config(c: &TrainingConfig) -> Result<(), Invalid> {
                 name.len()
             );
         }
+    }
+    let bytes = prost::Message::encoded_len(c);
+    if bytes > MAX_CONFIG_BYTES {
+        return invalid!(
+            "config is {bytes} bytes encoded ({} class names), more than {MAX_CONFIG_BYTES}",
+            c.class_names.len()
+        );
     }
     Ok(())
 }
