@@ -155,6 +155,7 @@ struct RawServer {
     http_listen: String,
     insecure: bool,
     http_token: Option<String>,
+    http_hosts: String,
     max_sessions: u32,
     shutdown_grace_ms: u64,
     #[serde(default)]
@@ -277,6 +278,9 @@ pub struct ServerSettings {
     /// `None`: plaintext gRPC (only with `insecure`).
     pub tls: Option<ServerTlsFiles>,
     pub http_token: Option<String>,
+    /// Host names the HTTP listener answers to besides IP literals,
+    /// localhost and this machine's name (a DNS-rebinding guard).
+    pub http_hosts: Vec<String>,
     pub max_sessions: usize,
     pub shutdown_grace: Duration,
     pub limits: Limits,
@@ -294,6 +298,7 @@ impl ServerSettings {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             tls: None,
             http_token: None,
+            http_hosts: Vec::new(),
             max_sessions: 1000,
             shutdown_grace: Duration::from_secs(5),
             limits: Limits::default(),
@@ -316,6 +321,7 @@ impl ServerSettings {
         let defaults: Vec<(&str, ::config::Value)> = vec![
             ("listen", "0.0.0.0:50051".into()),
             ("http_listen", "127.0.0.1:8080".into()),
+            ("http_hosts", "".into()),
             ("insecure", false.into()),
             ("max_sessions", 1000u64.into()),
             ("shutdown_grace_ms", 5000u64.into()),
@@ -439,11 +445,32 @@ impl ServerSettings {
             status_events: raw.history.status_events as usize,
         }
         .validate()?;
+        let mut http_hosts = Vec::new();
+        for name in raw
+            .http_hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let ok = name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "http_hosts",
+                    format!("{name:?}"),
+                    "expected host names (letters, digits, '.', '-'; no port), comma-separated",
+                ));
+            }
+            http_hosts.push(name.to_ascii_lowercase());
+        }
         Ok(ServerSettings {
             listen,
             http_listen,
             tls,
             http_token: raw.http_token,
+            http_hosts,
             max_sessions: in_range("max_sessions", raw.max_sessions, 1, 1_000_000)? as usize,
             shutdown_grace: Duration::from_millis(in_range(
                 "shutdown_grace_ms",

@@ -1173,6 +1173,49 @@ mod control {
         stop(server).await;
     }
 
+    /// Issue 15 item 11: a page on another site whose name rebinds to the
+    /// server's address is same-origin to the browser (Origin equals Host),
+    /// so it could read the API and send control without a token. Only
+    /// names the server answers to are served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_hosts_the_server_answers_to_are_served() {
+        let mut settings = ServerSettings::local_insecure();
+        settings.http_hosts = vec!["dash.lab.example".into()];
+        let server = start(settings).await;
+        let http = server.http_addr;
+        let port = http.port();
+        let evil = format!("evil.example:{port}");
+        let (status, body) =
+            util::http::request(http, "GET", "/api/sessions", &[("Host", &evil)], b"").await;
+        let body = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains("evil.example") && body.contains("http_hosts"),
+            "{body}"
+        );
+        let origin = format!("http://{evil}");
+        let (status, answer) = post_json(
+            http,
+            "/api/sessions/any/commands",
+            &[("Host", &evil), ("Origin", &origin)],
+            &json!({"type": "PAUSE_TRAINING"}),
+        )
+        .await;
+        assert_eq!(status, 403, "{answer}");
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            format!("DASH.lab.example:{port}"),
+            "dash.lab.example".to_string(),
+        ] {
+            let (status, _) =
+                util::http::request(http, "GET", "/api/sessions", &[("Host", &host)], b"").await;
+            assert_eq!(status, 200, "{host}");
+        }
+        stop(server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn control_needs_the_token_and_is_closed_off_loopback_without_one() {
         let mut settings = ServerSettings::local_insecure();

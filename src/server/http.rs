@@ -44,6 +44,73 @@ pub struct ControlPolicy {
     pub loopback: bool,
 }
 
+/// Which `Host` the HTTP listener answers to: IP literals, `localhost`
+/// (and `*.localhost`), this machine's name and the configured
+/// `http_hosts`, with any port. A name a page's author controls and
+/// rebinds to this server's address (DNS rebinding) is refused, so such a
+/// page can neither read the API nor send control as "same origin". A
+/// request without `Host` (not a browser's) is served.
+#[derive(Clone, Debug)]
+pub struct HostPolicy {
+    names: Vec<String>,
+}
+
+impl HostPolicy {
+    pub fn new(configured: &[String]) -> HostPolicy {
+        let mut names: Vec<String> = configured.iter().map(|n| n.to_ascii_lowercase()).collect();
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let h = h.trim().to_ascii_lowercase();
+            if !h.is_empty() {
+                names.push(h);
+            }
+        }
+        HostPolicy { names }
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim();
+        if let Some(rest) = host.strip_prefix('[') {
+            // An IPv6 literal, with or without a port.
+            let inner = rest.split(']').next().unwrap_or("");
+            return inner.parse::<std::net::Ipv6Addr>().is_ok();
+        }
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.names.contains(&name)
+    }
+}
+
+/// Middleware: refuses a request whose `Host` is not one [`HostPolicy`]
+/// allows, naming it.
+pub async fn check_host(
+    State(policy): State<Arc<HostPolicy>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
+    match host {
+        Some(h) if !policy.allows(&h) => {
+            let shown: String = h.chars().take(80).collect();
+            error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host {shown:?} is not a name this server answers to; add it to http_hosts in the server's config"
+                ),
+            )
+        }
+        _ => next.run(req).await,
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,

@@ -212,6 +212,11 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        let hosts = std::sync::Arc::new(http::HostPolicy::new(&settings.http_hosts));
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            hosts,
+            http::check_host,
+        ));
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let r = axum::serve(http_listener, app)

@@ -38,7 +38,12 @@ pub async fn request(
 ) -> (u16, Vec<u8>) {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut s = TcpStream::connect(addr).await.expect("connect HTTP");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        // A Host among `headers` replaces the address (a request as a
+        // browser would send it for another name).
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
