@@ -644,6 +644,79 @@ mod push {
             .collect()
     }
 
+    /// The status code of an event stream opened from `from` (kept open
+    /// in `keep` when it is 200).
+    async fn stream_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        keep: &mut Vec<TcpStream>,
+    ) -> u16 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        let req = format!(
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+        })
+        .await
+        .expect("response head");
+        let status = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if status == 200 {
+            keep.push(s);
+        }
+        status
+    }
+
+    /// Issue 15 item 12: 64 idle event streams from anyone used to lock
+    /// every viewer out; one client now holds at most its share.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_client_cannot_take_every_push_stream() {
+        use trainwatch::server::dashboard::MAX_STREAMS_PER_CLIENT;
+        let _one = SERIAL.lock().await;
+        let server = Server::start(&ServerSettings::local_insecure())
+            .await
+            .unwrap();
+        let addr = server.http_addr;
+        let hog: std::net::IpAddr = [127, 0, 0, 1].into();
+        let other: std::net::IpAddr = [127, 0, 0, 2].into();
+        let mut open = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_CLIENT {
+            assert_eq!(stream_from(hog, addr, &mut open).await, 200);
+        }
+        assert_eq!(stream_from(hog, addr, &mut open).await, 503);
+        assert_eq!(
+            stream_from(other, addr, &mut open).await,
+            200,
+            "another client still gets one"
+        );
+        // A closed stream gives its place back.
+        open.remove(0);
+        let back = util::procs::eventually("the hog's place given back", || async {
+            let mut keep = Vec::new();
+            (stream_from(hog, addr, &mut keep).await == 200).then_some(keep)
+        })
+        .await;
+        drop(back);
+        drop(open);
+        server
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("clean shutdown");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_viewer_gets_at_most_max_push_hz_and_always_the_newest_frame() {
         let _one = SERIAL.lock().await;

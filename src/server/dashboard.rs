@@ -23,9 +23,11 @@
 //! keeps only the newest frame, and at tens of frames a second a separate
 //! fetch would often get a newer frame's images under the older one's labels.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -55,6 +57,10 @@ pub const OVERVIEW_HZ: u32 = 4;
 /// event being written plus the socket's buffers; the cap bounds the sum.
 pub const MAX_STREAMS: usize = 64;
 
+/// Push streams one client address may hold, so that one client (idle
+/// connections from anyone) cannot take them all: a person's few tabs fit.
+pub const MAX_STREAMS_PER_CLIENT: usize = 8;
+
 /// The overview also refreshes this often without a change, so "last seen"
 /// follows heartbeats (which change no state).
 const OVERVIEW_REFRESH: Duration = Duration::from_secs(2);
@@ -76,6 +82,68 @@ struct Dash {
     control: Arc<ControlPolicy>,
     session_gap: Duration,
     streams: Arc<Semaphore>,
+    per_client: PerClient,
+}
+
+/// Push streams open per client address.
+type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One open push stream: a place under [`MAX_STREAMS`] and, for a client
+/// whose address is known, under [`MAX_STREAMS_PER_CLIENT`]; both are given
+/// back when the stream ends.
+struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    client: Option<(IpAddr, PerClient)>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some((ip, map)) = &self.client {
+            let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+impl Dash {
+    /// A place for a new push stream from `peer`, or what says which limit
+    /// is reached (answered 503).
+    fn open_stream(&self, peer: Option<IpAddr>) -> Result<StreamSlot, String> {
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            return Err(format!(
+                "{MAX_STREAMS} dashboard streams are open, the server's limit; close a tab"
+            ));
+        };
+        let client = match peer {
+            Some(ip) => {
+                let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+                let n = m.entry(ip).or_insert(0);
+                if *n >= MAX_STREAMS_PER_CLIENT {
+                    return Err(format!(
+                        "{MAX_STREAMS_PER_CLIENT} dashboard streams are open from {ip}, the limit for one client; close a tab"
+                    ));
+                }
+                *n += 1;
+                Some((ip, self.per_client.clone()))
+            }
+            None => None,
+        };
+        Ok(StreamSlot {
+            _permit: permit,
+            client,
+        })
+    }
+}
+
+/// The peer's address, when the listener records it (axum's ConnectInfo).
+fn peer(ext: &axum::http::Extensions) -> Option<IpAddr> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 pub fn router(registry: Arc<Registry>, control: ControlPolicy, settings: Dashboard) -> Router {
@@ -84,6 +152,7 @@ pub fn router(registry: Arc<Registry>, control: ControlPolicy, settings: Dashboa
         control: Arc::new(control),
         session_gap: Duration::from_secs(1) / settings.max_push_hz.max(1),
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        per_client: Arc::new(Mutex::new(HashMap::new())),
     };
     Router::new()
         .route("/", get(page))
@@ -156,12 +225,10 @@ async fn control_mode(State(d): State<Dash>) -> Response {
     Json(serde_json::json!({ "mode": mode })).into_response()
 }
 
-fn too_many() -> Response {
+fn unavailable(message: String) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({
-            "error": format!("{MAX_STREAMS} dashboard streams are open, the server's limit; close a tab")
-        })),
+        Json(serde_json::json!({ "error": message })),
     )
         .into_response()
 }
@@ -219,9 +286,10 @@ fn row(s: &Session, st: &SessionState) -> Row {
     }
 }
 
-async fn overview_events(State(d): State<Dash>) -> Response {
-    let Ok(permit) = d.streams.clone().try_acquire_owned() else {
-        return too_many();
+async fn overview_events(State(d): State<Dash>, ext: axum::http::Extensions) -> Response {
+    let permit = match d.open_stream(peer(&ext)) {
+        Ok(slot) => slot,
+        Err(why) => return unavailable(why),
     };
     let feed = OverviewFeed {
         changes: d.registry.subscribe(),
@@ -239,7 +307,7 @@ struct OverviewFeed {
     changes: watch::Receiver<u64>,
     next_at: Instant,
     first: bool,
-    _permit: OwnedSemaphorePermit,
+    _permit: StreamSlot,
 }
 
 impl OverviewFeed {
@@ -289,10 +357,14 @@ struct SessionFeed {
     next_at: Instant,
     first: bool,
     sent: Sent,
-    _permit: OwnedSemaphorePermit,
+    _permit: StreamSlot,
 }
 
-async fn session_events(State(d): State<Dash>, Path(id): Path<String>) -> Response {
+async fn session_events(
+    State(d): State<Dash>,
+    Path(id): Path<String>,
+    ext: axum::http::Extensions,
+) -> Response {
     let Some(session) = d.registry.get(&id) else {
         return (
             StatusCode::NOT_FOUND,
@@ -300,8 +372,9 @@ async fn session_events(State(d): State<Dash>, Path(id): Path<String>) -> Respon
         )
             .into_response();
     };
-    let Ok(permit) = d.streams.clone().try_acquire_owned() else {
-        return too_many();
+    let permit = match d.open_stream(peer(&ext)) {
+        Ok(slot) => slot,
+        Err(why) => return unavailable(why),
     };
     let feed = SessionFeed {
         changes: session.subscribe(),

@@ -219,10 +219,13 @@ impl Server {
         ));
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
-            let r = axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .await
-                .map_err(ServerError::Http);
+            let r = axum::serve(
+                http_listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await
+            .map_err(ServerError::Http);
             stop.cancel();
             r
         });
