@@ -155,6 +155,7 @@ struct RawServer {
     http_listen: String,
     insecure: bool,
     http_token: Option<String>,
+    http_token_reads: bool,
     http_hosts: String,
     max_sessions: u32,
     shutdown_grace_ms: u64,
@@ -278,6 +279,9 @@ pub struct ServerSettings {
     /// `None`: plaintext gRPC (only with `insecure`).
     pub tls: Option<ServerTlsFiles>,
     pub http_token: Option<String>,
+    /// Reading the API (sessions, runs, images, push streams) needs the
+    /// token too, not only control.
+    pub http_token_reads: bool,
     /// Host names the HTTP listener answers to besides IP literals,
     /// localhost and this machine's name (a DNS-rebinding guard).
     pub http_hosts: Vec<String>,
@@ -298,6 +302,7 @@ impl ServerSettings {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             tls: None,
             http_token: None,
+            http_token_reads: false,
             http_hosts: Vec::new(),
             max_sessions: 1000,
             shutdown_grace: Duration::from_secs(5),
@@ -322,6 +327,7 @@ impl ServerSettings {
             ("listen", "0.0.0.0:50051".into()),
             ("http_listen", "127.0.0.1:8080".into()),
             ("http_hosts", "".into()),
+            ("http_token_reads", false.into()),
             ("insecure", false.into()),
             ("max_sessions", 1000u64.into()),
             ("shutdown_grace_ms", 5000u64.into()),
@@ -445,6 +451,13 @@ impl ServerSettings {
             status_events: raw.history.status_events as usize,
         }
         .validate()?;
+        if raw.http_token_reads && raw.http_token.is_none() {
+            return Err(ConfigError::invalid(
+                "http_token_reads",
+                "true",
+                "needs http_token: reading would need a token that does not exist",
+            ));
+        }
         let mut http_hosts = Vec::new();
         for name in raw
             .http_hosts
@@ -470,6 +483,7 @@ impl ServerSettings {
             http_listen,
             tls,
             http_token: raw.http_token,
+            http_token_reads: raw.http_token_reads,
             http_hosts,
             max_sessions: in_range("max_sessions", raw.max_sessions, 1, 1_000_000)? as usize,
             shutdown_grace: Duration::from_millis(in_range(

@@ -41,6 +41,7 @@ async fn serve_at(place: &str, token: Option<&str>, dir: Option<tempfile::TempDi
         ControlPolicy {
             token: token.map(str::to_string),
             loopback: true,
+            read_token: false,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -443,6 +444,7 @@ async fn delete_without_a_token_is_refused_off_loopback() {
         ControlPolicy {
             token: None,
             loopback: false,
+            read_token: false,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

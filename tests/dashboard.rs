@@ -517,6 +517,64 @@ fn unexpected_errors(r: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Issue 15 item 12: with `http_token` set every GET (images included) was
+/// still open. With `http_token_reads` reading needs it too; the page asks
+/// for it and then shows the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_http_token_reads_reading_needs_the_token_which_the_page_asks_for() {
+    let _one = SERIAL.lock().await;
+    let token = "dashboard-read-token-0123456789";
+    let mut s = ServerSettings::local_insecure();
+    s.http_token = Some(token.into());
+    s.http_token_reads = true;
+    let server = Server::start(&s).await.expect("server starts");
+    let id = "lab-07:secret";
+    let trainer = Trainer::start(server.grpc_addr, id).await;
+    let http = server.http_addr;
+    // Without the token: no runs, no images, no push; the page itself loads.
+    for path in [
+        "/api/sessions",
+        "/api/events",
+        "/api/sessions/lab-07:secret/images/0",
+    ] {
+        let (status, body) = util::http::get(http, path).await;
+        assert_eq!(status, 401, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    for path in ["/", "/healthz", "/api/control", "/assets/app.js"] {
+        assert_eq!(util::http::get(http, path).await.0, 200, "{path}");
+    }
+    let bearer = format!("Bearer {token}");
+    let (status, _) = util::http::request(
+        http,
+        "GET",
+        "/api/sessions",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let cookie = format!("other=1; trainwatch_token={token}");
+    let (status, _) =
+        util::http::request(http, "GET", "/api/sessions", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(status, 200);
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": id, "scenario": "reads", "token": token,
+        "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    let r = browser.expect("result").await;
+    assert!(
+        r["asked"].as_str().unwrap().contains("needs the token"),
+        "{r}"
+    );
+    assert_eq!(r["box_open"], true, "{r}");
+    assert_eq!(r["live"], true, "{r}");
+    drop(trainer);
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_control_needs_the_token_which_the_page_can_supply() {
     let token = "dashboard-test-token-0123456789";
@@ -587,7 +645,10 @@ async fn page_and_assets_are_embedded_and_locked_down() {
         "page loads nothing from elsewhere"
     );
     let (status, _, body) = raw_get(addr, "/api/control").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"mode":"open"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"mode":"open","reads":"open"}"#)
+    );
     let (status, _, _) = raw_get(addr, "/api/sessions/nope/events").await;
     assert_eq!(status, 404);
     server

@@ -222,7 +222,12 @@ async fn control_mode(State(d): State<Dash>) -> Response {
         (None, true) => "open",
         (None, false) => "disabled",
     };
-    Json(serde_json::json!({ "mode": mode })).into_response()
+    let reads = if d.control.read_token {
+        "token"
+    } else {
+        "open"
+    };
+    Json(serde_json::json!({ "mode": mode, "reads": reads })).into_response()
 }
 
 fn unavailable(message: String) -> Response {

@@ -42,6 +42,9 @@ pub struct ControlPolicy {
     /// Whether the HTTP listener is on a loopback address: without a token,
     /// control is open only then.
     pub loopback: bool,
+    /// Whether reading needs the token too ([`ReadPolicy`]); the dashboard
+    /// asks for it up front when so.
+    pub read_token: bool,
 }
 
 /// Which `Host` the HTTP listener answers to: IP literals, `localhost`
@@ -109,6 +112,100 @@ pub async fn check_host(
         }
         _ => next.run(req).await,
     }
+}
+
+/// Reading the API needs the token when `token` is set (`http_token` with
+/// `http_token_reads`): as `Authorization: Bearer`, or as the
+/// `trainwatch_token` cookie the dashboard sets (SameSite=Strict, so a
+/// page on another site cannot send it). The page and its assets, the
+/// health check and `/api/control` (which says whether reading needs the
+/// token) stay open; control checks its own token.
+#[derive(Clone, Debug)]
+pub struct ReadPolicy {
+    pub token: Option<String>,
+}
+
+/// The cookie the dashboard keeps the token in.
+pub const TOKEN_COOKIE: &str = "trainwatch_token";
+
+fn open_for_reading(path: &str) -> bool {
+    path == "/"
+        || path == "/healthz"
+        || path == "/api/control"
+        || path.starts_with("/assets/")
+        || (path.starts_with("/sessions/") && path.matches('/').count() == 2)
+}
+
+/// `%XX` escapes decoded (the page stores the token with
+/// `encodeURIComponent`); `None` when malformed.
+fn percent_decoded(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn token_matches(given: &str, token: &str) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        token.as_bytes(),
+    ))
+}
+
+/// Whether `headers` carry `token` as a bearer token or the cookie.
+fn carries_token(headers: &HeaderMap, token: &str) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|b| token_matches(b, token)) {
+        return true;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .filter(|(k, _)| *k == TOKEN_COOKIE)
+        .filter_map(|(_, v)| percent_decoded(v))
+        .any(|v| token_matches(&v, token))
+}
+
+/// Middleware: reading without the token, when [`ReadPolicy`] asks for it,
+/// is 401 saying how to give it.
+pub async fn check_read(
+    State(policy): State<Arc<ReadPolicy>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &policy.token else {
+        return next.run(req).await;
+    };
+    let reading = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !reading || open_for_reading(req.uri().path()) || carries_token(req.headers(), token) {
+        return next.run(req).await;
+    }
+    error(
+        StatusCode::UNAUTHORIZED,
+        format!(
+            "reading {} needs the server's token (http_token_reads): Authorization: Bearer <http_token>, or enter it in the dashboard",
+            req.uri().path()
+        ),
+    )
 }
 
 #[derive(Clone)]

@@ -191,6 +191,7 @@ impl Server {
         let control = http::ControlPolicy {
             token: settings.http_token.clone(),
             loopback: http_addr.ip().is_loopback(),
+            read_token: settings.http_token.is_some() && settings.http_token_reads,
         };
         let mut app = http::router(registry.clone(), control.clone()).merge(dashboard::router(
             registry.clone(),
@@ -212,11 +213,23 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        let reads = std::sync::Arc::new(http::ReadPolicy {
+            token: settings
+                .http_token
+                .clone()
+                .filter(|_| settings.http_token_reads),
+        });
         let hosts = std::sync::Arc::new(http::HostPolicy::new(&settings.http_hosts));
-        let app = app.layer(axum::middleware::from_fn_with_state(
-            hosts,
-            http::check_host,
-        ));
+        // The Host check runs first (outermost), then the read token.
+        let app = app
+            .layer(axum::middleware::from_fn_with_state(
+                reads,
+                http::check_read,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                hosts,
+                http::check_host,
+            ));
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let r = axum::serve(

@@ -1,6 +1,6 @@
 // Drives Debian's chromium (never a downloaded browser) against a running
 // trainwatch server, for tests/dashboard.rs. One argument: a JSON object
-//   {url, session, scenario: "live" | "guard", frames, token?, screenshot?, profile?, timeout_ms}
+//   {url, session, scenario: "live" | "guard" | "reads" | "e2e", frames, token?, screenshot?, profile?, timeout_ms}
 // Writes JSON lines on stdout: {"ready": true} once the session view is open
 // (the test then feeds frames), and last {"result": {...}}. Every wait is
 // bounded; a failure prints {"error": "..."} and exits 1.
@@ -179,6 +179,20 @@ async function main() {
       result.accepted = await page.locator('#c-log li').first().innerText();
       result.stored = await page.evaluate(() => sessionStorage.getItem('trainwatch.token') !== null);
     }
+  } else if (args.scenario === 'reads') {
+    // Reading needs the token: the page asks for it, then shows the run.
+    await page.goto(sessionUrl);
+    await page.waitForFunction(() => /needs the token/.test(document.getElementById('token-state').textContent));
+    result.asked = await text('#token-state');
+    result.box_open = await page.locator('#token-box').evaluate((d) => d.open);
+    await page.fill('#token', args.token);
+    await Promise.all([
+      page.waitForNavigation(),
+      page.getByRole('button', { name: 'Save' }).click(),
+    ]);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    result.live = true;
+    result.status = await text('#s-status');
   } else {
     throw new Error(`unknown scenario ${args.scenario}`);
   }

@@ -60,18 +60,45 @@
   function showTokenState() {
     $('token-state').textContent = token() ? 'token set for this tab' : 'no token';
   }
+  // The token also goes in a cookie for reading (http_token_reads): event
+  // streams and images cannot send a header. SameSite=Strict: a page on
+  // another site cannot send it.
+  const COOKIE = 'trainwatch_token';
+  function setCookie(v, maxAge) {
+    const secure = location.protocol === 'https:' ? '; Secure' : '';
+    document.cookie = COOKIE + '=' + encodeURIComponent(v) + '; Path=/; SameSite=Strict' +
+      (maxAge === undefined ? '' : '; Max-Age=' + maxAge) + secure;
+  }
+  let readsNeedToken = false;
   $('token-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const v = $('token').value.trim();
-    if (v) sessionStorage.setItem(TOKEN_KEY, v);
+    if (v) {
+      sessionStorage.setItem(TOKEN_KEY, v);
+      setCookie(v);
+    }
     $('token').value = '';
     showTokenState();
+    // Streams refused without the token start again with it.
+    if (v && readsNeedToken) location.reload();
   });
   $('token-clear').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
+    setCookie('', 0);
     showTokenState();
   });
   showTokenState();
+  if (token()) setCookie(token());
+  fetch('/api/control', { cache: 'no-store' })
+    .then((r) => r.json())
+    .then((c) => {
+      readsNeedToken = c.reads === 'token';
+      if (readsNeedToken && !token()) {
+        $('token-state').textContent = 'this server needs the token to show its runs: enter it here';
+        $('token-box').open = true;
+      }
+    })
+    .catch(() => {});
 
   // --------------------------------------------------------- overview --
   function overview() {
