@@ -539,6 +539,8 @@ struct RawAgent {
     stop_grace_s: f64,
     finished_grace_s: u64,
     scan_interval_ms: u64,
+    max_sessions: u32,
+    frame_memory_mb: u32,
     #[serde(default)]
     tls: RawAgentTls,
     reconnect: RawReconnect,
@@ -622,6 +624,12 @@ pub struct AgentSettings {
     pub finished_grace: Duration,
     /// How often the segment directory is rescanned for new runs.
     pub scan_interval: Duration,
+    /// Runs streamed at once; more segments wait for a place (so a trainer
+    /// creating a thousand cannot fill the server's sessions for the device).
+    pub max_sessions: usize,
+    /// Bytes the frame copies of all sessions together may hold; a frame
+    /// that does not fit is skipped before it is copied.
+    pub frame_memory: usize,
     pub backoff: crate::agent::backoff::BackoffConfig,
     /// A stream with no answer for this many heartbeat intervals is dead.
     pub liveness_intervals: u32,
@@ -646,6 +654,8 @@ impl AgentSettings {
             ("insecure", false.into()),
             ("shm_dir", "/dev/shm/trainwatch".into()),
             ("max_fps", 60.0.into()),
+            ("max_sessions", 64u64.into()),
+            ("frame_memory_mb", 96u64.into()),
             ("stop_grace_s", 30.0.into()),
             ("finished_grace_s", 600u64.into()),
             ("scan_interval_ms", 500u64.into()),
@@ -810,6 +820,9 @@ impl AgentSettings {
                 10,
                 60_000,
             )?),
+            max_sessions: in_range("max_sessions", raw.max_sessions, 1, 10_000)? as usize,
+            frame_memory: (in_range("frame_memory_mb", raw.frame_memory_mb, 1, 65_536)? as usize)
+                << 20,
             backoff,
             liveness_intervals: in_range(
                 "reconnect.liveness_intervals",

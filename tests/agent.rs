@@ -338,6 +338,150 @@ mod faults {
         stop(server).await;
     }
 
+    fn insecure_args<'a>(grpc: &'a str, shm: &'a str, health: &'a str) -> Vec<&'a str> {
+        vec![
+            "--insecure",
+            "--server",
+            grpc,
+            "--shm-dir",
+            shm,
+            "--device-id",
+            "testdev",
+            "--health-listen",
+            health,
+        ]
+    }
+
+    /// Issue 15 item 7: a frame was copied into a buffer as large as the
+    /// segment said before anything was checked, under an agent unit with
+    /// MemoryMax=256M. Frames that do not fit in the agent's frame memory
+    /// are refused before they are copied; the run's events, and other
+    /// runs' frames, go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_beyond_the_agents_frame_memory_are_refused_before_copying() {
+        use trainwatch::shm::{Batch, Images, RunConfig, TrainingStatus, Writer, WriterOptions};
+        use trainwatch::tensor::{DType, Layout, TensorDesc};
+
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (grpc, health_s) = (format!("http://{}", server.grpc_addr), health.to_string());
+        let shm_s = shm.path().to_str().unwrap().to_string();
+        let _agent = AgentProc::start(
+            &insecure_args(&grpc, &shm_s, &health_s),
+            &[("TRAINWATCH_AGENT_FRAME_MEMORY_MB", "1")],
+        );
+        let config = RunConfig {
+            run_name: "huge".into(),
+            model_name: "m".into(),
+            dataset_name: "d".into(),
+            class_names: vec!["a".into(), "b".into()],
+            total_epochs: 1,
+            batches_per_epoch: 1000,
+            batch_size: 4,
+        };
+        let mut opts = WriterOptions::new(shm.path());
+        opts.frame_capacity = 4 << 20;
+        let mut w = Writer::create(&config, &opts).unwrap();
+        w.publish_status(TrainingStatus::Running, "");
+        // 4 images of 3x256x256 f32: 3 MiB a frame, the agent has 1.
+        let desc = TensorDesc {
+            dtype: DType::F32,
+            layout: Layout::Nchw,
+            count: 4,
+            channels: 3,
+            height: 256,
+            width: 256,
+            normalization: None,
+        };
+        let data = vec![0u8; desc.total_bytes()];
+        let mut small = Trainer::start(shm.path(), "small", &["--epochs", "2"]);
+        let mut k = 0;
+        let dropped = tokio::time::timeout(util::TEST_TIMEOUT, async {
+            loop {
+                k += 1;
+                w.publish_frame(&Batch {
+                    epoch: 0,
+                    batch_idx: k,
+                    loss: 0.5,
+                    predictions: &[0, 1, 0, 1],
+                    confidences: &[0.5; 4],
+                    labels: &[0, 1, 1, 0],
+                    images: Some(Images { desc, data: &data }),
+                })
+                .unwrap();
+                // A trainer's pace; the agent reads the newest when it can.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let n = agent_metric(health, "frames_dropped_total").await;
+                if n >= 3 {
+                    return n;
+                }
+            }
+        })
+        .await
+        .expect("big frames refused");
+        assert!(dropped >= 3);
+        small.wait_exit();
+        let d = session_where(http, "small", "the small run COMPLETED", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        assert!(d["batches_received"].as_u64().unwrap() > 0, "{d}");
+        let huge = session(http, "huge").await;
+        assert_eq!(huge["status"], "RUNNING", "its events still arrive: {huge}");
+        assert_eq!(
+            huge["batches_received"], 0,
+            "no frame of it was sent: {huge}"
+        );
+        drop(w);
+        stop(server).await;
+    }
+
+    /// Issue 15 item 7: a trainer creating a thousand segments made a
+    /// thousand sessions. At most `max_sessions` stream at once; the rest
+    /// wait for a place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_beyond_max_sessions_wait_for_a_place() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (grpc, health_s) = (format!("http://{}", server.grpc_addr), health.to_string());
+        let shm_s = shm.path().to_str().unwrap().to_string();
+        let _agent = AgentProc::start(
+            &insecure_args(&grpc, &shm_s, &health_s),
+            &[("TRAINWATCH_AGENT_MAX_SESSIONS", "1")],
+        );
+        let mut first =
+            Trainer::start(shm.path(), "first", &["--run-until-stopped", "--fps", "50"]);
+        let one = session_where(http, "first", "first RUNNING", |d| d["status"] == "RUNNING").await;
+        let mut second = Trainer::start(shm.path(), "second", &["--epochs", "1"]);
+        eventually("the second run waiting", || async {
+            (agent_metric(health, "segments_waiting").await == 1).then_some(())
+        })
+        .await;
+        let list = get_json(http, "/api/sessions").await;
+        assert_eq!(list["sessions"].as_array().unwrap().len(), 1, "{list}");
+        let id = one["id"].as_str().unwrap();
+        let (status, body) = post_json(
+            http,
+            &format!("/api/sessions/{id}/commands"),
+            &[],
+            &json!({"type": "stop"}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        first.wait_exit();
+        second.wait_exit();
+        session_where(http, "second", "second COMPLETED once first ended", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        assert_eq!(agent_metric(health, "segments_waiting").await, 0);
+        stop(server).await;
+    }
+
     /// Issue 15 item 1: the same script run again under the same name,
     /// within the finished run's grace period, is a new run streamed in
     /// full (the writer renames its new segment over the old path).

@@ -37,6 +37,8 @@ stats! {
     sessions_active: "gauge",
     /// Segments found corrupt or foreign and skipped.
     segments_rejected: "counter",
+    /// Segments waiting for a place (`max_sessions` runs are streaming).
+    segments_waiting: "gauge",
     /// Session tasks that died (a panic): reported, and the run retried.
     session_tasks_failed: "counter",
     /// New frames read from shared memory.

@@ -163,6 +163,7 @@ impl Agent {
             sampler: std::sync::Mutex::new(sampler),
             pipeline,
             stats: self.stats.clone(),
+            frame_bytes: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut known: HashMap<FileId, Known> = HashMap::new();
         let mut tasks: Tasks = JoinSet::new();
@@ -328,6 +329,7 @@ impl Agent {
             }
         };
         let mut present = std::collections::HashSet::new();
+        let mut waiting = 0u64;
         for entry in entries.flatten() {
             let path = entry.path();
             if !entry.file_type().is_ok_and(|t| t.is_file()) || !session::is_segment_name(&path) {
@@ -363,6 +365,10 @@ impl Agent {
                 Some(Known::Rejected(_)) => {}
                 None => {}
             }
+            if running.len() >= self.settings.max_sessions {
+                waiting += 1;
+                continue;
+            }
             known.insert(file, Known::Streaming { failures });
             self.stats.sessions_active.fetch_add(1, Relaxed);
             let ctx = ctx.clone();
@@ -378,6 +384,14 @@ impl Agent {
         // trainer may unlink its segment while the agent drains it, or
         // rename a new one over it).
         known.retain(|f, k| matches!(k, Known::Streaming { .. }) || present.contains(f));
+        let before = self.stats.segments_waiting.swap(waiting, Relaxed);
+        if waiting > 0 && before == 0 {
+            tracing::warn!(
+                waiting,
+                max_sessions = self.settings.max_sessions,
+                "runs wait for a place: the agent streams at most max_sessions at once"
+            );
+        }
         Ok(())
     }
 }

@@ -69,6 +69,8 @@ pub struct SessionContext {
     pub stats: Arc<AgentStats>,
     /// One sampler for the device; each session asks it about its trainer.
     pub sampler: std::sync::Mutex<ResourceSampler>,
+    /// Bytes all sessions' frame copies hold, within `frame_memory`.
+    pub frame_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// How a session task ended.
@@ -233,6 +235,14 @@ struct Session {
     points: Vec<PointRecord>,
     /// Set when reading a frame found the run corrupt; ends the attempt.
     corrupt: Option<shm::ShmError>,
+}
+
+impl Drop for Session {
+    /// Its frame copy's bytes go back to the agent's frame memory.
+    fn drop(&mut self) {
+        let held = self.frame.data_capacity();
+        self.ctx.frame_bytes.fetch_sub(held, Relaxed);
+    }
 }
 
 impl Session {
@@ -610,7 +620,21 @@ impl Session {
         if !st.state.pacer.ready(last_publish.unwrap_or(now)) {
             return false;
         }
-        match self.reader.latest_frame(&mut self.frame) {
+        // The frame copy may grow only into what the agent's frame memory
+        // has left; one that does not fit is refused before it is copied.
+        let held = self.frame.data_capacity();
+        let free = self
+            .ctx
+            .settings
+            .frame_memory
+            .saturating_sub(self.ctx.frame_bytes.load(Relaxed));
+        self.frame.set_max_data(held + free);
+        let read = self.reader.latest_frame(&mut self.frame);
+        let grown = self.frame.data_capacity().saturating_sub(held);
+        if grown > 0 {
+            self.ctx.frame_bytes.fetch_add(grown, Relaxed);
+        }
+        match read {
             Ok(FrameRead::New) => {
                 AgentStats::add(&self.ctx.stats.frames_read, 1);
                 let published = instant_at(now, self.frame.mono_ns);
@@ -639,6 +663,7 @@ impl Session {
                 false
             }
             Err(e) => {
+                AgentStats::add(&self.ctx.stats.frames_dropped, 1);
                 self.log_fault(&format!("unreadable frame skipped: {e}"));
                 false
             }

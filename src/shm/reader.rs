@@ -42,9 +42,22 @@ pub struct Frame {
     pub images: Option<TensorDesc>,
     data: Vec<u8>,
     data_len: usize,
+    /// The most bytes `data` may grow to; `None`: no bound.
+    max_data: Option<usize>,
 }
 
 impl Frame {
+    /// Bounds what the next reads may copy: a frame whose data would need
+    /// more than `max` bytes of buffer is refused before it is copied.
+    pub fn set_max_data(&mut self, max: usize) {
+        self.max_data = Some(max);
+    }
+
+    /// Bytes the copy buffer holds allocated.
+    pub fn data_capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     pub fn predictions(&self) -> &[i32] {
         &self.predictions[..self.sample_count]
     }
@@ -560,7 +573,18 @@ impl Reader {
         out.data_len = 0;
         if copy_data {
             let len = data_len as usize; // validated ≤ capacity
+            if let Some(max) = out.max_data {
+                if len > max.max(out.data.capacity()) {
+                    return Err(ShmError::field(
+                        &self.path,
+                        &format!("{} data_len", what()),
+                        len,
+                        format!("at most {max} bytes, what the agent's frame_memory_mb leaves for this run"),
+                    ));
+                }
+            }
             if out.data.len() < len {
+                out.data.reserve_exact(len - out.data.len());
                 out.data.resize(len, 0);
             }
             m.read_bytes(base + frame::DATA, &mut out.data[..len]);
