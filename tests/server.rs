@@ -1262,3 +1262,268 @@ mod control {
         stop(server).await;
     }
 }
+
+/// Issue 15: arbitrary MetricsRequest sequences against one server (with
+/// its SQLite store): nothing panics, the server keeps serving, what the
+/// hostile sessions may hold stays bounded, and a well-behaved session on
+/// its own stream is untouched. Bounded: a few dozen sequences of up to 60
+/// messages each run with the suite (the segment fuzzer's twin in
+/// tests/shm.rs).
+mod fuzz {
+    use super::*;
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use trainwatch::proto::{
+        BatchData, EpochData, Heartbeat, ImageData, MetricsRequest, PerformanceData, Prediction,
+        ResourceUsage, ScalarBatch, ScalarPoint, StatusUpdate, TrainingConfig,
+    };
+
+    fn any_f32() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            any::<f32>(),
+            Just(f32::NAN),
+            Just(f32::INFINITY),
+            Just(-1.0f32),
+            0.0f32..1.0
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z/._-]{0,12}",
+            ".{0,40}",
+            Just("x".repeat(2000)),
+            Just(String::new())
+        ]
+    }
+
+    fn image() -> impl Strategy<Value = ImageData> {
+        prop_oneof![
+            Just(grpc::jpeg(8, 8)),
+            vec(any::<u8>(), 0..64).prop_map(bytes::Bytes::from),
+            // A JPEG cut short.
+            Just(grpc::jpeg(16, 16).slice(..20)),
+        ]
+        .prop_map(|b| ImageData { image_bytes: b })
+    }
+
+    fn batch() -> impl Strategy<Value = Payload> {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            vec(image(), 0..4),
+            vec((any::<i32>(), any_f32()), 0..4),
+            vec(any::<i32>(), 0..4),
+            any_f32(),
+        )
+            .prop_map(|(epoch, batch_idx, images, preds, truth, loss)| {
+                Payload::BatchData(BatchData {
+                    epoch,
+                    batch_idx,
+                    images,
+                    predictions: preds
+                        .into_iter()
+                        .map(|(predicted_class, confidence)| Prediction {
+                            predicted_class,
+                            confidence,
+                        })
+                        .collect(),
+                    ground_truth: truth,
+                    batch_loss: loss,
+                })
+            })
+    }
+
+    fn payload() -> impl Strategy<Value = Option<Payload>> {
+        prop_oneof![
+            Just(None),
+            any::<u32>().prop_map(|n| Some(Payload::Heartbeat(Heartbeat {
+                timestamp_ms: 0,
+                sequence_number: n,
+            }))),
+            batch().prop_map(Some),
+            (
+                any::<u32>(),
+                any_f32(),
+                any_f32(),
+                btree_map(text(), any::<f64>(), 0..4)
+            )
+                .prop_map(|(epoch, average_loss, average_accuracy, metrics)| Some(
+                    Payload::EpochData(EpochData {
+                        epoch,
+                        average_loss,
+                        average_accuracy,
+                        metrics: metrics.into_iter().collect(),
+                    })
+                )),
+            (any::<i32>(), text(), any::<bool>(), vec(text(), 0..3)).prop_map(
+                |(status, message, with_config, classes)| Some(Payload::StatusUpdate(
+                    StatusUpdate {
+                        status,
+                        message,
+                        config: with_config.then(|| TrainingConfig {
+                            total_epochs: 3,
+                            batches_per_epoch: 10,
+                            batch_size: 4,
+                            model_name: "m".into(),
+                            dataset_name: "d".into(),
+                            class_names: classes,
+                        }),
+                        timestamp_ms: 0,
+                    }
+                ))
+            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                vec((text(), any::<i64>(), any::<f64>()), 0..6)
+            )
+                .prop_map(|(first_seq, missed_before, points)| Some(
+                    Payload::ScalarBatch(ScalarBatch {
+                        first_seq,
+                        missed_before,
+                        points: points
+                            .into_iter()
+                            .map(|(key, step, value)| ScalarPoint {
+                                key,
+                                step,
+                                wall_time_ms: 0,
+                                value,
+                            })
+                            .collect(),
+                    })
+                )),
+            (any_f32(), any_f32(), vec(text(), 0..3), any::<bool>()).prop_map(
+                |(fps, cpu, unavailable, with_res)| Some(Payload::PerformanceData(
+                    PerformanceData {
+                        current_fps: fps,
+                        time_per_batch_ms: fps,
+                        unavailable: unavailable.clone(),
+                        resource_usage: with_res.then(|| ResourceUsage {
+                            cpu_percent: cpu,
+                            unavailable,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }
+                ))
+            ),
+        ]
+    }
+
+    fn request_for() -> impl Strategy<Value = MetricsRequest> {
+        (
+            prop_oneof![
+                Just("fz-a"),
+                Just("fz-b"),
+                Just("never-registered"),
+                Just(""),
+                Just("good")
+            ],
+            payload(),
+            prop_oneof![Just(0u64), 1u64..20, Just(u64::MAX), any::<u64>()],
+            prop_oneof![Just(0u64), 1u64..5, Just(u64::MAX)],
+        )
+            .prop_map(|(sid, payload, event_seq, missed)| MetricsRequest {
+                session_id: sid.to_string(),
+                timestamp_ms: proto_now(),
+                payload,
+                event_seq,
+                events_missed_before: missed,
+            })
+    }
+
+    fn proto_now() -> u64 {
+        trainwatch::proto::now_ms()
+    }
+
+    fn batch_of_one() -> BatchData {
+        grpc::batch(0, 7, 1)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_request_sequences_leave_the_server_and_other_sessions_unharmed(
+            reqs in vec(request_for(), 1..60)
+        ) {
+            // A runtime per case: each starts and stops its own server.
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let mut settings = ServerSettings::local_insecure();
+                settings.limits.buffer_size = 8;
+                let server = start(settings).await;
+                let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+                for id in ["fz-a", "fz-b"] {
+                    register(&mut c, id).await;
+                }
+                // Requests for "good" are refused as unregistered; a session
+                // a hostile stream knows the id of could still be disturbed
+                // (issue 15 item 9), so the good one registers afterwards.
+                let hostile = Stream::open(&mut c).await;
+                let sender = hostile.sender();
+                let mut responses = hostile.into_responses();
+                let reader = tokio::spawn(async move {
+                    // Read everything, so the stream is never ended for not
+                    // reading, until the server ends it (after the client
+                    // closed its half).
+                    while let Ok(Some(_)) = responses.message().await {}
+                });
+                for r in reqs {
+                    sender.send(r).await.expect("the server takes the stream");
+                }
+                drop(sender);
+                tokio::time::timeout(util::TEST_TIMEOUT, reader)
+                    .await
+                    .expect("the hostile stream ends once the client closes it")
+                    .unwrap();
+                // Still serving, and bounded.
+                let (status, _) = get(server.http_addr, "/healthz").await;
+                assert_eq!(status, 200);
+                for id in ["fz-a", "fz-b"] {
+                    let s = server.registry().get(id).expect("the session is still there");
+                    assert!(s.queue_depth() <= 8, "{id}: queue {}", s.queue_depth());
+                }
+                assert!(server.registry().get("never-registered").is_none());
+                register(&mut c, "good-2").await;
+                good_session_works_as(&server, "good-2").await;
+                stop(server).await;
+            });
+        }
+    }
+
+    /// The session `id`'s epoch 0 and a batch, answered as a session that
+    /// nobody disturbed would be: the event acknowledged as 1, the batch.
+    async fn good_session_works_as(server: &TestServer, id: &str) {
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        let mut s = Stream::open(&mut c).await;
+        let mut epoch = request(
+            id,
+            Payload::EpochData(EpochData {
+                epoch: 0,
+                average_loss: 0.5,
+                average_accuracy: 0.5,
+                metrics: Default::default(),
+            }),
+        );
+        epoch.event_seq = 1;
+        s.send(epoch).await;
+        s.send(request(id, Payload::BatchData(batch_of_one())))
+            .await;
+        let (mut event, mut frame) = (false, false);
+        while !(event && frame) {
+            match &s.recv().await.payload {
+                Some(metrics_response::Payload::Ack(a)) if a.kind == AckKind::Event as i32 => {
+                    assert_eq!(a.event_seq, 1, "{a:?}");
+                    event = true;
+                }
+                Some(metrics_response::Payload::Ack(a)) if a.kind == AckKind::Batch as i32 => {
+                    assert_eq!(a.batch_idx, 7, "{a:?}");
+                    frame = true;
+                }
+                other => panic!("the good session got {other:?}"),
+            }
+        }
+    }
+}

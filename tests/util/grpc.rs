@@ -168,6 +168,12 @@ impl Stream {
         }
     }
 
+    /// The responses alone: the request half is closed once every
+    /// [`Stream::sender`] handle is dropped too.
+    pub fn into_responses(self) -> Streaming<MetricsResponse> {
+        self.rx
+    }
+
     /// A handle to send from another task while this one reads.
     pub fn sender(&self) -> mpsc::Sender<MetricsRequest> {
         self.tx.clone()
