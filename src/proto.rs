@@ -84,6 +84,11 @@ pub fn session_parts(id: &str) -> Option<(&str, &str)> {
     plausible.then_some((device, run))
 }
 
+/// The largest event or point number an agent sends: a segment's counters
+/// never pass it (`shm::layout::MAX_SEQ`), so a number beyond is a forgery
+/// or a bug, refused before it can move what the server has accepted.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_LEN: usize = 128;
 

@@ -482,6 +482,51 @@ mod events {
         r
     }
 
+    /// Issue 15 item 9 (its range check): an EpochData with `event_seq =
+    /// u64::MAX` (or a `missed_before` covering every number) was applied,
+    /// so every later real event was a duplicate, acknowledged and dropped.
+    /// Sequence numbers beyond what an agent can send are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn impossible_sequence_numbers_are_refused_and_later_events_apply() {
+        let server = start_default().await;
+        let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+        register(&mut c, "ev").await;
+        let mut s = Stream::open(&mut c).await;
+        let mut wide = epoch_req(50, 9);
+        wide.events_missed_before = u64::MAX;
+        let mut scalars = request(
+            "ev",
+            Payload::ScalarBatch(trainwatch::proto::ScalarBatch {
+                first_seq: u64::MAX - 1,
+                missed_before: 0,
+                points: vec![trainwatch::proto::ScalarPoint {
+                    key: "loss".into(),
+                    step: 1,
+                    wall_time_ms: 0,
+                    value: 1.0,
+                }],
+            }),
+        );
+        scalars.event_seq = 0;
+        for (hostile, expected) in [
+            (epoch_req(u64::MAX, 9), "event_seq is 18446744073709551615"),
+            (wide, "events_missed_before is 18446744073709551615"),
+            (scalars, "first_seq is 18446744073709551614"),
+        ] {
+            let answer = s.call(hostile).await;
+            let (code, msg) = err(&answer);
+            assert_eq!(code, ErrorCode::InvalidData, "{msg}");
+            assert!(msg.contains(expected), "{msg}");
+        }
+        for (seq, epoch) in [(1, 0), (2, 1)] {
+            assert_eq!(ack(&s.call(epoch_req(seq, epoch)).await).event_seq, seq);
+        }
+        let d = get_json(server.http_addr, "/api/sessions/ev").await;
+        assert_eq!(d["epoch_history"].as_array().unwrap().len(), 2, "{d}");
+        assert_eq!(d["counters"]["events_duplicate"], 0, "{d}");
+        stop(server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn resent_events_after_a_reconnect_are_applied_once() {
         let server = start_default().await;

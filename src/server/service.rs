@@ -249,6 +249,15 @@ fn handle(
     };
     let seq = req.event_seq;
     let missed_before = req.events_missed_before;
+    let sequenced = matches!(
+        req.payload,
+        Some(Payload::EpochData(_)) | Some(Payload::StatusUpdate(_))
+    );
+    if sequenced {
+        if let Err(e) = validate::event_seq(seq, missed_before) {
+            return invalid(e.0);
+        }
+    }
     let item = match req.payload {
         None => return invalid("message has no payload".to_string()),
         Some(Payload::Heartbeat(hb)) => {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::limits::Limits;
 use crate::proto::{
     BatchData, EpochData, PerformanceData, ScalarBatch, SessionInfo, StatusUpdate, TrainingConfig,
-    TrainingStatus,
+    TrainingStatus, MAX_SEQ,
 };
 use crate::telemetry::fps::PERFORMANCE_FIELDS;
 use crate::telemetry::resources::RESOURCE_FIELDS;
@@ -225,9 +225,38 @@ fn scalar_key(what: &str, key: &str) -> Result<(), Invalid> {
 
 /// A scalar batch: numbered from 1, bounded, every key valid and every
 /// value finite; the error names the offending key and value.
+/// A sequenced event's number and the count it says were lost before it:
+/// within what an agent can send, and no more lost than precede it.
+pub fn event_seq(seq: u64, missed_before: u64) -> Result<(), Invalid> {
+    if seq > MAX_SEQ {
+        return invalid!("event_seq is {seq}, more than {MAX_SEQ}");
+    }
+    if missed_before > seq.saturating_sub(1) {
+        return invalid!(
+            "events_missed_before is {missed_before}, more than the {} numbers before event_seq {seq}",
+            seq.saturating_sub(1)
+        );
+    }
+    Ok(())
+}
+
 pub fn scalar_batch(b: &ScalarBatch) -> Result<(), Invalid> {
     if b.first_seq == 0 {
         return invalid!("scalar_batch.first_seq is 0; points are numbered from 1");
+    }
+    if b.first_seq > MAX_SEQ - MAX_POINTS_PER_BATCH as u64 {
+        return invalid!(
+            "scalar_batch.first_seq is {}, beyond what an agent numbers points to ({MAX_SEQ})",
+            b.first_seq
+        );
+    }
+    if b.missed_before > b.first_seq - 1 {
+        return invalid!(
+            "scalar_batch.missed_before is {}, more than the {} points before first_seq {}",
+            b.missed_before,
+            b.first_seq - 1,
+            b.first_seq
+        );
     }
     let n = b.points.len();
     if n == 0 || n > MAX_POINTS_PER_BATCH {
