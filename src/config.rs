@@ -157,6 +157,7 @@ struct RawServer {
     http_token: Option<String>,
     http_token_reads: bool,
     http_hosts: String,
+    agent_tokens: String,
     max_sessions: u32,
     shutdown_grace_ms: u64,
     #[serde(default)]
@@ -282,6 +283,9 @@ pub struct ServerSettings {
     /// Reading the API (sessions, runs, images, push streams) needs the
     /// token too, not only control.
     pub http_token_reads: bool,
+    /// Tokens agents must send (`authorization: Bearer …`) when set; each
+    /// is an identity a session is bound to (one per device or per fleet).
+    pub agent_tokens: Vec<String>,
     /// Host names the HTTP listener answers to besides IP literals,
     /// localhost and this machine's name (a DNS-rebinding guard).
     pub http_hosts: Vec<String>,
@@ -303,6 +307,7 @@ impl ServerSettings {
             tls: None,
             http_token: None,
             http_token_reads: false,
+            agent_tokens: Vec::new(),
             http_hosts: Vec::new(),
             max_sessions: 1000,
             shutdown_grace: Duration::from_secs(5),
@@ -328,6 +333,7 @@ impl ServerSettings {
             ("http_listen", "127.0.0.1:8080".into()),
             ("http_hosts", "".into()),
             ("http_token_reads", false.into()),
+            ("agent_tokens", "".into()),
             ("insecure", false.into()),
             ("max_sessions", 1000u64.into()),
             ("shutdown_grace_ms", 5000u64.into()),
@@ -458,6 +464,22 @@ impl ServerSettings {
                 "needs http_token: reading would need a token that does not exist",
             ));
         }
+        let mut agent_tokens = Vec::new();
+        for t in raw
+            .agent_tokens
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            if t.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "agent_tokens",
+                    format!("(one of {} characters)", t.len()),
+                    "each token must be at least 16 characters",
+                ));
+            }
+            agent_tokens.push(t.to_string());
+        }
         let mut http_hosts = Vec::new();
         for name in raw
             .http_hosts
@@ -484,6 +506,7 @@ impl ServerSettings {
             tls,
             http_token: raw.http_token,
             http_token_reads: raw.http_token_reads,
+            agent_tokens,
             http_hosts,
             max_sessions: in_range("max_sessions", raw.max_sessions, 1, 1_000_000)? as usize,
             shutdown_grace: Duration::from_millis(in_range(
@@ -541,6 +564,7 @@ struct RawAgent {
     scan_interval_ms: u64,
     max_sessions: u32,
     frame_memory_mb: u32,
+    token: Option<String>,
     #[serde(default)]
     tls: RawAgentTls,
     reconnect: RawReconnect,
@@ -630,6 +654,9 @@ pub struct AgentSettings {
     /// Bytes the frame copies of all sessions together may hold; a frame
     /// that does not fit is skipped before it is copied.
     pub frame_memory: usize,
+    /// Sent as `authorization: Bearer …` on every call: one of the server's
+    /// `agent_tokens`, the identity its sessions are bound to.
+    pub token: Option<String>,
     pub backoff: crate::agent::backoff::BackoffConfig,
     /// A stream with no answer for this many heartbeat intervals is dead.
     pub liveness_intervals: u32,
@@ -820,6 +847,16 @@ impl AgentSettings {
                 10,
                 60_000,
             )?),
+            token: match raw.token {
+                Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return Err(ConfigError::invalid(
+                        "token",
+                        format!("({} characters)", t.len()),
+                        "must be at least 16 printable characters, no spaces",
+                    ))
+                }
+                t => t,
+            },
             max_sessions: in_range("max_sessions", raw.max_sessions, 1, 10_000)? as usize,
             frame_memory: (in_range("frame_memory_mb", raw.frame_memory_mb, 1, 65_536)? as usize)
                 << 20,

@@ -482,6 +482,31 @@ mod faults {
         stop(server).await;
     }
 
+    /// Issue 15 item 9: the agent sends its token; a server with
+    /// `agent_tokens` binds the run's session to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_with_its_token_streams_to_a_server_that_needs_one() {
+        let token = "token-of-this-jetson-0123";
+        let mut s = ServerSettings::local_insecure();
+        s.limits.heartbeat_interval_ms = 2000;
+        s.agent_tokens = vec![token.into()];
+        let server = Server::start(&s).await.expect("server starts");
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let grpc = format!("http://{}", server.grpc_addr);
+        let shm_s = shm.path().to_str().unwrap().to_string();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
+        let _agent = AgentProc::start(
+            &insecure_args(&grpc, &shm_s, &health),
+            &[("TRAINWATCH_AGENT_TOKEN", token)],
+        );
+        let mut t = Trainer::start(shm.path(), "tokened", &["--epochs", "2"]);
+        t.wait_exit();
+        let d = session_where(http, "tokened", "COMPLETED", |d| d["status"] == "COMPLETED").await;
+        assert_eq!(epochs(&d), vec![0, 1], "{d}");
+        stop(server).await;
+    }
+
     /// Issue 15 item 1: the same script run again under the same name,
     /// within the finished run's grace period, is a new run streamed in
     /// full (the writer renames its new segment over the old path).

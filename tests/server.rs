@@ -816,6 +816,158 @@ mod tls {
         assert!(server.registry().get("x").is_none());
         stop(server).await;
     }
+
+    /// Issue 15 item 9: with mutual TLS a session belongs to the client
+    /// certificate that registered it; another CA-signed client can neither
+    /// register it again nor send for it on its own stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_mutual_tls_a_session_belongs_to_the_certificate_that_registered_it() {
+        let dir = tempfile::tempdir().unwrap();
+        grpc::write_pki(dir.path(), &["jetson-a", "jetson-b"]);
+        let server = start(tls_settings(dir.path(), true)).await;
+        let mut a = grpc::connect_tls(
+            server.grpc_addr,
+            &client_files(dir.path(), Some("jetson-a")),
+        )
+        .await
+        .unwrap();
+        let mut b = grpc::connect_tls(
+            server.grpc_addr,
+            &client_files(dir.path(), Some("jetson-b")),
+        )
+        .await
+        .unwrap();
+        assert!(register(&mut a, "owned").await.success);
+        let r = b
+            .register_training_session(SessionInfo {
+                session_id: "owned".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !r.success && r.message.contains("another client"),
+            "{}",
+            r.message
+        );
+        let mut sb = Stream::open(&mut b).await;
+        let answer = sb
+            .call(request("owned", Payload::BatchData(batch(0, 1, 1))))
+            .await;
+        let (code, msg) = err(&answer);
+        assert_eq!(code, ErrorCode::InvalidSession, "{msg}");
+        assert!(msg.contains("another client"), "{msg}");
+        let mut sa = Stream::open(&mut a).await;
+        let answer = sa
+            .call(request("owned", Payload::BatchData(batch(0, 2, 1))))
+            .await;
+        assert_eq!(ack(&answer).batch_idx, 2);
+        // b's message changed nothing: one batch, a's.
+        let d = get_json(server.http_addr, "/api/sessions/owned").await;
+        assert_eq!(d["batches_received"], 1, "{d}");
+        stop(server).await;
+    }
+}
+
+mod agent_tokens {
+    use super::*;
+
+    async fn connect_with(
+        addr: std::net::SocketAddr,
+        token: Option<&str>,
+    ) -> (grpc::Client, Option<String>) {
+        (
+            grpc::connect_plain(addr).await.unwrap(),
+            token.map(|t| format!("Bearer {t}")),
+        )
+    }
+
+    fn with<T>(msg: T, auth: &Option<String>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(a) = auth {
+            r.metadata_mut().insert("authorization", a.parse().unwrap());
+        }
+        r
+    }
+
+    /// Issue 15 item 9: with `agent_tokens` a call needs one, and a session
+    /// belongs to the token that registered it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_agent_tokens_calls_need_one_and_a_session_belongs_to_its_token() {
+        let (ta, tb) = ("token-of-jetson-a-0123", "token-of-jetson-b-4567");
+        let mut settings = ServerSettings::local_insecure();
+        settings.agent_tokens = vec![ta.into(), tb.into()];
+        let server = start(settings).await;
+        let info = || SessionInfo {
+            session_id: "tok".into(),
+            ..Default::default()
+        };
+        let (mut none, no_auth) = connect_with(server.grpc_addr, None).await;
+        let e = none
+            .register_training_session(with(info(), &no_auth))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+        assert!(e.message().contains("agent token"), "{e}");
+        let (mut a, auth_a) = connect_with(server.grpc_addr, Some(ta)).await;
+        let r = a
+            .register_training_session(with(info(), &auth_a))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.success, "{}", r.message);
+        let (mut b, auth_b) = connect_with(server.grpc_addr, Some(tb)).await;
+        let r = b
+            .register_training_session(with(info(), &auth_b))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !r.success && r.message.contains("another client"),
+            "{}",
+            r.message
+        );
+        // b's stream may not act for it; a's may.
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut responses = b
+            .stream_metrics(with(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &auth_b,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(request("tok", Payload::BatchData(batch(0, 1, 1))))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(util::TEST_TIMEOUT, responses.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let (code, msg) = err(&answer);
+        assert_eq!(code, ErrorCode::InvalidSession, "{msg}");
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut responses = a
+            .stream_metrics(with(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &auth_a,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(request("tok", Payload::BatchData(batch(0, 2, 1))))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(util::TEST_TIMEOUT, responses.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack(&answer).batch_idx, 2);
+        stop(server).await;
+    }
 }
 
 mod seed_peers {

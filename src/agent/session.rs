@@ -272,6 +272,18 @@ impl Session {
         }
     }
 
+    /// A call carrying the agent's token (`authorization: Bearer …`) when
+    /// one is configured: the server binds the session to it.
+    fn with_token<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Some(t) = &self.ctx.settings.token {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                req.metadata_mut().insert("authorization", v);
+            }
+        }
+        req
+    }
+
     fn request(&self, payload: Payload, timestamp_ms: u64, event_seq: u64) -> MetricsRequest {
         messages::request(&self.id, payload, timestamp_ms, event_seq)
     }
@@ -339,7 +351,7 @@ impl Session {
         let timeout = super::channel::CONNECT_TIMEOUT * 2;
         let registered = tokio::select! {
             _ = stop.cancelled() => return Err(Attempt::Stopped),
-            r = tokio::time::timeout(timeout, client.register_training_session(info)) => r,
+            r = tokio::time::timeout(timeout, client.register_training_session(self.with_token(info))) => r,
         };
         let resp = match registered {
             Err(_) => return Err(failed(StreamError::RegistrationTimeout(timeout))),
@@ -362,8 +374,8 @@ impl Session {
     /// Starts the StreamMetrics call (it opens in the loop).
     fn open(&self, mut client: MetricsServiceClient<Channel>, reg: &Registration) -> Stream {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-        let opening: Opening =
-            Box::pin(async move { client.stream_metrics(ReceiverStream::new(out_rx)).await });
+        let request = self.with_token(ReceiverStream::new(out_rx));
+        let opening: Opening = Box::pin(async move { client.stream_metrics(request).await });
         let n = &reg.negotiated;
         tracing::info!(
             session = %self.id,

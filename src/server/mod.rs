@@ -19,6 +19,7 @@ pub mod api;
 mod apply;
 pub mod dashboard;
 pub mod http;
+pub mod identity;
 pub mod latency;
 pub mod limits;
 pub mod registry;
@@ -170,9 +171,12 @@ impl Server {
                 source,
             })?;
 
-        let svc =
-            MetricsServiceServer::new(service::Service::new(registry.clone(), shutdown.clone()))
-                .max_decoding_message_size(settings.limits.max_message_bytes);
+        let svc = MetricsServiceServer::new(service::Service::new(
+            registry.clone(),
+            shutdown.clone(),
+            settings.agent_tokens.clone(),
+        ))
+        .max_decoding_message_size(settings.limits.max_message_bytes);
         let stop = shutdown.clone();
         let grpc = tokio::spawn(async move {
             let r = builder

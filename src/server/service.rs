@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::identity::{self, Identity};
 use super::registry::Registry;
 use super::session::{Ingest, Reply, Session};
 use super::validate;
@@ -27,11 +28,17 @@ use crate::proto::{
 pub struct Service {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
+    /// `agent_tokens`: each one an identity (see [`identity`]).
+    tokens: Vec<String>,
 }
 
 impl Service {
-    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
-        Service { registry, shutdown }
+    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken, tokens: Vec<String>) -> Self {
+        Service {
+            registry,
+            shutdown,
+            tokens,
+        }
     }
 
     fn server_config(&self) -> ServerConfig {
@@ -55,6 +62,7 @@ impl proto::MetricsService for Service {
         &self,
         request: Request<SessionInfo>,
     ) -> Result<Response<SessionResponse>, Status> {
+        let who = identity::of(&request, &self.tokens)?;
         let info = request.into_inner();
         let refuse = |message: String| {
             tracing::warn!(session = %info.session_id, %message, "registration refused");
@@ -69,6 +77,16 @@ impl proto::MetricsService for Service {
         if let Err(e) = validate::session_info(&info) {
             return refuse(e.0);
         }
+        if let Some(s) = self.registry.get(&info.session_id) {
+            if !s.owned_by(who.as_ref()) {
+                return refuse(format!(
+                    "session {:?} was registered by another client ({}); it cannot be taken over",
+                    info.session_id,
+                    who.as_ref()
+                        .map_or("no identity".to_string(), |w| format!("this one is {w}"))
+                ));
+            }
+        }
         let reg = match self
             .registry
             .register(
@@ -82,6 +100,14 @@ impl proto::MetricsService for Service {
             Ok(r) => r,
             Err(e) => return refuse(e.to_string()),
         };
+        // First to register owns it (one registering concurrently from
+        // another identity loses here).
+        if !reg.session.claim(who.as_ref()) {
+            return refuse(format!(
+                "session {:?} was registered by another client; it cannot be taken over",
+                info.session_id
+            ));
+        }
         tracing::info!(
             session = %info.session_id,
             client = %info.client_name,
@@ -110,6 +136,7 @@ impl proto::MetricsService for Service {
         &self,
         request: Request<Streaming<MetricsRequest>>,
     ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let who = identity::of(&request, &self.tokens)?;
         let inbound = request.into_inner();
         // Room for one message's worth of answers per buffered message; the
         // apply tasks wait (never drop an ack) when the client reads slowly.
@@ -121,6 +148,7 @@ impl proto::MetricsService for Service {
             inbound,
             Reply::new(tx, ended.clone()),
             self.shutdown.clone(),
+            who,
         ));
         // On shutdown the response stream ends even while an apply task
         // still holds a sender, so the graceful drain can finish; a stream
@@ -173,23 +201,37 @@ async fn read_stream(
     inbound: Streaming<MetricsRequest>,
     tx: Reply,
     shutdown: CancellationToken,
+    who: Option<Identity>,
 ) {
     let mut attached = Vec::new();
-    read_messages(&registry, inbound, &tx, &shutdown, &mut attached).await;
+    let stream = StreamCtx {
+        registry: &registry,
+        tx: &tx,
+        who: who.as_ref(),
+    };
+    read_messages(&stream, inbound, &shutdown, &mut attached).await;
     for session in attached {
         session.detach(&tx);
     }
 }
 
+/// What every message of one stream is handled with: the sessions, the
+/// stream's answers, and who is on the other end.
+struct StreamCtx<'a> {
+    registry: &'a Registry,
+    tx: &'a Reply,
+    who: Option<&'a Identity>,
+}
+
 /// Reads until the client closes, the transport fails or the server stops;
 /// `attached` collects the sessions this stream carried.
 async fn read_messages(
-    registry: &Registry,
+    stream: &StreamCtx<'_>,
     mut inbound: Streaming<MetricsRequest>,
-    tx: &Reply,
     shutdown: &CancellationToken,
     attached: &mut Vec<Arc<Session>>,
 ) {
+    let tx = stream.tx;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -211,7 +253,7 @@ async fn read_messages(
                 return;
             }
         };
-        if let Some(answer) = handle(registry, req, tx, attached) {
+        if let Some(answer) = handle(stream, req, attached) {
             if !tx.send(answer).await {
                 return;
             }
@@ -223,11 +265,11 @@ async fn read_messages(
 /// error, or a heartbeat's ack); applied messages are acknowledged later by
 /// the session's apply task.
 fn handle(
-    registry: &Registry,
+    stream: &StreamCtx<'_>,
     req: MetricsRequest,
-    tx: &Reply,
     attached: &mut Vec<Arc<Session>>,
 ) -> Option<MetricsResponse> {
+    let (registry, tx) = (stream.registry, stream.tx);
     let sid = req.session_id.as_str();
     let Some(session) = registry.get(sid) else {
         return Some(error(
@@ -236,6 +278,15 @@ fn handle(
             format!("session {sid:?} is not registered; call RegisterTrainingSession first"),
         ));
     };
+    if !session.owned_by(stream.who) {
+        return Some(error(
+            sid,
+            ErrorCode::InvalidSession,
+            format!(
+                "session {sid:?} was registered by another client; this stream may not act for it"
+            ),
+        ));
+    }
     let now = proto::now_ms();
     session.touch(now);
     if session.attach(tx) && !attached.iter().any(|s| Arc::ptr_eq(s, &session)) {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use super::identity::Identity;
 use super::state::{Counters, SessionState};
 use crate::config::History;
 use crate::proto::{
@@ -142,6 +143,9 @@ pub struct Session {
     /// no store, applied): where a failed write rewinds to.
     committed_event_seq: AtomicU64,
     committed_point_seq: AtomicU64,
+    /// Who registered it (see [`super::identity`]); only they may act for
+    /// it. `None`: no identities on this server.
+    owner: Mutex<Option<Identity>>,
 }
 
 /// Version counters bumped after every applied message: one per session and
@@ -210,6 +214,7 @@ impl Session {
             },
             committed_event_seq: AtomicU64::new(0),
             committed_point_seq: AtomicU64::new(0),
+            owner: Mutex::new(None),
         });
         (session, rx)
     }
@@ -281,6 +286,24 @@ impl Session {
         self.queue.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
         })
+    }
+
+    /// Binds the session to `who` when it has no owner yet; true when `who`
+    /// owns it (or identities are off: `who` is `None` and so is the owner).
+    pub fn claim(&self, who: Option<&Identity>) -> bool {
+        let mut owner = self.owner.lock().unwrap();
+        match (&*owner, who) {
+            (None, Some(w)) => {
+                *owner = Some(w.clone());
+                true
+            }
+            (o, w) => o.as_ref() == w,
+        }
+    }
+
+    /// Whether `who` may act for this session.
+    pub fn owned_by(&self, who: Option<&Identity>) -> bool {
+        self.owner.lock().unwrap().as_ref() == who
     }
 
     /// Routes this session's commands to `stream` from now on (the stream
