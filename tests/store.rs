@@ -1243,3 +1243,47 @@ async fn writer_commits_what_was_queued_before_shutdown() {
         Some(StoreError::WriterStopped)
     ));
 }
+
+/// A PostgreSQL restart (here: the store's connections cut by the server)
+/// used to leave the store failing every write and read until trainwatch
+/// itself restarted. It reconnects: the write that meets the cut connection
+/// fails (and is resent by the agent), the next ones work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_reconnects_after_its_connections_are_cut() {
+    let Some(f) =
+        Fixture::postgres("postgres_store_reconnects_after_its_connections_are_cut").await
+    else {
+        return;
+    };
+    let s = f.open().await;
+    apply_ok(
+        &*s,
+        vec![run("r1", "d", NOW_MS), points("r1", "loss", 1, 10)],
+    )
+    .await;
+    f.behind_its_back(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    // A failed write is not applied: it is resent with the same numbers.
+    let mut stored = false;
+    for _ in 0..3 {
+        if let Ok(outcomes) = s.apply(vec![points("r1", "loss", 11, 10)]).await {
+            assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+            stored = true;
+            break;
+        }
+    }
+    assert!(stored, "no write succeeded after the connections were cut");
+    apply_ok(&*s, vec![points("r1", "loss", 21, 10)]).await;
+    // Reads come back too (the reader's connection was cut as well).
+    let mut summary = None;
+    for _ in 0..3 {
+        if let Ok(r) = s.run("r1").await {
+            summary = r;
+            break;
+        }
+    }
+    assert_eq!(summary.expect("the run reads back").points, 30);
+}

@@ -181,7 +181,8 @@ pub struct PgStore {
     options: StoreOptions,
     points_by: PointsBy,
     writer: Mutex<PgWriter>,
-    reader: Client,
+    /// Replaced by a fresh connection when PostgreSQL has closed it.
+    reader: tokio::sync::RwLock<Client>,
 }
 
 /// The URL without its password, for messages.
@@ -273,8 +274,26 @@ impl PgStore {
                 client: writer,
                 cache: HashMap::new(),
             }),
-            reader,
+            reader: tokio::sync::RwLock::new(reader),
         })
+    }
+
+    /// The reader connection, a fresh one when PostgreSQL closed the last
+    /// (a restart, a failover, an idle timeout): the read that met the
+    /// closed one failed; this one goes on.
+    async fn reader(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Client>> {
+        {
+            let r = self.reader.read().await;
+            if !r.is_closed() {
+                return Ok(r);
+            }
+        }
+        let mut w = self.reader.write().await;
+        if w.is_closed() {
+            *w = connect(&self.url, &self.place).await?;
+            tracing::warn!(store = %self.place, "PostgreSQL reader reconnected");
+        }
+        Ok(w.downgrade())
     }
 
     /// Chooses how points are inserted (the bench compares both).
@@ -909,7 +928,7 @@ impl PgStore {
             })
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
-        let rows = self.reader.query(&sql, &refs).await?;
+        let rows = self.reader().await?.query(&sql, &refs).await?;
         let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
         Ok(page(runs, limit))
     }
@@ -923,7 +942,8 @@ impl PgStore {
     /// ([`rollup::plan`]).
     async fn series_buckets(&self, series: i64, from: i64, to: i64, n: usize) -> Result<Series> {
         let probe: Vec<Bucket> = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT step, wall_ms, value FROM points
                  WHERE series = $1 AND step >= $2 AND step <= $3 ORDER BY step, seq LIMIT $4",
@@ -942,7 +962,8 @@ impl PgStore {
         }
         let lo = probe[0].step;
         let hi: i64 = self
-            .reader
+            .reader()
+            .await?
             .query_one(
                 "SELECT step FROM points WHERE series = $1 AND step >= $2 AND step <= $3
                  ORDER BY step DESC, seq DESC LIMIT 1",
@@ -957,7 +978,8 @@ impl PgStore {
                 Read::Points { from, to } => self.scan_points(&mut b, series, from, to).await?,
                 Read::Rollups { first, last } => {
                     let rows = self
-                        .reader
+                        .reader()
+                        .await?
                         .query(
                             "SELECT bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value
                              FROM rollups WHERE series = $1 AND bucket >= $2 AND bucket <= $3
@@ -990,7 +1012,8 @@ impl PgStore {
     /// Feeds the points of `a..=z`, in order, to `b`.
     async fn scan_points(&self, b: &mut Bucketer, series: i64, a: i64, z: i64) -> Result<()> {
         let rows = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT step, seq, wall_ms, value FROM points
                  WHERE series = $1 AND step >= $2 AND step <= $3 ORDER BY step, seq",
@@ -1012,6 +1035,13 @@ impl PgStore {
         >,
     ) -> Result<T> {
         let mut guard = self.writer.lock().await;
+        if guard.client.is_closed() {
+            // PostgreSQL closed it (a restart): the group that met it
+            // failed unacknowledged; this one gets a fresh connection.
+            guard.client = connect(&self.url, &self.place).await?;
+            guard.cache.clear();
+            tracing::warn!(store = %self.place, "PostgreSQL writer reconnected");
+        }
         let PgWriter { client, cache } = &mut *guard;
         let tx = client.transaction().await?;
         let mut tx = Tx {
@@ -1077,7 +1107,8 @@ impl Store for PgStore {
 
     async fn schema_version(&self) -> Result<u32> {
         let v: i64 = self
-            .reader
+            .reader()
+            .await?
             .query_one("SELECT max(version) FROM schema_version", &[])
             .await?
             .get(0);
@@ -1101,7 +1132,7 @@ impl Store for PgStore {
 
     async fn run(&self, id: &str) -> Result<Option<RunSummary>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-        match self.reader.query_opt(&sql, &[&id]).await? {
+        match self.reader().await?.query_opt(&sql, &[&id]).await? {
             Some(r) => Ok(Some(run_row(&r)?)),
             None => Ok(None),
         }
@@ -1113,7 +1144,8 @@ impl Store for PgStore {
 
     async fn scalars(&self, run: &str, q: &ScalarQuery) -> Result<Vec<Series>> {
         let all = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT id, key FROM series WHERE run = $1 ORDER BY key",
                 &[&run],
@@ -1148,7 +1180,8 @@ impl Store for PgStore {
 
     async fn images(&self, run: &str, from: i64, to: i64) -> Result<Vec<ImageSample>> {
         let heads = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT id, epoch, step, wall_ms, predictions, labels FROM images
                  WHERE run = $1 AND step >= $2 AND step <= $3 ORDER BY step, id",
@@ -1159,7 +1192,8 @@ impl Store for PgStore {
         for h in heads {
             let id: i64 = h.get(0);
             let jpegs = self
-                .reader
+                .reader()
+                .await?
                 .query(
                     "SELECT b.data FROM image_jpegs j JOIN blobs b ON b.hash = j.hash
                      WHERE j.image = $1 ORDER BY j.idx",
@@ -1183,7 +1217,8 @@ impl Store for PgStore {
 
     async fn commands(&self, run: &str) -> Result<Vec<CommandRecord>> {
         let rows = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT id, who, when_ms, what, delivered_ms, applied_ms FROM commands
                  WHERE run = $1 ORDER BY id",
@@ -1205,7 +1240,8 @@ impl Store for PgStore {
 
     async fn statuses(&self, run: &str) -> Result<Vec<StatusRecord>> {
         let rows = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT seq, wall_ms, status, message FROM statuses WHERE run = $1 ORDER BY seq",
                 &[&run],
@@ -1225,7 +1261,8 @@ impl Store for PgStore {
 
     async fn epochs(&self, run: &str) -> Result<Vec<EpochRecord>> {
         let rows = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT seq, epoch, wall_ms, metrics FROM epochs WHERE run = $1 ORDER BY seq",
                 &[&run],
@@ -1245,7 +1282,8 @@ impl Store for PgStore {
 
     async fn perf(&self, run: &str, from_ms: i64, to_ms: i64) -> Result<Vec<PerfSample>> {
         let rows = self
-            .reader
+            .reader()
+            .await?
             .query(
                 "SELECT wall_ms, fps, batch_ms, cpu_percent, ram_mb, gpu_percent, gpu_mem_mb,
                    gpu_clock_mhz FROM perf
@@ -1281,7 +1319,8 @@ impl Store for PgStore {
 
     async fn image_bytes(&self) -> Result<u64> {
         let rows = self
-            .reader
+            .reader()
+            .await?
             .query("SELECT coalesce(sum(size), 0)::int8 FROM blobs", &[])
             .await?;
         Ok(rows[0].get::<_, i64>(0) as u64)
