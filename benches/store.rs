@@ -59,6 +59,7 @@ fn record(id: &str, created_ms: i64, device: &str) -> RunRecord {
         dataset: "cifar10".into(),
         config: "{}".into(),
         created_ms,
+        owner: None,
     }
 }
 

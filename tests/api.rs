@@ -63,6 +63,7 @@ fn run(id: &str, device: &str, created_ms: i64) -> Write {
         dataset: "cifar10".into(),
         config: r#"{"lr":0.001}"#.into(),
         created_ms,
+        owner: None,
     })
 }
 

@@ -891,6 +891,50 @@ mod agent_tokens {
         r
     }
 
+    /// The binding is stored with the run: after a server restart on the
+    /// same store another token still cannot take the session over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_stays_bound_to_its_token_across_a_server_restart() {
+        let (ta, tb) = ("token-of-jetson-a-0123", "token-of-jetson-b-4567");
+        let store = util::TempStore::new();
+        let mut settings = ServerSettings::local_insecure();
+        settings.agent_tokens = vec![ta.into(), tb.into()];
+        settings.store.place = Some(store.place());
+        let info = || SessionInfo {
+            session_id: "kept".into(),
+            ..Default::default()
+        };
+        let first = start(settings.clone()).await;
+        let (mut a, auth_a) = connect_with(first.grpc_addr, Some(ta)).await;
+        let r = a
+            .register_training_session(with(info(), &auth_a))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.success, "{}", r.message);
+        stop(first).await;
+        let second = start(settings).await;
+        let (mut b, auth_b) = connect_with(second.grpc_addr, Some(tb)).await;
+        let r = b
+            .register_training_session(with(info(), &auth_b))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !r.success && r.message.contains("another client"),
+            "{}",
+            r.message
+        );
+        let (mut a, auth_a) = connect_with(second.grpc_addr, Some(ta)).await;
+        let r = a
+            .register_training_session(with(info(), &auth_a))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.success && r.resumed, "{}", r.message);
+        stop(second).await;
+    }
+
     /// Issue 15 item 9: with `agent_tokens` a call needs one, and a session
     /// belongs to the token that registered it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

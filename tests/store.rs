@@ -131,6 +131,7 @@ suite!(
     images_per_run_cap_keeps_the_newest,
     deleting_a_run_removes_all_of_it,
     history_reads_back_as_written,
+    a_runs_owner_is_kept_and_never_replaced,
 );
 
 // ---- helpers -----------------------------------------------------------
@@ -148,6 +149,7 @@ fn run(id: &str, device: &str, created_ms: i64) -> Write {
         dataset: "cifar10".into(),
         config: r#"{"lr":0.001}"#.into(),
         created_ms,
+        owner: None,
     })
 }
 
@@ -737,9 +739,13 @@ mod cases {
         }
         drop(s);
 
-        // A database from before rollups: they are built from its points.
-        f.behind_its_back("DROP TABLE rollups; UPDATE schema_version SET version = 1")
-            .await;
+        // A database from before rollups (and run owners): rollups are
+        // built from its points.
+        f.behind_its_back(
+            "DROP TABLE rollups; ALTER TABLE runs DROP COLUMN owner;
+             UPDATE schema_version SET version = 1",
+        )
+        .await;
         let s = f.open().await;
         assert_eq!(s.schema_version().await.unwrap(), SCHEMA_VERSION);
         for (&(from, to, n), want) in ranges.iter().zip(&before) {
@@ -1004,6 +1010,28 @@ mod cases {
                 skipped: 0
             }
         );
+    }
+
+    /// The identity a run is bound to survives reopening, and a later
+    /// registration (another owner, or none) does not replace it.
+    pub async fn a_runs_owner_is_kept_and_never_replaced(f: Fixture) {
+        let s = f.open().await;
+        let owned = |owner: Option<&str>| {
+            let Write::Run(mut r) = run("r1", "d", NOW_MS) else {
+                unreachable!()
+            };
+            r.owner = owner.map(str::to_string);
+            Write::Run(r)
+        };
+        apply_ok(&*s, vec![owned(Some("token:aaaa"))]).await;
+        apply_ok(&*s, vec![owned(Some("token:bbbb")), owned(None)]).await;
+        drop(s);
+        let s = f.open().await;
+        let r = s.run("r1").await.unwrap().unwrap();
+        assert_eq!(r.run.owner.as_deref(), Some("token:aaaa"));
+        // Not part of what the API shows.
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("owner").is_none(), "{json}");
     }
 
     pub async fn history_reads_back_as_written(f: Fixture) {

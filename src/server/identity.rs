@@ -18,6 +18,18 @@ use tonic::{Request, Status};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity(String);
 
+impl Identity {
+    /// As the store keeps it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// One the store kept.
+    pub fn stored(s: String) -> Identity {
+        Identity(s)
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

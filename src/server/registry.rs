@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::apply;
+use super::identity::Identity;
 use super::session::Session;
 use super::store::{RunRecord, Store, StoreError, Write, Writer};
 use crate::config::{History, Limits};
@@ -32,6 +33,8 @@ pub enum RegisterError {
     Full(usize),
     #[error("the store cannot record the run: {0}")]
     Store(#[from] StoreError),
+    #[error("session {0:?} was registered by another client; it cannot be taken over")]
+    Owned(String),
 }
 
 /// The system of record and the group-commit writer in front of it.
@@ -150,6 +153,7 @@ impl Registry {
         client_name: &str,
         client_version: &str,
         config: Option<TrainingConfig>,
+        who: Option<&Identity>,
     ) -> Result<Registered, RegisterError> {
         let now = proto::now_ms();
         let existing = self.get(id);
@@ -158,7 +162,15 @@ impl Registry {
             if existing.is_none() {
                 from_store = ing.store.run(id).await?;
             }
-            let record = run_record(id, client_name, config.as_ref(), now);
+            // A stored run stays bound to who registered it, across
+            // restarts (with identities on; with none, anyone may act).
+            let stored_owner = from_store.as_ref().and_then(|s| s.run.owner.as_deref());
+            if let (Some(w), Some(owner)) = (who, stored_owner) {
+                if w.as_str() != owner {
+                    return Err(RegisterError::Owned(id.to_string()));
+                }
+            }
+            let record = run_record(id, client_name, config.as_ref(), now, who);
             ing.writer.write(Write::Run(record)).await?;
         }
         let (session, resumed) = match existing {
@@ -230,7 +242,13 @@ impl Registry {
 
 /// The run as registered: the device is the agent's client name, the name
 /// the session id; model, dataset and the whole config from TrainingConfig.
-fn run_record(id: &str, client: &str, config: Option<&TrainingConfig>, now: u64) -> RunRecord {
+fn run_record(
+    id: &str,
+    client: &str,
+    config: Option<&TrainingConfig>,
+    now: u64,
+    who: Option<&Identity>,
+) -> RunRecord {
     let json = config.map(|c| {
         serde_json::json!({
             "total_epochs": c.total_epochs,
@@ -252,6 +270,7 @@ fn run_record(id: &str, client: &str, config: Option<&TrainingConfig>, now: u64)
         dataset: config.map(|c| c.dataset_name.clone()).unwrap_or_default(),
         config: json.map(|j| j.to_string()).unwrap_or_else(|| "{}".into()),
         created_ms: now as i64,
+        owner: who.map(|w| w.as_str().to_string()),
     }
 }
 

@@ -94,6 +94,7 @@ impl proto::MetricsService for Service {
                 &info.client_name,
                 &info.client_version,
                 info.config.clone(),
+                who.as_ref(),
             )
             .await
         {

@@ -34,7 +34,7 @@ pub use writer::{Pending, Writer, WriterConfig};
 
 /// The schema this build writes; [`sqlite`] and [`postgres`] migrate older
 /// databases up to it at open and refuse newer ones.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -177,6 +177,11 @@ pub struct RunRecord {
     /// The run's configuration as JSON text.
     pub config: String,
     pub created_ms: i64,
+    /// The identity that registered it (server::identity), kept so that it
+    /// stays bound across server restarts; set once, never replaced. Not
+    /// shown by the API.
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 /// A run's summary row: what listings show, kept up to date in the

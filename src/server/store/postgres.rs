@@ -154,6 +154,10 @@ UPDATE rollups SET (last_step, last_seq, last_wall, last_value) = (
       AND p.step < rollups.bucket * 64 + 64
     ORDER BY step DESC, seq DESC LIMIT 1);
 "#,
+    // 3: the identity a run is bound to (server::identity).
+    r#"
+ALTER TABLE runs ADD COLUMN owner TEXT;
+"#,
 ];
 
 /// Advisory lock key that serialises migrations between replicas starting
@@ -417,11 +421,21 @@ impl Tx<'_> {
 
     async fn upsert_run(&mut self, r: &RunRecord) -> Result<Applied> {
         self.exec(
-            "INSERT INTO runs (id, device, name, model, dataset, config, created_ms, status, updated_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'initializing', $7)
+            "INSERT INTO runs (id, device, name, model, dataset, config, created_ms, status, updated_ms, owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'initializing', $7, $8)
              ON CONFLICT (id) DO UPDATE SET device = excluded.device, name = excluded.name,
-               model = excluded.model, dataset = excluded.dataset, config = excluded.config",
-            &[&r.id, &r.device, &r.name, &r.model, &r.dataset, &r.config, &r.created_ms],
+               model = excluded.model, dataset = excluded.dataset, config = excluded.config,
+               owner = coalesce(runs.owner, excluded.owner)",
+            &[
+                &r.id,
+                &r.device,
+                &r.name,
+                &r.model,
+                &r.dataset,
+                &r.config,
+                &r.created_ms,
+                &r.owner,
+            ],
         )
         .await?;
         Ok(STORED_ONE)
@@ -879,7 +893,7 @@ const STORED_ONE: Applied = Applied {
 
 const RUN_COLUMNS: &str = "id, device, name, model, dataset, config, created_ms, status,
     started_ms, ended_ms, updated_ms, last_event_seq, last_point_seq, epochs, points,
-    last_step, images";
+    last_step, images, owner";
 
 fn run_row(r: &Row) -> Result<RunSummary> {
     let status: String = r.get(7);
@@ -892,6 +906,7 @@ fn run_row(r: &Row) -> Result<RunSummary> {
             dataset: r.get(4),
             config: r.get(5),
             created_ms: r.get(6),
+            owner: r.get(17),
         },
         status: RunStatus::parse(&status)?,
         started_ms: r.get(8),

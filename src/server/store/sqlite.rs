@@ -152,6 +152,10 @@ UPDATE rollups SET (last_step, last_seq, last_wall, last_value) = (
       AND p.step < rollups.bucket * 64 + 64
     ORDER BY step DESC, seq DESC LIMIT 1);
 "#,
+    // 3: the identity a run is bound to (server::identity).
+    r#"
+ALTER TABLE runs ADD COLUMN owner TEXT;
+"#,
 ];
 
 /// How long a connection waits on another's lock before failing: only
@@ -387,12 +391,22 @@ fn apply_one(
 
 fn upsert_run(tx: &Transaction, r: &RunRecord) -> Result<Applied> {
     tx.prepare_cached(
-        "INSERT INTO runs (id, device, name, model, dataset, config, created_ms, status, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'initializing', ?7)
+        "INSERT INTO runs (id, device, name, model, dataset, config, created_ms, status, updated_ms, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'initializing', ?7, ?8)
          ON CONFLICT (id) DO UPDATE SET device = excluded.device, name = excluded.name,
-           model = excluded.model, dataset = excluded.dataset, config = excluded.config",
+           model = excluded.model, dataset = excluded.dataset, config = excluded.config,
+           owner = coalesce(runs.owner, excluded.owner)",
     )?
-    .execute(params![r.id, r.device, r.name, r.model, r.dataset, r.config, r.created_ms])?;
+    .execute(params![
+        r.id,
+        r.device,
+        r.name,
+        r.model,
+        r.dataset,
+        r.config,
+        r.created_ms,
+        r.owner
+    ])?;
     Ok(Applied {
         stored: 1,
         skipped: 0,
@@ -747,7 +761,7 @@ fn retain_tx(tx: &Transaction, policy: Retention, now_ms: i64) -> Result<Retenti
 
 const RUN_COLUMNS: &str = "id, device, name, model, dataset, config, created_ms, status,
     started_ms, ended_ms, updated_ms, last_event_seq, last_point_seq, epochs, points,
-    last_step, images";
+    last_step, images, owner";
 
 fn run_row(r: &Row) -> Result<RunSummary> {
     let status: String = r.get(7)?;
@@ -760,6 +774,7 @@ fn run_row(r: &Row) -> Result<RunSummary> {
             dataset: r.get(4)?,
             config: r.get(5)?,
             created_ms: r.get(6)?,
+            owner: r.get(17)?,
         },
         status: RunStatus::parse(&status)?,
         started_ms: r.get(8)?,
