@@ -482,6 +482,58 @@ mod faults {
         stop(server).await;
     }
 
+    /// Issue 15 item 5: any process in the segment group can truncate a
+    /// segment the agent has mapped; the agent's next read raised SIGBUS
+    /// and killed it, for every run on the device. Now the read gets zeros,
+    /// that run is rejected as corrupt, and the agent and other runs go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_truncated_under_the_agent_is_rejected_and_the_agent_lives() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let health_s = health.to_string();
+        let _agent = AgentProc::start_insecure(
+            server.grpc_addr,
+            shm.path(),
+            &["--health-listen", &health_s],
+        );
+        let mut victim = Trainer::start(
+            shm.path(),
+            "victim",
+            &["--run-until-stopped", "--fps", "50"],
+        );
+        session_where(http, "victim", "victim RUNNING", |d| {
+            d["status"] == "RUNNING"
+        })
+        .await;
+        victim.wait_for("epoch 1", |v| v["epoch"] == 1);
+        // Down to the header's first page: every later page is gone.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm.path().join("victim"))
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        eventually("the truncated run rejected", || async {
+            (agent_metric(health, "segments_rejected_total").await >= 1).then_some(())
+        })
+        .await;
+        // The trainer's own mapping was truncated too: it trains on,
+        // publishing into pages of zeros (its run is corrupt, not it).
+        victim.wait_for("epochs after the truncation", |v| {
+            v["epoch"].as_u64().is_some_and(|e| e >= 4)
+        });
+        victim.kill();
+        let mut good = Trainer::start(shm.path(), "good", &["--epochs", "2"]);
+        good.wait_exit();
+        session_where(http, "good", "the other run COMPLETED", |d| {
+            d["status"] == "COMPLETED"
+        })
+        .await;
+        stop(server).await;
+    }
+
     /// Issue 15 item 9: the agent sends its token; a server with
     /// `agent_tokens` binds the run's session to it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,16 +16,33 @@ use memmap2::{MmapOptions, MmapRaw};
 pub(crate) struct Mapping {
     raw: MmapRaw,
     writable: bool,
+    /// The slot of this file mapping in [`bus`]'s table, when it has one.
+    guard: Option<usize>,
 }
 
 impl Mapping {
+    /// Maps `file` shared, guarded against SIGBUS (see [`bus`]): if the file
+    /// shrinks under the mapping, a read or write past its end gets a page
+    /// of zeros instead of killing the process, and [`Mapping::faulted`]
+    /// says so.
     pub fn map(file: &File, writable: bool) -> std::io::Result<Mapping> {
         let raw = if writable {
             MmapOptions::new().map_raw(file)?
         } else {
             MmapOptions::new().map_raw_read_only(file)?
         };
-        Ok(Mapping { raw, writable })
+        let guard = bus::register(raw.as_ptr() as usize, raw.len());
+        Ok(Mapping {
+            raw,
+            writable,
+            guard,
+        })
+    }
+
+    /// Whether an access faulted past the end of the file (it shrank or
+    /// was truncated while mapped): what was read since is zeros.
+    pub fn faulted(&self) -> bool {
+        self.guard.is_some_and(bus::faulted)
     }
 
     /// A private anonymous copy of `bytes`: parses a segment image without a
@@ -36,6 +53,7 @@ impl Mapping {
         Ok(Mapping {
             raw: MmapRaw::from(anon),
             writable: true,
+            guard: None,
         })
     }
 
@@ -178,6 +196,167 @@ impl Mapping {
         // 2x (192 KB) slower; the reader's copy is the atomic one.
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), self.raw.as_mut_ptr().add(off), src.len())
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Before the unmapping (the field's drop, after this).
+        if let Some(slot) = self.guard {
+            bus::unregister(slot);
+        }
+    }
+}
+
+/// SIGBUS confined to segment mappings. Any process that may write a
+/// segment's file can truncate it; the next access to a page past the new
+/// end raises SIGBUS, whose default kills the process (the agent, for every
+/// run on the device). The handler, installed once, looks the faulting
+/// address up in a fixed table of file mappings (atomics only: nothing in
+/// it allocates or locks); inside one, it maps a private page of zeros
+/// over the faulting page and marks the mapping faulted, so the access is
+/// retried, reads zeros, and the reader reports the run corrupt. Any other
+/// SIGBUS goes to the handler that was there before (or the default).
+mod bus {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    /// File mappings guarded at once; beyond it a mapping is unguarded.
+    const SLOTS: usize = 4096;
+
+    struct Region {
+        start: AtomicUsize,
+        len: AtomicUsize,
+        faulted: AtomicBool,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: Region = Region {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        faulted: AtomicBool::new(false),
+    };
+    static REGIONS: [Region; SLOTS] = [EMPTY; SLOTS];
+    static PAGE: AtomicUsize = AtomicUsize::new(4096);
+    /// The disposition before ours, for signals outside our mappings.
+    static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+    fn install() {
+        PREVIOUS.get_or_init(|| {
+            // SAFETY: sysconf takes a constant; sigaction gets a zeroed,
+            // then filled, struct and a pointer to write the old one into;
+            // the handler is an extern "C" fn of the SA_SIGINFO shape.
+            unsafe {
+                let page = libc::sysconf(libc::_SC_PAGESIZE);
+                if page > 0 {
+                    PAGE.store(page as usize, Ordering::Relaxed);
+                }
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = handler as *const () as usize;
+                new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut new.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGBUS, &new, &mut old);
+                old
+            }
+        });
+    }
+
+    pub fn register(start: usize, len: usize) -> Option<usize> {
+        if start == 0 || len == 0 {
+            return None;
+        }
+        install();
+        for (i, r) in REGIONS.iter().enumerate() {
+            if r.start
+                .compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                r.faulted.store(false, Ordering::Relaxed);
+                r.len.store(len, Ordering::Release);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub fn unregister(slot: usize) {
+        let r = &REGIONS[slot];
+        r.len.store(0, Ordering::Release);
+        r.start.store(0, Ordering::Release);
+    }
+
+    pub fn faulted(slot: usize) -> bool {
+        REGIONS[slot].faulted.load(Ordering::Acquire)
+    }
+
+    extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        for r in &REGIONS {
+            let start = r.start.load(Ordering::Acquire);
+            let len = r.len.load(Ordering::Acquire);
+            if start == 0 || addr < start || addr - start >= len {
+                continue;
+            }
+            r.faulted.store(true, Ordering::Release);
+            let page = PAGE.load(Ordering::Relaxed);
+            let at = addr & !(page - 1);
+            // SAFETY: `at` is a page inside one of our live mappings; a
+            // fixed private anonymous page replaces the one past the file's
+            // end (mmap is a plain system call, safe in a handler).
+            let p = unsafe {
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                return;
+            }
+            break;
+        }
+        chain(sig, info, ctx);
+    }
+
+    /// The previous disposition of a SIGBUS that is not ours.
+    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        let Some(prev) = PREVIOUS.get() else {
+            return default(sig);
+        };
+        let action = prev.sa_sigaction;
+        if action == libc::SIG_IGN {
+            return;
+        }
+        if action == libc::SIG_DFL {
+            return default(sig);
+        }
+        // SAFETY: the previous handler was installed for this signal with
+        // the shape its flags say.
+        unsafe {
+            if prev.sa_flags & libc::SA_SIGINFO != 0 {
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    std::mem::transmute(action);
+                f(sig, info, ctx);
+            } else {
+                let f: extern "C" fn(libc::c_int) = std::mem::transmute(action);
+                f(sig);
+            }
+        }
+    }
+
+    /// The default action: on return the faulting access is retried and
+    /// raises SIGBUS again, now with its default (the process ends, as it
+    /// would have without us).
+    fn default(sig: libc::c_int) {
+        // SAFETY: signal() with SIG_DFL for the signal being handled.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
         }
     }
 }

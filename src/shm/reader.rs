@@ -431,7 +431,9 @@ impl Reader {
     /// Copies the newest complete frame into `out`, unless it is the one
     /// returned last time. When attached, also announces the next read.
     pub fn latest_frame(&mut self, out: &mut Frame) -> Result<FrameRead, ShmError> {
+        self.still_mapped()?;
         let got = self.read_newest(out, true, self.last_frame)?;
+        self.still_mapped()?;
         if got == FrameRead::New {
             self.last_frame = out.frame_no;
             if self.map.writable() {
@@ -621,6 +623,7 @@ impl Reader {
     /// acknowledged position), or the exact run of events that were lost.
     /// A corrupt event is reported once and skipped.
     pub fn next_event(&mut self) -> Result<Option<EventRead>, ShmError> {
+        self.still_mapped()?;
         let slots = u64::from(self.geo.event_slots);
         for _ in 0..READ_TRIES {
             let written = self.seq(hdr::EVENT_WRITE_SEQ, "header event_write_seq")?;
@@ -972,6 +975,20 @@ impl Drop for Reader {
 }
 
 impl Reader {
+    /// An error once the file has shrunk under the mapping (truncated while
+    /// mapped: what was read past its end is zeros): the run is corrupt.
+    fn still_mapped(&self) -> Result<(), ShmError> {
+        if self.map.faulted() {
+            return Err(ShmError::header(
+                &self.path,
+                "file",
+                "shorter than its mapping",
+                "the size it was created with (truncated or shrunk while in use)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A sequence counter from the header, bounded so that seqlock
     /// arithmetic on it cannot overflow.
     fn seq(&self, off: usize, field: &str) -> Result<u64, ShmError> {
@@ -1046,6 +1063,7 @@ impl Reader {
         out: &mut Vec<PointRecord>,
         max: usize,
     ) -> Result<PointsRead, ShmError> {
+        self.still_mapped()?;
         if self.geo.point_slots == 0 {
             return Ok(PointsRead::Points(0));
         }
