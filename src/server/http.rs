@@ -155,20 +155,26 @@ fn percent_decoded(v: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn token_matches(given: &str, token: &str) -> bool {
+/// Whether `given` is `token`, in constant time (the HTTP tokens and the
+/// agent tokens alike).
+pub(crate) fn token_matches(given: &str, token: &str) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(
         given.as_bytes(),
         token.as_bytes(),
     ))
 }
 
-/// Whether `headers` carry `token` as a bearer token or the cookie.
-fn carries_token(headers: &HeaderMap, token: &str) -> bool {
-    let bearer = headers
+/// The `Authorization: Bearer` token of `headers`, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|b| token_matches(b, token)) {
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Whether `headers` carry `token` as a bearer token or the cookie.
+fn carries_token(headers: &HeaderMap, token: &str) -> bool {
+    if bearer(headers).is_some_and(|b| token_matches(b, token)) {
         return true;
     }
     headers
@@ -654,18 +660,15 @@ pub(crate) fn authorize(
 ) -> Result<(), (StatusCode, String)> {
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     match &policy.token {
-        Some(token) => {
-            let given = header(header::AUTHORIZATION)
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            let same = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes());
-            if !bool::from(same) {
-                return Err((
-                    StatusCode::UNAUTHORIZED,
-                    "control needs the server's token: Authorization: Bearer <http_token>".into(),
-                ));
-            }
+        // The bearer only: a cookie would let another site's form send
+        // control (the read token's cookie is for reading).
+        Some(token) if !token_matches(bearer(headers).unwrap_or(""), token) => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "control needs the server's token: Authorization: Bearer <http_token>".into(),
+            ));
         }
+        Some(_) => {}
         None if !policy.loopback => {
             return Err((
                 StatusCode::FORBIDDEN,

@@ -23,11 +23,6 @@ impl Identity {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// One the store kept.
-    pub fn stored(s: String) -> Identity {
-        Identity(s)
-    }
 }
 
 impl std::fmt::Display for Identity {
@@ -60,12 +55,7 @@ pub fn of<T>(req: &Request<T>, tokens: &[String]) -> Result<Option<Identity>, St
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let known = tokens.iter().find(|t| {
-        bool::from(subtle::ConstantTimeEq::ct_eq(
-            given.as_bytes(),
-            t.as_bytes(),
-        ))
-    });
+    let known = tokens.iter().find(|t| super::http::token_matches(given, t));
     match known {
         Some(t) => Ok(Some(short_hash("token", t.as_bytes()))),
         None => Err(Status::unauthenticated(
