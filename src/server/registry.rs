@@ -157,6 +157,11 @@ impl Registry {
     ) -> Result<Registered, RegisterError> {
         let now = proto::now_ms();
         let existing = self.get(id);
+        // Only who registered a session may register it again (before its
+        // run record, config included, is written).
+        if existing.as_ref().is_some_and(|s| !s.claim(who)) {
+            return Err(RegisterError::Owned(id.to_string()));
+        }
         let mut from_store = None;
         if let Some(ing) = &self.ingestion {
             if existing.is_none() {
@@ -175,7 +180,15 @@ impl Registry {
         }
         let (session, resumed) = match existing {
             Some(s) => (s, true),
-            None => (self.insert_new(id, now)?, from_store.is_some()),
+            None => {
+                let s = self.insert_new(id, now)?;
+                // Registered concurrently from another identity: the first
+                // to claim it owns it.
+                if !s.claim(who) {
+                    return Err(RegisterError::Owned(id.to_string()));
+                }
+                (s, from_store.is_some())
+            }
         };
         session.counters.registrations.fetch_add(1, Relaxed);
         session.touch(now);

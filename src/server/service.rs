@@ -77,16 +77,6 @@ impl proto::MetricsService for Service {
         if let Err(e) = validate::session_info(&info) {
             return refuse(e.0);
         }
-        if let Some(s) = self.registry.get(&info.session_id) {
-            if !s.owned_by(who.as_ref()) {
-                return refuse(format!(
-                    "session {:?} was registered by another client ({}); it cannot be taken over",
-                    info.session_id,
-                    who.as_ref()
-                        .map_or("no identity".to_string(), |w| format!("this one is {w}"))
-                ));
-            }
-        }
         let reg = match self
             .registry
             .register(
@@ -101,14 +91,6 @@ impl proto::MetricsService for Service {
             Ok(r) => r,
             Err(e) => return refuse(e.to_string()),
         };
-        // First to register owns it (one registering concurrently from
-        // another identity loses here).
-        if !reg.session.claim(who.as_ref()) {
-            return refuse(format!(
-                "session {:?} was registered by another client; it cannot be taken over",
-                info.session_id
-            ));
-        }
         tracing::info!(
             session = %info.session_id,
             client = %info.client_name,
@@ -301,15 +283,6 @@ fn handle(
     };
     let seq = req.event_seq;
     let missed_before = req.events_missed_before;
-    let sequenced = matches!(
-        req.payload,
-        Some(Payload::EpochData(_)) | Some(Payload::StatusUpdate(_))
-    );
-    if sequenced {
-        if let Err(e) = validate::event_seq(seq, missed_before) {
-            return invalid(e.0);
-        }
-    }
     let item = match req.payload {
         None => return invalid("message has no payload".to_string()),
         Some(Payload::Heartbeat(hb)) => {
@@ -338,7 +311,9 @@ fn handle(
             }
         }
         Some(Payload::EpochData(epoch)) => {
-            if let Err(e) = validate::epoch(&epoch) {
+            let checked =
+                validate::event_seq(seq, missed_before).and_then(|()| validate::epoch(&epoch));
+            if let Err(e) = checked {
                 return invalid(e.0);
             }
             Ingest::Epoch {
@@ -348,18 +323,20 @@ fn handle(
                 reply: tx.clone(),
             }
         }
-        Some(Payload::StatusUpdate(s)) => match validate::status(&s) {
-            Err(e) => return invalid(e.0),
-            Ok(status) => Ingest::Status {
-                status,
-                message: s.message,
-                config: s.config,
-                timestamp_ms: s.timestamp_ms,
-                seq,
-                missed_before,
-                reply: tx.clone(),
-            },
-        },
+        Some(Payload::StatusUpdate(s)) => {
+            match validate::event_seq(seq, missed_before).and_then(|()| validate::status(&s)) {
+                Err(e) => return invalid(e.0),
+                Ok(status) => Ingest::Status {
+                    status,
+                    message: s.message,
+                    config: s.config,
+                    timestamp_ms: s.timestamp_ms,
+                    seq,
+                    missed_before,
+                    reply: tx.clone(),
+                },
+            }
+        }
         Some(Payload::ScalarBatch(batch)) => {
             if let Err(e) = validate::scalar_batch(&batch) {
                 return invalid(e.0);
