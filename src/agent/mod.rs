@@ -104,8 +104,9 @@ enum Known {
 /// The longest wait before a segment whose task died is streamed again.
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// Session tasks by task id, so a task that died still names its segment.
-type Tasks = JoinSet<(PathBuf, SessionEnd)>;
+/// Session tasks; `Running` names each one's segment by task id, so a
+/// task that died still names it.
+type Tasks = JoinSet<SessionEnd>;
 type Running = HashMap<tokio::task::Id, (FileId, PathBuf)>;
 
 /// Hooks for the process around the agent (systemd notification, tests).
@@ -206,11 +207,11 @@ impl Agent {
         &self,
         known: &mut HashMap<FileId, Known>,
         running: &mut Running,
-        done: Result<(tokio::task::Id, (PathBuf, SessionEnd)), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, SessionEnd), tokio::task::JoinError>,
     ) {
         let e = match done {
-            Ok((id, (path, end))) => {
-                if let Some((file, _)) = running.remove(&id) {
+            Ok((id, end)) => {
+                if let Some((file, path)) = running.remove(&id) {
                     self.session_ended(known, file, path, end);
                 }
                 return;
@@ -373,11 +374,7 @@ impl Agent {
             self.stats.sessions_active.fetch_add(1, Relaxed);
             let ctx = ctx.clone();
             let stop = stop.clone();
-            let p = path.clone();
-            let task = tasks.spawn(async move {
-                let end = session::run(p.clone(), ctx, stop).await;
-                (p, end)
-            });
+            let task = tasks.spawn(session::run(path.clone(), ctx, stop));
             running.insert(task.id(), (file, path));
         }
         // Forget files that are gone (except those still streaming: a
@@ -400,7 +397,7 @@ impl Agent {
 mod tests {
     use super::*;
 
-    fn boom() -> (PathBuf, SessionEnd) {
+    fn boom() -> SessionEnd {
         panic!("boom in a session")
     }
 
