@@ -324,13 +324,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let Shape {
-            total,
-            batch,
-            keys,
-            writers,
-        } = shape;
-        eprintln!("store: {total} points in batches of {batch} over {keys} keys to {writers} run(s), {queries} queries, {runs} runs");
+        eprintln!(
+            "store: {} points in batches of {} over {} keys to {} run(s), {queries} queries, {runs} runs",
+            shape.total, shape.batch, shape.keys, shape.writers
+        );
         print(&sqlite(shape, queries, runs).await);
         if env_u64("TW_STORE_PG", 1) == 1 {
             for by in [PointsBy::Copy, PointsBy::Unnest] {

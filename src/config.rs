@@ -127,6 +127,11 @@ fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
     })
 }
 
+/// The non-empty, trimmed items of a comma-separated setting.
+fn comma_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
 fn in_range<T: PartialOrd + Display + Copy>(
     key: &'static str,
     value: T,
@@ -465,12 +470,7 @@ impl ServerSettings {
             ));
         }
         let mut agent_tokens = Vec::new();
-        for t in raw
-            .agent_tokens
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
+        for t in comma_list(&raw.agent_tokens) {
             if t.len() < 16 {
                 return Err(ConfigError::invalid(
                     "agent_tokens",
@@ -481,12 +481,7 @@ impl ServerSettings {
             agent_tokens.push(t.to_string());
         }
         let mut http_hosts = Vec::new();
-        for name in raw
-            .http_hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-        {
+        for name in comma_list(&raw.http_hosts) {
             let ok = name.len() <= 253
                 && name
                     .bytes()
