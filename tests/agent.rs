@@ -32,6 +32,33 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// An agent streaming `shm` to `server` with `env` set and its health
+/// endpoint on a free loopback port, which is returned with it.
+fn agent_with_health(
+    server: SocketAddr,
+    shm: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (AgentProc, SocketAddr) {
+    let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = health.to_string();
+    let agent = AgentProc::start_insecure_with(server, shm, &["--health-listen", &listen], env);
+    (agent, health)
+}
+
+/// A run's config for a segment a test writes itself (two classes, for
+/// predictions 0 and 1).
+fn run_config(name: &str) -> trainwatch::shm::RunConfig {
+    trainwatch::shm::RunConfig {
+        run_name: name.into(),
+        model_name: "resnet18".into(),
+        dataset_name: "cifar10".into(),
+        class_names: vec!["cat".into(), "dog".into()],
+        total_epochs: 3,
+        batches_per_epoch: 10,
+        batch_size: 16,
+    }
+}
+
 /// The one session whose id contains `run`, once it exists.
 async fn session(http: SocketAddr, run: &str) -> Value {
     let needle = format!(":{run}.");
@@ -251,13 +278,7 @@ mod faults {
         )
         .unwrap();
         std::fs::write(shm.path().join("short"), b"TRNWATCH").unwrap();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let health_s = health.to_string();
-        let _agent = AgentProc::start_insecure(
-            server.grpc_addr,
-            shm.path(),
-            &["--health-listen", &health_s],
-        );
+        let (_agent, health) = agent_with_health(server.grpc_addr, shm.path(), &[]);
         let mut good = Trainer::start(shm.path(), "good", &["--epochs", "2"]);
         good.wait_exit();
         session_where(http, "good", "good COMPLETED", |d| {
@@ -290,28 +311,13 @@ mod faults {
     async fn an_impossible_header_counter_rejects_that_run_and_the_rest_go_on() {
         use std::os::unix::fs::FileExt;
         use trainwatch::shm::layout::hdr;
-        use trainwatch::shm::{RunConfig, TrainingStatus, Writer, WriterOptions};
+        use trainwatch::shm::{TrainingStatus, Writer, WriterOptions};
 
         let server = start_server(2000).await;
         let http = server.http_addr;
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let health_s = health.to_string();
-        let _agent = AgentProc::start_insecure(
-            server.grpc_addr,
-            shm.path(),
-            &["--health-listen", &health_s],
-        );
-        let config = RunConfig {
-            run_name: "broken".into(),
-            model_name: "resnet18".into(),
-            dataset_name: "cifar10".into(),
-            class_names: vec!["cat".into(), "dog".into()],
-            total_epochs: 3,
-            batches_per_epoch: 10,
-            batch_size: 16,
-        };
-        let mut w = Writer::create(&config, &WriterOptions::new(shm.path())).unwrap();
+        let (_agent, health) = agent_with_health(server.grpc_addr, shm.path(), &[]);
+        let mut w = Writer::create(&run_config("broken"), &WriterOptions::new(shm.path())).unwrap();
         w.publish_status(TrainingStatus::Running, "");
         session_where(http, "broken", "the run streaming", |d| {
             d["status"] == "RUNNING"
@@ -338,20 +344,6 @@ mod faults {
         stop(server).await;
     }
 
-    fn insecure_args<'a>(grpc: &'a str, shm: &'a str, health: &'a str) -> Vec<&'a str> {
-        vec![
-            "--insecure",
-            "--server",
-            grpc,
-            "--shm-dir",
-            shm,
-            "--device-id",
-            "testdev",
-            "--health-listen",
-            health,
-        ]
-    }
-
     /// Issue 15 item 7: a frame was copied into a buffer as large as the
     /// segment said before anything was checked, under an agent unit with
     /// MemoryMax=256M. Frames that do not fit in the agent's frame memory
@@ -359,31 +351,20 @@ mod faults {
     /// runs' frames, go on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_beyond_the_agents_frame_memory_are_refused_before_copying() {
-        use trainwatch::shm::{Batch, Images, RunConfig, TrainingStatus, Writer, WriterOptions};
+        use trainwatch::shm::{Batch, Images, TrainingStatus, Writer, WriterOptions};
         use trainwatch::tensor::{DType, Layout, TensorDesc};
 
         let server = start_server(2000).await;
         let http = server.http_addr;
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (grpc, health_s) = (format!("http://{}", server.grpc_addr), health.to_string());
-        let shm_s = shm.path().to_str().unwrap().to_string();
-        let _agent = AgentProc::start(
-            &insecure_args(&grpc, &shm_s, &health_s),
+        let (_agent, health) = agent_with_health(
+            server.grpc_addr,
+            shm.path(),
             &[("TRAINWATCH_AGENT_FRAME_MEMORY_MB", "1")],
         );
-        let config = RunConfig {
-            run_name: "huge".into(),
-            model_name: "m".into(),
-            dataset_name: "d".into(),
-            class_names: vec!["a".into(), "b".into()],
-            total_epochs: 1,
-            batches_per_epoch: 1000,
-            batch_size: 4,
-        };
         let mut opts = WriterOptions::new(shm.path());
         opts.frame_capacity = 4 << 20;
-        let mut w = Writer::create(&config, &opts).unwrap();
+        let mut w = Writer::create(&run_config("huge"), &opts).unwrap();
         w.publish_status(TrainingStatus::Running, "");
         // 4 images of 3x256x256 f32: 3 MiB a frame, the agent has 1.
         let desc = TensorDesc {
@@ -446,11 +427,9 @@ mod faults {
         let server = start_server(2000).await;
         let http = server.http_addr;
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (grpc, health_s) = (format!("http://{}", server.grpc_addr), health.to_string());
-        let shm_s = shm.path().to_str().unwrap().to_string();
-        let _agent = AgentProc::start(
-            &insecure_args(&grpc, &shm_s, &health_s),
+        let (_agent, health) = agent_with_health(
+            server.grpc_addr,
+            shm.path(),
             &[("TRAINWATCH_AGENT_MAX_SESSIONS", "1")],
         );
         let mut first =
@@ -491,13 +470,7 @@ mod faults {
         let server = start_server(2000).await;
         let http = server.http_addr;
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let health_s = health.to_string();
-        let _agent = AgentProc::start_insecure(
-            server.grpc_addr,
-            shm.path(),
-            &["--health-listen", &health_s],
-        );
+        let (_agent, health) = agent_with_health(server.grpc_addr, shm.path(), &[]);
         let mut victim = Trainer::start(
             shm.path(),
             "victim",
@@ -545,11 +518,9 @@ mod faults {
         let server = Server::start(&s).await.expect("server starts");
         let http = server.http_addr;
         let shm = shm_dir();
-        let grpc = format!("http://{}", server.grpc_addr);
-        let shm_s = shm.path().to_str().unwrap().to_string();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
-        let _agent = AgentProc::start(
-            &insecure_args(&grpc, &shm_s, &health),
+        let _agent = agent_with_health(
+            server.grpc_addr,
+            shm.path(),
             &[("TRAINWATCH_AGENT_TOKEN", token)],
         );
         let mut t = Trainer::start(shm.path(), "tokened", &["--epochs", "2"]);
@@ -724,10 +695,7 @@ mod faults {
         let http = server.http_addr;
         let proxy = util::blackhole::Proxy::start(server.grpc_addr).await;
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let health_s = health.to_string();
-        let _agent =
-            AgentProc::start_insecure(proxy.addr, shm.path(), &["--health-listen", &health_s]);
+        let (_agent, health) = agent_with_health(proxy.addr, shm.path(), &[]);
         let _trainer = Trainer::start(shm.path(), "far", &["--run-until-stopped", "--fps", "30"]);
         session_where(http, "far", "streaming", |d| {
             d["batches_received"].as_u64() >= Some(5)
@@ -818,10 +786,8 @@ mod peers {
     async fn against_a_seed_grpcio_server_a_30_s_pause_causes_no_reconnect_loop() {
         let seed = SeedServer::start();
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let health_s = health.to_string();
         let addr = SocketAddr::from(([127, 0, 0, 1], seed.port));
-        let _agent = AgentProc::start_insecure(addr, shm.path(), &["--health-listen", &health_s]);
+        let (_agent, health) = agent_with_health(addr, shm.path(), &[]);
         // 30 batches, a 30 s pause with only heartbeats (which the seed
         // server never answers), then 30 more.
         let mut trainer = Trainer::start(
@@ -952,21 +918,9 @@ mod outage {
         let http = server.http_addr;
         let proxy = util::blackhole::Proxy::start(server.grpc_addr).await;
         let shm = shm_dir();
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let health_s = health.to_string();
-        let url = format!("http://{}", proxy.addr);
-        let agent = AgentProc::start(
-            &[
-                "--insecure",
-                "--server",
-                &url,
-                "--shm-dir",
-                shm.path().to_str().unwrap(),
-                "--device-id",
-                "testdev",
-                "--health-listen",
-                &health_s,
-            ],
+        let (agent, health) = agent_with_health(
+            proxy.addr,
+            shm.path(),
             // Retry often, so the stream is back soon after the outage.
             &[
                 ("TRAINWATCH_AGENT_RECONNECT__MAX_MS", "500"),

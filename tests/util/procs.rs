@@ -45,6 +45,16 @@ pub struct AgentProc {
 impl AgentProc {
     /// `trainwatch agent --insecure --server http://ADDR --shm-dir DIR ARGS`.
     pub fn start_insecure(server: SocketAddr, shm_dir: &Path, args: &[&str]) -> AgentProc {
+        Self::start_insecure_with(server, shm_dir, args, &[])
+    }
+
+    /// [`AgentProc::start_insecure`] with `env` set too.
+    pub fn start_insecure_with(
+        server: SocketAddr,
+        shm_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let url = format!("http://{server}");
         let mut all = vec![
             "--insecure",
@@ -56,7 +66,7 @@ impl AgentProc {
             "testdev",
         ];
         all.extend_from_slice(args);
-        Self::start(&all, &[])
+        Self::start(&all, env)
     }
 
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> AgentProc {
