@@ -872,23 +872,60 @@ mod tls {
 
 mod agent_tokens {
     use super::*;
+    use trainwatch::proto::{MetricsRequest, SessionResponse};
 
-    async fn connect_with(
-        addr: std::net::SocketAddr,
-        token: Option<&str>,
-    ) -> (grpc::Client, Option<String>) {
-        (
-            grpc::connect_plain(addr).await.unwrap(),
-            token.map(|t| format!("Bearer {t}")),
-        )
+    /// A gRPC client that sends `authorization: Bearer <token>` (or none).
+    struct TokenClient {
+        client: grpc::Client,
+        auth: Option<String>,
     }
 
-    fn with<T>(msg: T, auth: &Option<String>) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        if let Some(a) = auth {
-            r.metadata_mut().insert("authorization", a.parse().unwrap());
+    impl TokenClient {
+        async fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> TokenClient {
+            TokenClient {
+                client: grpc::connect_plain(addr).await.unwrap(),
+                auth: token.map(|t| format!("Bearer {t}")),
+            }
         }
-        r
+
+        fn with<T>(&self, msg: T) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(msg);
+            if let Some(a) = &self.auth {
+                r.metadata_mut().insert("authorization", a.parse().unwrap());
+            }
+            r
+        }
+
+        async fn register(&mut self, id: &str) -> Result<SessionResponse, tonic::Status> {
+            let info = SessionInfo {
+                session_id: id.into(),
+                ..Default::default()
+            };
+            let req = self.with(info);
+            Ok(self
+                .client
+                .register_training_session(req)
+                .await?
+                .into_inner())
+        }
+
+        /// Opens a stream, sends `req` and returns the first answer.
+        async fn first_answer(&mut self, req: MetricsRequest) -> MetricsResponse {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let stream = self.with(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let mut responses = self
+                .client
+                .stream_metrics(stream)
+                .await
+                .unwrap()
+                .into_inner();
+            tx.send(req).await.unwrap();
+            tokio::time::timeout(util::TEST_TIMEOUT, responses.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+        }
     }
 
     /// The binding is stored with the run: after a server restart on the
@@ -900,37 +937,30 @@ mod agent_tokens {
         let mut settings = ServerSettings::local_insecure();
         settings.agent_tokens = vec![ta.into(), tb.into()];
         settings.store.place = Some(store.place());
-        let info = || SessionInfo {
-            session_id: "kept".into(),
-            ..Default::default()
-        };
         let first = start(settings.clone()).await;
-        let (mut a, auth_a) = connect_with(first.grpc_addr, Some(ta)).await;
-        let r = a
-            .register_training_session(with(info(), &auth_a))
+        let r = TokenClient::connect(first.grpc_addr, Some(ta))
             .await
-            .unwrap()
-            .into_inner();
+            .register("kept")
+            .await
+            .unwrap();
         assert!(r.success, "{}", r.message);
         stop(first).await;
         let second = start(settings).await;
-        let (mut b, auth_b) = connect_with(second.grpc_addr, Some(tb)).await;
-        let r = b
-            .register_training_session(with(info(), &auth_b))
+        let r = TokenClient::connect(second.grpc_addr, Some(tb))
             .await
-            .unwrap()
-            .into_inner();
+            .register("kept")
+            .await
+            .unwrap();
         assert!(
             !r.success && r.message.contains("another client"),
             "{}",
             r.message
         );
-        let (mut a, auth_a) = connect_with(second.grpc_addr, Some(ta)).await;
-        let r = a
-            .register_training_session(with(info(), &auth_a))
+        let r = TokenClient::connect(second.grpc_addr, Some(ta))
             .await
-            .unwrap()
-            .into_inner();
+            .register("kept")
+            .await
+            .unwrap();
         assert!(r.success && r.resumed, "{}", r.message);
         stop(second).await;
     }
@@ -943,72 +973,29 @@ mod agent_tokens {
         let mut settings = ServerSettings::local_insecure();
         settings.agent_tokens = vec![ta.into(), tb.into()];
         let server = start(settings).await;
-        let info = || SessionInfo {
-            session_id: "tok".into(),
-            ..Default::default()
-        };
-        let (mut none, no_auth) = connect_with(server.grpc_addr, None).await;
-        let e = none
-            .register_training_session(with(info(), &no_auth))
-            .await
-            .unwrap_err();
+        let mut none = TokenClient::connect(server.grpc_addr, None).await;
+        let e = none.register("tok").await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
         assert!(e.message().contains("agent token"), "{e}");
-        let (mut a, auth_a) = connect_with(server.grpc_addr, Some(ta)).await;
-        let r = a
-            .register_training_session(with(info(), &auth_a))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut a = TokenClient::connect(server.grpc_addr, Some(ta)).await;
+        let r = a.register("tok").await.unwrap();
         assert!(r.success, "{}", r.message);
-        let (mut b, auth_b) = connect_with(server.grpc_addr, Some(tb)).await;
-        let r = b
-            .register_training_session(with(info(), &auth_b))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut b = TokenClient::connect(server.grpc_addr, Some(tb)).await;
+        let r = b.register("tok").await.unwrap();
         assert!(
             !r.success && r.message.contains("another client"),
             "{}",
             r.message
         );
         // b's stream may not act for it; a's may.
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let mut responses = b
-            .stream_metrics(with(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                &auth_b,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        tx.send(request("tok", Payload::BatchData(batch(0, 1, 1))))
-            .await
-            .unwrap();
-        let answer = tokio::time::timeout(util::TEST_TIMEOUT, responses.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let answer = b
+            .first_answer(request("tok", Payload::BatchData(batch(0, 1, 1))))
+            .await;
         let (code, msg) = err(&answer);
         assert_eq!(code, ErrorCode::InvalidSession, "{msg}");
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let mut responses = a
-            .stream_metrics(with(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                &auth_a,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        tx.send(request("tok", Payload::BatchData(batch(0, 2, 1))))
-            .await
-            .unwrap();
-        let answer = tokio::time::timeout(util::TEST_TIMEOUT, responses.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let answer = a
+            .first_answer(request("tok", Payload::BatchData(batch(0, 2, 1))))
+            .await;
         assert_eq!(ack(&answer).batch_idx, 2);
         stop(server).await;
     }
