@@ -244,6 +244,8 @@ pub fn scalar_batch(b: &ScalarBatch) -> Result<(), Invalid> {
     if b.first_seq == 0 {
         return invalid!("scalar_batch.first_seq is 0; points are numbered from 1");
     }
+    // With at most MAX_POINTS_PER_BATCH points, the batch's last number
+    // stays within MAX_SEQ, so no arithmetic on it overflows.
     if b.first_seq > MAX_SEQ - MAX_POINTS_PER_BATCH as u64 {
         return invalid!(
             "scalar_batch.first_seq is {}, beyond what an agent numbers points to ({MAX_SEQ})",
@@ -262,12 +264,6 @@ pub fn scalar_batch(b: &ScalarBatch) -> Result<(), Invalid> {
     if n == 0 || n > MAX_POINTS_PER_BATCH {
         return invalid!(
             "scalar_batch (first_seq {}) has {n} points, not 1 to {MAX_POINTS_PER_BATCH}",
-            b.first_seq
-        );
-    }
-    if b.first_seq.checked_add(n as u64).is_none() {
-        return invalid!(
-            "scalar_batch.first_seq {} + {n} points overflows",
             b.first_seq
         );
     }
