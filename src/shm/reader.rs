@@ -326,15 +326,7 @@ impl Reader {
             counters.push((hdr::POINT_ACK_SEQ, "header point_ack_seq"));
         }
         for (off, field) in counters {
-            let v = m.load_u64(off, Ordering::Acquire);
-            if v > layout::MAX_SEQ {
-                return Err(ShmError::header(
-                    path,
-                    field,
-                    v,
-                    format!("at most {}", layout::MAX_SEQ),
-                ));
-            }
+            bounded_seq(m, path, off, field)?;
         }
         let written = m.load_u64(hdr::EVENT_WRITE_SEQ, Ordering::Acquire);
         let acked = m.load_u64(hdr::EVENT_ACK_SEQ, Ordering::Acquire);
@@ -992,17 +984,23 @@ impl Reader {
     /// A sequence counter from the header, bounded so that seqlock
     /// arithmetic on it cannot overflow.
     fn seq(&self, off: usize, field: &str) -> Result<u64, ShmError> {
-        let v = self.map.load_u64(off, Ordering::Acquire);
-        if v > layout::MAX_SEQ {
-            return Err(ShmError::header(
-                &self.path,
-                field,
-                v,
-                format!("at most {}", layout::MAX_SEQ),
-            ));
-        }
-        Ok(v)
+        bounded_seq(&self.map, &self.path, off, field)
     }
+}
+
+/// The header counter at `off`, or the run is corrupt when it is beyond
+/// what a writer can reach.
+fn bounded_seq(m: &Mapping, path: &Path, off: usize, field: &str) -> Result<u64, ShmError> {
+    let v = m.load_u64(off, Ordering::Acquire);
+    if v > layout::MAX_SEQ {
+        return Err(ShmError::header(
+            path,
+            field,
+            v,
+            format!("at most {}", layout::MAX_SEQ),
+        ));
+    }
+    Ok(v)
 }
 
 fn check_len(path: &Path, len: u64) -> Result<(), ShmError> {
