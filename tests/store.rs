@@ -691,23 +691,35 @@ mod cases {
         steps.truncate(39_996);
         steps.extend([-321, 5_000, 17_777, 38_000]);
         let mut seq = 1u64;
+        // (step, seq, wall_ms, value) as written, for a row-per-point table.
+        let mut rows: Vec<String> = Vec::new();
         for chunk in steps.chunks(1000) {
             let writes = chunk
                 .chunks(100)
                 .map(|c| {
+                    let points: Vec<Point> = c
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &step)| Point {
+                            key: "loss".into(),
+                            step,
+                            wall_ms: NOW_MS + seq as i64 + i as i64,
+                            value: ((step * 7919).rem_euclid(1009) as f64) - 500.0,
+                        })
+                        .collect();
+                    for (i, p) in points.iter().enumerate() {
+                        rows.push(format!(
+                            "(@s, {}, {}, {}, {:?})",
+                            p.step,
+                            seq + i as u64,
+                            p.wall_ms,
+                            p.value
+                        ));
+                    }
                     let w = Write::Points {
                         run: "r1".into(),
                         first_seq: seq,
-                        points: c
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &step)| Point {
-                                key: "loss".into(),
-                                step,
-                                wall_ms: NOW_MS + seq as i64 + i as i64,
-                                value: ((step * 7919).rem_euclid(1009) as f64) - 500.0,
-                            })
-                            .collect(),
+                        points,
                     };
                     seq += c.len() as u64;
                     w
@@ -739,12 +751,24 @@ mod cases {
         }
         drop(s);
 
-        // A database from before rollups (and run owners): rollups are
-        // built from its points.
-        f.behind_its_back(
-            "DROP TABLE rollups; ALTER TABLE runs DROP COLUMN owner;
-             UPDATE schema_version SET version = 1",
-        )
+        // A database from before rollups (and run owners, and SQLite's
+        // chunks): rollups are built from its points, and SQLite packs them.
+        let rewind = match &f.place {
+            Place::Postgres(_) => String::new(),
+            Place::Sqlite(_) => format!(
+                "DROP TABLE chunks;
+                 CREATE TABLE points (series INTEGER NOT NULL, step INTEGER NOT NULL,
+                   seq INTEGER NOT NULL, wall_ms INTEGER NOT NULL, value REAL NOT NULL,
+                   PRIMARY KEY (series, step, seq)) WITHOUT ROWID;
+                 INSERT INTO points VALUES {};",
+                rows.join(",")
+                    .replace("@s", "(SELECT id FROM series WHERE run = 'r1' AND key = 'loss')")
+            ),
+        };
+        f.behind_its_back(&format!(
+            "{rewind} DROP TABLE rollups; ALTER TABLE runs DROP COLUMN owner;
+             UPDATE schema_version SET version = 1"
+        ))
         .await;
         let s = f.open().await;
         assert_eq!(s.schema_version().await.unwrap(), SCHEMA_VERSION);
@@ -752,6 +776,7 @@ mod cases {
             let got = s.scalars("r1", &query(from, to, n)).await.unwrap();
             assert_eq!(&got, want, "{from:?}..{to:?} after migrating");
         }
+        assert!(all_points(s.as_ref(), "r1").await == all, "every point, as before");
     }
 
     pub async fn export_streams_every_point_once_in_order(f: Fixture) {

@@ -14,6 +14,7 @@
 //! the transaction that stores the rows; a resent sequence number at or
 //! below it is skipped, one beyond `last + 1` is refused ([`admit`]).
 
+pub mod chunk;
 pub mod export;
 pub mod group;
 pub mod postgres;
@@ -34,7 +35,7 @@ pub use writer::{Pending, Writer, WriterConfig};
 
 /// The schema this build writes; [`sqlite`] and [`postgres`] migrate older
 /// databases up to it at open and refuse newer ones.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use super::chunk::{self, Packed};
 use super::group::PointGroup;
 use super::rollup::{self, Bucketer, Read, Rollup};
 use super::{
@@ -156,7 +157,57 @@ UPDATE rollups SET (last_step, last_seq, last_wall, last_value) = (
     r#"
 ALTER TABLE runs ADD COLUMN owner TEXT;
 "#,
+    // 4: points packed in chunk rows (chunk.rs), filled from the points
+    // table by [`pack_points`] before it is dropped.
+    r#"
+CREATE TABLE chunks (
+    series INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (series, bucket, seq)
+) WITHOUT ROWID;
+"#,
 ];
+
+/// Migration 4's data step: every point of the points table into chunk
+/// rows, series by series, then the table goes.
+fn pack_points(tx: &Transaction) -> Result<()> {
+    let mut read =
+        tx.prepare("SELECT series, step, seq, wall_ms, value FROM points ORDER BY series")?;
+    let mut rows = read.query([])?;
+    let mut insert = tx.prepare("INSERT INTO chunks (series, bucket, seq, data) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut flush = |series: i64, pts: &mut Vec<Packed>| -> Result<()> {
+        for c in chunk::pack(pts) {
+            insert.execute(params![series, c.bucket, c.seq, c.data])?;
+        }
+        pts.clear();
+        Ok(())
+    };
+    let mut current: Option<i64> = None;
+    let mut pts = Vec::new();
+    while let Some(r) = rows.next()? {
+        let series: i64 = r.get(0)?;
+        if current.is_some_and(|c| c != series) {
+            flush(current.unwrap_or_default(), &mut pts)?;
+        }
+        current = Some(series);
+        pts.push(Packed {
+            step: r.get(1)?,
+            seq: r.get(2)?,
+            wall_ms: r.get(3)?,
+            value: r.get(4)?,
+        });
+    }
+    if let Some(series) = current {
+        flush(series, &mut pts)?;
+    }
+    drop(rows);
+    drop(read);
+    drop(insert);
+    tx.execute_batch("DROP TABLE points")?;
+    Ok(())
+}
 
 /// How long a connection waits on another's lock before failing: only
 /// checkpoints and the one writer contend, so a long wait means trouble.
@@ -249,6 +300,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     }
     for (v, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.execute_batch(sql)?;
+        if v + 1 == 4 {
+            pack_points(&tx)?;
+        }
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
@@ -501,17 +555,22 @@ fn store_points(
         };
         ids.push(id);
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO points (series, step, seq, wall_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
+    let mut by_series: Vec<Vec<Packed>> = vec![Vec::new(); ids.len()];
     for i in 0..group.point_count() {
-        insert.execute(params![
-            ids[group.pair[i]],
-            group.step[i],
-            group.seq[i],
-            group.wall[i],
-            group.value[i]
-        ])?;
+        by_series[group.pair[i]].push(Packed {
+            step: group.step[i],
+            seq: group.seq[i],
+            wall_ms: group.wall[i],
+            value: group.value[i],
+        });
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO chunks (series, bucket, seq, data) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (pair, pts) in by_series.iter_mut().enumerate() {
+        for c in chunk::pack(pts) {
+            insert.execute(params![ids[pair], c.bucket, c.seq, c.data])?;
+        }
     }
     let mut rollup = tx.prepare_cached(
         "INSERT INTO rollups (series, bucket, mn, mx, cnt, last_step, last_seq, last_wall, last_value)
@@ -703,7 +762,7 @@ fn run_images(tx: &Transaction, run: &str) -> Result<Vec<i64>> {
 fn delete_run_tx(tx: &Transaction, run: &str) -> Result<bool> {
     let ids = run_images(tx, run)?;
     drop_images(tx, run, &ids)?;
-    for table in ["points", "rollups"] {
+    for table in ["chunks", "rollups"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE series IN (SELECT id FROM series WHERE run = ?1)"),
             [run],
@@ -809,8 +868,56 @@ fn list_runs(c: &Connection, q: &RunQuery) -> Result<RunPage> {
     Ok(page(runs, limit))
 }
 
-fn bucket_row(r: &Row) -> rusqlite::Result<Bucket> {
-    Ok(Bucket::point(r.get(0)?, r.get(1)?, r.get(2)?))
+/// A chunk row's packed points, borrowed from the row.
+fn chunk_data<'r>(r: &'r Row, i: usize) -> Result<&'r [u8]> {
+    r.get_ref(i)?.as_blob().map_err(|e| StoreError::Corrupt {
+        what: "point chunk",
+        value: e.to_string(),
+    })
+}
+
+/// The points of one series in `from..=to`, a rollup's worth at a time in
+/// step order (from the last when `desc`), each slice in (step, seq) order
+/// (reversed when `desc`); `f` returns false to stop.
+fn each_bucket(
+    c: &Connection,
+    series: i64,
+    (from, to): (i64, i64),
+    desc: bool,
+    mut f: impl FnMut(&[Packed]) -> Result<bool>,
+) -> Result<()> {
+    if from > to {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(if desc {
+        "SELECT bucket, seq, data FROM chunks WHERE series = ?1 AND bucket >= ?2 AND bucket <= ?3
+         ORDER BY bucket DESC"
+    } else {
+        "SELECT bucket, seq, data FROM chunks WHERE series = ?1 AND bucket >= ?2 AND bucket <= ?3
+         ORDER BY bucket"
+    })?;
+    let mut rows = st.query(params![series, rollup::rollup_of(from), rollup::rollup_of(to)])?;
+    let mut emit = |pts: &mut Vec<Packed>| -> Result<bool> {
+        pts.retain(|p| (from..=to).contains(&p.step));
+        pts.sort_by(|a, b| (a.step, a.seq).cmp(&(b.step, b.seq)));
+        if desc {
+            pts.reverse();
+        }
+        let go = pts.is_empty() || f(pts)?;
+        pts.clear();
+        Ok(go)
+    };
+    let (mut pts, mut at) = (Vec::new(), None);
+    while let Some(r) = rows.next()? {
+        let bucket: i64 = r.get(0)?;
+        if at.is_some_and(|b| b != bucket) && !emit(&mut pts)? {
+            return Ok(());
+        }
+        at = Some(bucket);
+        chunk::unpack(bucket, r.get(1)?, chunk_data(r, 2)?, &mut pts)?;
+    }
+    emit(&mut pts)?;
+    Ok(())
 }
 
 /// One series over `from..=to`: every point when there are at most
@@ -818,13 +925,16 @@ fn bucket_row(r: &Row) -> rusqlite::Result<Bucket> {
 /// their edges, or from the raw points of a narrow range
 /// ([`rollup::plan`]).
 fn series_buckets(c: &Connection, series: i64, from: i64, to: i64, n: usize) -> Result<Series> {
-    let mut raw = c.prepare_cached(
-        "SELECT step, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
-         ORDER BY step, seq LIMIT ?4",
-    )?;
-    let probe: Vec<Bucket> = raw
-        .query_map(params![series, from, to, n as i64 + 1], bucket_row)?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut probe: Vec<Bucket> = Vec::with_capacity(n + 1);
+    each_bucket(c, series, (from, to), false, |pts| {
+        let room = n + 1 - probe.len();
+        probe.extend(
+            pts.iter()
+                .take(room)
+                .map(|p| Bucket::point(p.step, p.wall_ms, p.value)),
+        );
+        Ok(probe.len() <= n)
+    })?;
     if probe.len() <= n {
         return Ok(Series {
             key: String::new(),
@@ -833,24 +943,20 @@ fn series_buckets(c: &Connection, series: i64, from: i64, to: i64, n: usize) -> 
         });
     }
     let lo = probe[0].step;
-    let hi: i64 = c
-        .prepare_cached(
-            "SELECT step FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
-             ORDER BY step DESC, seq DESC LIMIT 1",
-        )?
-        .query_row(params![series, from, to], |r| r.get(0))?;
+    let mut hi = lo;
+    each_bucket(c, series, (from, to), true, |pts| {
+        hi = pts[0].step;
+        Ok(false)
+    })?;
     let plan = rollup::plan(from, to, lo, hi, n);
     let mut b = Bucketer::for_plan(&plan, lo);
-    let mut points = c.prepare_cached(
-        "SELECT step, seq, wall_ms, value FROM points WHERE series = ?1 AND step >= ?2 AND step <= ?3
-         ORDER BY step, seq",
-    )?;
-    let mut scan = |b: &mut Bucketer, a: i64, z: i64| -> Result<()> {
-        let mut rows = points.query(params![series, a, z])?;
-        while let Some(r) = rows.next()? {
-            b.point(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        }
-        Ok(())
+    let scan = |b: &mut Bucketer, a: i64, z: i64| -> Result<()> {
+        each_bucket(c, series, (a, z), false, |pts| {
+            for p in pts {
+                b.point(p.step, p.seq, p.wall_ms, p.value);
+            }
+            Ok(true)
+        })
     };
     for read in plan.reads(lo, hi) {
         match read {
@@ -908,28 +1014,51 @@ fn export_rows(
     tx: &tokio::sync::mpsc::Sender<Result<Vec<ScalarPoint>>>,
 ) -> Result<()> {
     let mut st = conn.prepare(
-        "SELECT s.key, p.step, p.wall_ms, p.value FROM series s
-         JOIN points p ON p.series = s.id WHERE s.run = ?1 ORDER BY s.key, p.step, p.seq",
+        "SELECT s.key, c.bucket, c.seq, c.data FROM series s
+         JOIN chunks c ON c.series = s.id WHERE s.run = ?1 ORDER BY s.key, c.bucket",
     )?;
     let mut rows = st.query([run])?;
-    let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
-    while let Some(r) = rows.next()? {
-        chunk.push(ScalarPoint {
-            run: run.to_string(),
-            key: r.get(0)?,
-            step: r.get(1)?,
-            wall_ms: r.get(2)?,
-            value: r.get(3)?,
-        });
-        if chunk.len() == EXPORT_CHUNK {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(EXPORT_CHUNK));
-            if tx.blocking_send(Ok(full)).is_err() {
-                return Ok(()); // the client went away
+    let mut out = Vec::with_capacity(EXPORT_CHUNK);
+    // One (key, bucket) at a time, sorted as the rows may interleave.
+    let mut at: Option<(String, i64)> = None;
+    let mut pts = Vec::new();
+    let emit = |key: &str, pts: &mut Vec<Packed>, out: &mut Vec<ScalarPoint>| -> bool {
+        pts.sort_by(|a, b| (a.step, a.seq).cmp(&(b.step, b.seq)));
+        for p in pts.drain(..) {
+            out.push(ScalarPoint {
+                run: run.to_string(),
+                key: key.to_string(),
+                step: p.step,
+                wall_ms: p.wall_ms,
+                value: p.value,
+            });
+            if out.len() == EXPORT_CHUNK {
+                let full = std::mem::replace(out, Vec::with_capacity(EXPORT_CHUNK));
+                if tx.blocking_send(Ok(full)).is_err() {
+                    return false; // the client went away
+                }
             }
         }
+        true
+    };
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(0)?;
+        let bucket: i64 = r.get(1)?;
+        if let Some((k, b)) = &at {
+            if (k != &key || *b != bucket) && !emit(k, &mut pts, &mut out) {
+                return Ok(());
+            }
+        }
+        chunk::unpack(bucket, r.get(2)?, chunk_data(r, 3)?, &mut pts)?;
+        at = Some((key, bucket));
     }
-    if !chunk.is_empty() {
-        let _ = tx.blocking_send(Ok(chunk));
+    if let Some((k, _)) = &at {
+        if !emit(k, &mut pts, &mut out) {
+            return Ok(());
+        }
+    }
+    if !out.is_empty() {
+        let _ = tx.blocking_send(Ok(out));
     }
     Ok(())
 }
