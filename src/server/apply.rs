@@ -205,9 +205,10 @@ async fn apply(
             received_us,
             reply,
         } => {
-            let ack = apply_batch(session, &mut st, batch, sent_ms, received_ms, received_us);
+            let (ack, replaced) =
+                apply_batch(session, &mut st, batch, sent_ms, received_ms, received_us);
             let writes = match images_every_ms {
-                Some(every) => sample_images(session, &mut st, every),
+                Some(every) => sample_images(&session.id, &mut st, every, replaced),
                 None => Vec::new(),
             };
             Applied {
@@ -263,7 +264,7 @@ async fn apply(
 }
 
 /// A batch: counted, its loss added to the series, and kept as the latest
-/// frame. Every batch is acknowledged.
+/// frame (returning the frame it replaces). Every batch is acknowledged.
 fn apply_batch(
     session: &Session,
     st: &mut SessionState,
@@ -271,7 +272,7 @@ fn apply_batch(
     sent_ms: u64,
     received_ms: u64,
     received_us: u64,
-) -> Acknowledgment {
+) -> (Acknowledgment, Option<Frame>) {
     let c = &session.counters;
     c.batches_received.fetch_add(1, Relaxed);
     c.receipt_latency.record(sent_ms, received_us);
@@ -290,7 +291,7 @@ fn apply_batch(
         epoch: batch.epoch,
         ..Default::default()
     };
-    st.latest_frame = Some(Frame {
+    let replaced = st.latest_frame.replace(Frame {
         epoch: batch.epoch,
         batch_idx: batch.batch_idx,
         loss: batch.batch_loss,
@@ -304,15 +305,25 @@ fn apply_batch(
         sent_ms,
         received_ms,
     });
-    ack
+    (ack, replaced)
 }
 
 /// The run's image history: the frame just kept as the latest becomes a
 /// stored sample when `every_ms` has passed since the last one, and the
 /// last frame of each epoch is stored when the next epoch's first arrives
 /// (or the run ends, see [`final_image`]). Content-addressed and capped per
-/// run by the store.
-fn sample_images(session: &Session, st: &mut SessionState, every_ms: u64) -> Vec<Write> {
+/// run by the store. `replaced` is the frame the latest one replaced: held
+/// when it was not stored, so no frame is copied unless it is stored.
+fn sample_images(
+    run: &str,
+    st: &mut SessionState,
+    every_ms: u64,
+    replaced: Option<Frame>,
+) -> Vec<Write> {
+    let images = &mut st.images;
+    if std::mem::take(&mut images.latest_unstored) {
+        images.held = replaced;
+    }
     let Some(frame) = &st.latest_frame else {
         return Vec::new();
     };
@@ -320,47 +331,57 @@ fn sample_images(session: &Session, st: &mut SessionState, every_ms: u64) -> Vec
         return Vec::new();
     }
     let per_epoch = st.config.as_ref().map_or(0, |c| c.batches_per_epoch);
-    let sample = store::ImageSample {
-        epoch: frame.epoch,
-        step: i64::from(frame.epoch) * i64::from(per_epoch) + i64::from(frame.batch_idx),
-        wall_ms: frame.received_ms as i64,
-        jpegs: frame.images.clone(),
-        predictions: frame
-            .predictions
-            .iter()
-            .map(|&(class, confidence)| store::Prediction { class, confidence })
-            .collect(),
-        labels: frame.ground_truth.clone(),
-    };
-    let now = frame.received_ms;
-    let images = &mut st.images;
     let mut writes = Vec::new();
     if let Some(held) = images.held.take() {
-        if held.epoch != sample.epoch {
-            writes.push(image_write(session, held));
+        if held.epoch != frame.epoch {
+            writes.push(image_write(run, &held, per_epoch));
         }
     }
+    let now = frame.received_ms;
     let due = images
         .last_stored_ms
         .is_none_or(|t| now.saturating_sub(t) >= every_ms);
     if due {
         images.last_stored_ms = Some(now);
-        writes.push(image_write(session, sample));
+        writes.push(image_write(run, frame, per_epoch));
     } else {
-        images.held = Some(sample);
+        images.latest_unstored = true;
     }
     writes
 }
 
-/// The held frame of a run that just ended: its last epoch's last sample.
-fn final_image(session: &Session, st: &mut SessionState) -> Option<Write> {
-    st.images.held.take().map(|s| image_write(session, s))
+/// The newest frame not stored of a run that just ended: its last epoch's
+/// last sample.
+fn final_image(run: &str, st: &mut SessionState) -> Option<Write> {
+    let per_epoch = st.config.as_ref().map_or(0, |c| c.batches_per_epoch);
+    if std::mem::take(&mut st.images.latest_unstored) {
+        st.images.held = None;
+        return st
+            .latest_frame
+            .as_ref()
+            .map(|f| image_write(run, f, per_epoch));
+    }
+    st.images
+        .held
+        .take()
+        .map(|f| image_write(run, &f, per_epoch))
 }
 
-fn image_write(session: &Session, sample: store::ImageSample) -> Write {
+fn image_write(run: &str, frame: &Frame, per_epoch: u32) -> Write {
     Write::Image {
-        run: session.id.clone(),
-        sample,
+        run: run.to_string(),
+        sample: store::ImageSample {
+            epoch: frame.epoch,
+            step: i64::from(frame.epoch) * i64::from(per_epoch) + i64::from(frame.batch_idx),
+            wall_ms: frame.received_ms as i64,
+            jpegs: frame.images.clone(),
+            predictions: frame
+                .predictions
+                .iter()
+                .map(|&(class, confidence)| store::Prediction { class, confidence })
+                .collect(),
+            labels: frame.ground_truth.clone(),
+        },
     }
 }
 
@@ -500,7 +521,7 @@ fn apply_status(
         );
         session.set_finished(finished);
         if finished {
-            writes.extend(final_image(session, st));
+            writes.extend(final_image(&session.id, st));
         }
         writes.push(Write::Status {
             run: session.id.clone(),
@@ -644,5 +665,70 @@ mod tests {
             Order::Next { gap: u64::MAX - 4 }
         );
         assert_eq!(order(3, u64::MAX, 1, 2), Order::Beyond);
+    }
+
+    /// Feeds frames (epoch, batch, received_ms, with images) as apply_batch
+    /// keeps them and returns the (epoch, step) of each image stored, then
+    /// of the one the run's end stores.
+    fn sampled(
+        frames: &[(u32, u32, u64, bool)],
+        every_ms: u64,
+    ) -> (Vec<(u32, i64)>, Option<(u32, i64)>) {
+        let mut st = SessionState::new(&crate::server::limits::History::default(), 0);
+        let mut out = Vec::new();
+        let step = |w: &Write| match w {
+            Write::Image { run, sample } => {
+                assert_eq!(run, "r");
+                (sample.epoch, sample.step)
+            }
+            other => panic!("not an image: {other:?}"),
+        };
+        for &(epoch, batch_idx, received_ms, with_images) in frames {
+            let replaced = st.latest_frame.replace(Frame {
+                epoch,
+                batch_idx,
+                loss: 0.0,
+                images: if with_images {
+                    vec![bytes::Bytes::from_static(b"jpeg")]
+                } else {
+                    vec![]
+                },
+                predictions: vec![],
+                ground_truth: vec![],
+                sent_ms: received_ms,
+                received_ms,
+            });
+            out.extend(sample_images("r", &mut st, every_ms, replaced).iter().map(step));
+        }
+        let end = final_image("r", &mut st).as_ref().map(step);
+        (out, end)
+    }
+
+    #[test]
+    fn images_are_sampled_by_time_and_each_epochs_last_frame_is_kept() {
+        // 1 s apart at most, plus each epoch's last frame once the next
+        // epoch starts; the run's last frame at its end.
+        let frames: Vec<(u32, u32, u64, bool)> = (0..30u32)
+            .map(|i| (i / 10, i % 10, 1000 + u64::from(i) * 150, true))
+            .collect();
+        let (stored, end) = sampled(&frames, 1000);
+        // batches_per_epoch unknown (no config): step is the batch index.
+        assert_eq!(
+            stored,
+            vec![(0, 0), (0, 7), (0, 9), (1, 4), (1, 9), (2, 1), (2, 8)],
+        );
+        assert_eq!(end, Some((2, 9)));
+        // A run whose last frame was stored ends with nothing more.
+        let (stored, end) = sampled(&[(0, 0, 0, true), (0, 1, 5000, true)], 1000);
+        assert_eq!((stored, end), (vec![(0, 0), (0, 1)], None));
+        // A frame held across one without images is still its epoch's last.
+        let frames = [
+            (0, 0, 0, true),
+            (0, 1, 10, true),
+            (0, 2, 20, false),
+            (1, 0, 30, true),
+        ];
+        let (stored, end) = sampled(&frames, 1000);
+        assert_eq!((stored, end), (vec![(0, 0), (0, 1)], Some((1, 0))));
     }
 }

@@ -62,11 +62,14 @@ pub struct Frame {
 }
 
 /// The run's image history so far: when a sample was last stored, and the
-/// newest frame not stored (its epoch's last, once the next one starts).
+/// newest frame not stored (its epoch's last, once the next one starts):
+/// the latest frame itself while `latest_unstored`, else `held`, the frame
+/// it replaced. Nothing is copied for a frame that is not stored.
 #[derive(Debug, Default)]
 pub struct ImageSampling {
     pub last_stored_ms: Option<u64>,
-    pub held: Option<super::store::ImageSample>,
+    pub latest_unstored: bool,
+    pub held: Option<Frame>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -37,7 +37,8 @@ pub struct PointGroup {
     runs: HashMap<String, RunPoints>,
     /// The distinct (run, key) pairs, in first-seen order.
     pub series: Vec<(String, String)>,
-    index: HashMap<(String, String), usize>,
+    /// run → key → index into `series`.
+    index: HashMap<String, HashMap<String, usize>>,
     pub pair: Vec<usize>,
     pub step: Vec<i64>,
     pub seq: Vec<i64>,
@@ -53,12 +54,18 @@ impl PointGroup {
     }
 
     fn entry(&mut self, run: &str, stored_last: u64) -> &mut RunPoints {
-        self.runs.entry(run.to_string()).or_insert(RunPoints {
-            last_seq: stored_last,
-            stored: 0,
-            max_step: i64::MIN,
-            max_wall: i64::MIN,
-        })
+        if !self.runs.contains_key(run) {
+            self.runs.insert(
+                run.to_string(),
+                RunPoints {
+                    last_seq: stored_last,
+                    stored: 0,
+                    max_step: i64::MIN,
+                    max_wall: i64::MIN,
+                },
+            );
+        }
+        self.runs.get_mut(run).expect("inserted above")
     }
 
     /// Admits `points` numbered from `first_seq` against `last` (the run's
@@ -132,14 +139,18 @@ impl PointGroup {
         r.last_seq = r.last_seq.max(through);
     }
 
+    /// The pair's index, looked up without allocating (a fleet's group
+    /// gathers hundreds of thousands of points of a few thousand pairs).
     fn pair_of(&mut self, run: &str, key: String) -> usize {
-        let k = (run.to_string(), key);
-        if let Some(&i) = self.index.get(&k) {
+        if let Some(&i) = self.index.get(run).and_then(|keys| keys.get(&key)) {
             return i;
         }
         let i = self.series.len();
-        self.series.push(k.clone());
-        self.index.insert(k, i);
+        self.series.push((run.to_string(), key.clone()));
+        self.index
+            .entry(run.to_string())
+            .or_default()
+            .insert(key, i);
         i
     }
 
