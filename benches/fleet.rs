@@ -426,7 +426,7 @@ async fn session(
             }
             _ = beats.tick() => {
                 seq += 1;
-                request(Payload::Heartbeat(Heartbeat { timestamp_ms: proto::now_ms(), sequence_number: seq }))
+                request(Payload::Heartbeat(Heartbeat { timestamp_ms: proto::now_ms(), sequence_number: seq, ..Default::default() }))
             }
         };
         let is_batch = matches!(req.payload, Some(Payload::BatchData(_)));

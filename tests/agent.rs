@@ -660,6 +660,173 @@ mod faults {
         );
     }
 
+    /// The command's state in the session's log.
+    fn command_state(d: &Value, id: u64) -> Value {
+        d["commands"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["id"] == id).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_sent_on_a_dead_stream_is_delivered_once_when_the_agent_returns() {
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let mut trainer = Trainer::start(
+            shm.path(),
+            "redeliver",
+            &["--run-until-stopped", "--fps", "50"],
+        );
+        let d = session_where(http, "redeliver", "RUNNING", |d| d["status"] == "RUNNING").await;
+        let id = d["id"].as_str().unwrap().to_string();
+        let path = format!("/api/sessions/{id}/commands");
+        let lr =
+            |v: &str| json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": v}});
+
+        // Delivered and applied are reported apart from sent.
+        let (st, first) = post_json(http, &path, &[], &lr("0.01")).await;
+        assert_eq!(st, 202, "{first}");
+        trainer.wait_for("lr 0.01", |v| v["params"]["learning_rate"] == "0.01");
+        let d = session_where(http, "redeliver", "command 1 applied", |d| {
+            command_state(d, 1)["applied_ms"].is_u64()
+        })
+        .await;
+        let c1 = command_state(&d, 1);
+        assert_eq!(c1["type"], "CHANGE_LEARNING_RATE", "{c1}");
+        assert!(c1["sent"] == true && c1["delivered_ms"].is_u64(), "{c1}");
+
+        // The agent stops reading: its stream is still open, so the server
+        // sends command 2 into it, and nothing delivers it.
+        util::proc::signal(agent.pid(), "STOP");
+        let (st, second) = post_json(http, &path, &[], &lr("0.02")).await;
+        assert_eq!(
+            (st, second["command_id"].as_u64()),
+            (202, Some(2)),
+            "{second}"
+        );
+        assert_eq!(second["delivered"], true, "written to the stream: sent");
+        let d = get_json(http, &format!("/api/sessions/{id}")).await;
+        let c2 = command_state(&d, 2);
+        assert!(c2["sent"] == true && c2["delivered_ms"].is_null(), "{c2}");
+        agent.kill();
+
+        // A new agent resumes the session; the server sends command 2 again
+        // on its stream and the trainer gets it once.
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        trainer.wait_for("lr 0.02", |v| v["params"]["learning_rate"] == "0.02");
+        let d = session_where(http, "redeliver", "command 2 applied", |d| {
+            command_state(d, 2)["applied_ms"].is_u64()
+        })
+        .await;
+        assert!(
+            d["counters"]["commands_resent"].as_u64() >= Some(1),
+            "{}",
+            d["counters"]
+        );
+        // A later command comes after it, and nothing twice.
+        post_json(http, &path, &[], &lr("0.03")).await;
+        trainer.wait_for("lr 0.03", |v| v["params"]["learning_rate"] == "0.03");
+        session_where(http, "redeliver", "command 3 applied", |d| {
+            command_state(d, 3)["applied_ms"].is_u64()
+        })
+        .await;
+        while trainer.try_next().is_some() {}
+        let ids: Vec<&str> = trainer
+            .seen
+            .iter()
+            .filter(|v| v["command"] == "CHANGE_LEARNING_RATE")
+            .map(|v| v["params"]["command_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["1", "2", "3"], "each command once, in order");
+        post_json(
+            http,
+            &path,
+            &[],
+            &json!({"type": "stop", "parameters": {"grace_period_s": "0"}}),
+        )
+        .await;
+        trainer.wait_exit();
+        stop(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_written_but_never_confirmed_is_not_written_again() {
+        use trainwatch::proto::{metrics_request::Payload, metrics_response, Heartbeat};
+        use trainwatch::shm::{reader::Reader, CommandKind};
+        let server = start_server(2000).await;
+        let http = server.http_addr;
+        let shm = shm_dir();
+        let mut trainer = Trainer::start(
+            shm.path(),
+            "written",
+            &["--run-until-stopped", "--fps", "50"],
+        );
+        let ready = trainer.wait_for("ready", |v| v["ready"].is_string());
+        let segment = std::path::PathBuf::from(ready["ready"].as_str().unwrap());
+
+        // The test is the first agent: it registers the run's session,
+        // takes command 1 from its stream, writes it into the segment as
+        // an agent does, and goes away without telling the server.
+        let mut reader = Reader::open(&segment).unwrap();
+        let sid = trainwatch::proto::session_id(
+            "testdev",
+            &reader.config().run_name,
+            reader.header().writer_start_unix_ns,
+        );
+        let mut client = util::grpc::connect_plain(server.grpc_addr).await.unwrap();
+        assert!(util::grpc::register(&mut client, &sid).await.success);
+        let mut stream = util::grpc::Stream::open(&mut client).await;
+        let hb = Payload::Heartbeat(Heartbeat {
+            sequence_number: 1,
+            ..Default::default()
+        });
+        stream.call(util::grpc::request(&sid, hb)).await;
+        let path = format!("/api/sessions/{sid}/commands");
+        let body = json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": "0.05"}});
+        let (st, v) = post_json(http, &path, &[], &body).await;
+        assert_eq!((st, v["delivered"].as_bool()), (202, Some(true)), "{v}");
+        let cmd = loop {
+            if let Some(metrics_response::Payload::Command(c)) = stream.recv().await.payload {
+                break c;
+            }
+        };
+        assert_eq!(cmd.command_id, 1);
+        reader
+            .send_command(
+                CommandKind::ChangeLearningRate,
+                &[("learning_rate", "0.05"), ("command_id", "1")],
+            )
+            .unwrap();
+        trainer.wait_for("lr 0.05", |v| v["params"]["learning_rate"] == "0.05");
+        drop((stream, client, reader));
+
+        // The real agent reads the ring back: when the server sends command
+        // 1 again it is reported delivered, not written a second time.
+        let _agent = AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let d = session_where(http, "written", "command 1 delivered and applied", |d| {
+            command_state(d, 1)["applied_ms"].is_u64()
+        })
+        .await;
+        assert!(command_state(&d, 1)["delivered_ms"].is_u64());
+        let body = json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": "0.06"}});
+        post_json(http, &path, &[], &body).await;
+        trainer.wait_for("lr 0.06", |v| v["params"]["learning_rate"] == "0.06");
+        while trainer.try_next().is_some() {}
+        let ids: Vec<&str> = trainer
+            .seen
+            .iter()
+            .filter(|v| v["command"] == "CHANGE_LEARNING_RATE")
+            .map(|v| v["params"]["command_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["1", "2"], "command 1 once");
+        let stop_body = json!({"type": "stop", "parameters": {"grace_period_s": "0"}});
+        post_json(http, &path, &[], &stop_body).await;
+        trainer.wait_exit();
+        stop(server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_restart_loses_no_event_and_doubles_none() {
         let server = start_server(2000).await;

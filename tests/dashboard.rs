@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use trainwatch::config::ServerSettings;
 use trainwatch::proto::{
     self, control_command::CommandType, metrics_request::Payload, metrics_response, BatchData,
-    ControlCommand, EpochData, ImageData, PerformanceData, Prediction, ResourceUsage, SessionInfo,
-    StatusUpdate, TrainingConfig, TrainingStatus,
+    ControlCommand, EpochData, Heartbeat, ImageData, PerformanceData, Prediction, ResourceUsage,
+    SessionInfo, StatusUpdate, TrainingConfig, TrainingStatus,
 };
 use trainwatch::server::{RunningServer, Server};
 use util::grpc::{self, request, Stream};
@@ -399,6 +399,17 @@ async fn live_session_view_shows_what_was_published_and_controls_the_run() {
     // PAUSED once the trainer reports it.
     let pause = trainer.command(&mut browser).await;
     assert_eq!(pause.r#type(), CommandType::PauseTraining);
+    // As an agent does: delivered into the segment, then applied.
+    let report = |delivered: Vec<u64>, applied: u64| {
+        Payload::Heartbeat(Heartbeat {
+            commands_delivered: delivered,
+            command_applied: applied,
+            ..Default::default()
+        })
+    };
+    trainer.send(report(vec![pause.command_id], 0)).await;
+    browser.expect("delivered").await;
+    trainer.send(report(vec![], pause.command_id)).await;
     trainer
         .event(status(TrainingStatus::Paused, "paused from the dashboard"))
         .await;
@@ -473,6 +484,11 @@ async fn live_session_view_shows_what_was_published_and_controls_the_run() {
     assert!(lat["count"].as_u64().unwrap() >= 20, "{lat}");
     assert!(p50 > 0.0 && p50 <= p99, "{lat}");
     // Control: applied, as the trainer reported it.
+    let delivered = r["delivered"].as_str().unwrap();
+    assert!(
+        delivered.contains("Pause #1: delivered to the trainer at"),
+        "{delivered}"
+    );
     assert_eq!(r["pause"]["status"], "PAUSED");
     let log = texts(&r["pause"]["log"]).join("\n");
     assert!(log.contains("applied by the trainer"), "{log}");

@@ -290,6 +290,7 @@ mod stream {
                     Payload::Heartbeat(Heartbeat {
                         timestamp_ms: 1,
                         sequence_number: seq,
+                        ..Default::default()
                     }),
                 ))
                 .await;
@@ -299,6 +300,27 @@ mod stream {
                 (AckKind::Heartbeat as i32, seq)
             );
         }
+        // A command report past the bound is refused naming its size; ids
+        // the session never issued change nothing.
+        let flood = Heartbeat {
+            sequence_number: 4,
+            commands_delivered: (1..=300).collect(),
+            ..Default::default()
+        };
+        let r = s.call(request("hb", Payload::Heartbeat(flood))).await;
+        let (code, msg) = err(&r);
+        assert_eq!(code, ErrorCode::InvalidData);
+        assert!(msg.contains("300 delivered commands"), "{msg}");
+        let unknown = Heartbeat {
+            sequence_number: 5,
+            commands_delivered: vec![7, u64::MAX],
+            command_applied: 9,
+            ..Default::default()
+        };
+        let r = s.call(request("hb", Payload::Heartbeat(unknown))).await;
+        assert_eq!(ack(&r).heartbeat_sequence, 5);
+        let d = get_json(server.http_addr, "/api/sessions/hb").await;
+        assert_eq!(d["commands"], serde_json::json!([]), "{d}");
         stop(server).await;
     }
 
@@ -1284,6 +1306,7 @@ mod control {
             Payload::Heartbeat(Heartbeat {
                 timestamp_ms: 1,
                 sequence_number: 1,
+                ..Default::default()
             }),
         ))
         .await;
@@ -1565,10 +1588,20 @@ mod fuzz {
     fn payload() -> impl Strategy<Value = Option<Payload>> {
         prop_oneof![
             Just(None),
-            any::<u32>().prop_map(|n| Some(Payload::Heartbeat(Heartbeat {
-                timestamp_ms: 0,
-                sequence_number: n,
-            }))),
+            // Command reports too: any ids, up to past the bound.
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<u64>(), 0..300),
+                any::<u64>()
+            )
+                .prop_map(|(n, delivered, applied)| Some(Payload::Heartbeat(
+                    Heartbeat {
+                        timestamp_ms: 0,
+                        sequence_number: n,
+                        commands_delivered: delivered,
+                        command_applied: applied,
+                    }
+                ))),
             batch().prop_map(Some),
             (
                 any::<u32>(),

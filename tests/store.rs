@@ -761,8 +761,10 @@ mod cases {
                    seq INTEGER NOT NULL, wall_ms INTEGER NOT NULL, value REAL NOT NULL,
                    PRIMARY KEY (series, step, seq)) WITHOUT ROWID;
                  INSERT INTO points VALUES {};",
-                rows.join(",")
-                    .replace("@s", "(SELECT id FROM series WHERE run = 'r1' AND key = 'loss')")
+                rows.join(",").replace(
+                    "@s",
+                    "(SELECT id FROM series WHERE run = 'r1' AND key = 'loss')"
+                )
             ),
         };
         f.behind_its_back(&format!(
@@ -776,7 +778,10 @@ mod cases {
             let got = s.scalars("r1", &query(from, to, n)).await.unwrap();
             assert_eq!(&got, want, "{from:?}..{to:?} after migrating");
         }
-        assert!(all_points(s.as_ref(), "r1").await == all, "every point, as before");
+        assert!(
+            all_points(s.as_ref(), "r1").await == all,
+            "every point, as before"
+        );
     }
 
     pub async fn export_streams_every_point_once_in_order(f: Fixture) {

@@ -119,10 +119,18 @@ pub fn final_status(state: WriterState, timestamp_ms: u64) -> Payload {
     })
 }
 
-pub fn heartbeat(sequence_number: u32) -> Payload {
+/// A heartbeat, carrying the commands written into the segment since the
+/// last report and the newest one the trainer applied (0: none).
+pub fn heartbeat(
+    sequence_number: u32,
+    commands_delivered: Vec<u64>,
+    command_applied: u64,
+) -> Payload {
     Payload::Heartbeat(Heartbeat {
         timestamp_ms: proto::now_ms(),
         sequence_number,
+        commands_delivered,
+        command_applied,
     })
 }
 

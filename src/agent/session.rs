@@ -53,6 +53,13 @@ use crate::telemetry::{BatchSample, FpsTracker, ResourceSampler, RunTotals};
 const OUT_QUEUE: usize = 32;
 /// Commands waiting for room in the segment's control ring.
 const PENDING_COMMANDS: usize = 32;
+
+/// Commands written into the segment that the agent remembers (seq, id),
+/// so one sent again is not written twice.
+const DELIVERED_KEPT: usize = 256;
+
+/// The most delivered ids one heartbeat carries (the server's bound).
+const REPORTED_MAX: usize = 256;
 /// Batches of at most this many pixels (16 x 64x64) are encoded on the
 /// session's own task: a fraction of a millisecond, less than the hand-off
 /// to a blocking thread and back costs. Larger ones go to a blocking thread.
@@ -223,6 +230,14 @@ struct Session {
     frame: shm::Frame,
     encoded: EncodedBatch,
     commands: VecDeque<ControlCommand>,
+    /// (control seq, command id) of the commands written into the segment,
+    /// newest last: read back from its control ring at start.
+    delivered: VecDeque<(u64, u64)>,
+    /// Command ids written (or sent again after being written) that the
+    /// server has not been told of; the next heartbeat reports them.
+    unreported: Vec<u64>,
+    /// The applied command id the server was last told of.
+    applied_reported: u64,
     faults_logged: HashSet<String>,
     heartbeat_seq: u32,
     fps: FpsTracker,
@@ -254,6 +269,13 @@ impl Session {
             info.writer_start_unix_ns,
         );
         let config = messages::training_config(reader.config());
+        // What an earlier agent wrote is delivered: report it (the server
+        // may still hold it unconfirmed) and never write it again.
+        let delivered: VecDeque<(u64, u64)> = reader
+            .control_ring()
+            .map(|r| r.ids.into_iter().collect())
+            .unwrap_or_default();
+        let unreported = delivered.iter().map(|&(_, id)| id).collect();
         Session {
             id,
             reader,
@@ -261,6 +283,9 @@ impl Session {
             frame: shm::Frame::default(),
             encoded: EncodedBatch::with_capacity(crate::frame::MAX_IMAGES_LIMIT),
             commands: VecDeque::new(),
+            delivered,
+            unreported,
+            applied_reported: 0,
             faults_logged: HashSet::new(),
             heartbeat_seq: 0,
             fps: FpsTracker::new(ctx.settings.telemetry.fps_window),
@@ -682,17 +707,36 @@ impl Session {
         }
     }
 
-    /// A heartbeat when due; it also tells the trainer the agent is there.
+    /// A heartbeat when due, or at once when there is news of commands (one
+    /// written into the segment, or applied by the trainer); it also tells
+    /// the trainer the agent is there.
     fn send_heartbeat(&mut self, st: &mut Stream, now: Instant) {
-        if !st.state.heartbeat_due(now) {
+        let applied = self.applied_command();
+        let news = !self.unreported.is_empty() || applied != self.applied_reported;
+        if !st.state.heartbeat_due(now) && !news {
             return;
         }
         self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
-        let req = self.request(messages::heartbeat(self.heartbeat_seq), proto::now_ms(), 0);
+        let report = self.unreported.clone();
+        let payload = messages::heartbeat(self.heartbeat_seq, report, applied);
+        let req = self.request(payload, proto::now_ms(), 0);
         if st.out.try_send(req).is_ok() {
             st.state.liveness.on_heartbeat_sent(now);
+            self.unreported.clear();
+            self.applied_reported = applied;
         }
         self.reader.touch();
+    }
+
+    /// The id of the newest command the trainer has applied, as far as this
+    /// agent knows the ring's ids (0: none).
+    fn applied_command(&self) -> u64 {
+        let applied = self.reader.commands_applied();
+        self.delivered
+            .iter()
+            .rev()
+            .find(|&&(seq, _)| seq <= applied)
+            .map_or(self.applied_reported, |&(_, id)| id)
     }
 
     /// A writer gone for good, with every event sent and acknowledged:
@@ -855,6 +899,18 @@ impl Session {
     }
 
     fn queue_command(&mut self, mut cmd: ControlCommand) {
+        let id = cmd.command_id;
+        if id > 0 && self.delivered.iter().any(|&(_, d)| d == id) {
+            // Sent again: the stream that carried it ended before the server
+            // heard it was delivered. Tell it again; never write it twice.
+            if !self.unreported.contains(&id) {
+                self.report_delivered(id);
+            }
+            return;
+        }
+        if id > 0 && self.commands.iter().any(|c| c.command_id == id) {
+            return;
+        }
         if cmd.r#type() == CommandType::StopTraining
             && !cmd.parameters.contains_key("grace_period_s")
         {
@@ -868,6 +924,15 @@ impl Session {
             tracing::warn!(session = %self.id, "trainer is not taking commands; oldest dropped");
         }
         self.commands.push_back(cmd);
+    }
+
+    /// Notes a delivered command id for the next heartbeat (at most what
+    /// one heartbeat may carry: the oldest go first).
+    fn report_delivered(&mut self, id: u64) {
+        if self.unreported.len() == REPORTED_MAX {
+            self.unreported.remove(0);
+        }
+        self.unreported.push(id);
     }
 
     /// Writes waiting commands into the segment's control ring.
@@ -885,10 +950,18 @@ impl Session {
                 .collect();
             params.push(("command_id", &id));
             match self.reader.send_command(kind, &params) {
-                Ok(SendOutcome::Sent(_)) => {
+                Ok(SendOutcome::Sent(seq)) => {
+                    let command_id = cmd.command_id;
                     AgentStats::add(&self.ctx.stats.commands_delivered, 1);
-                    tracing::info!(session = %self.id, command = kind.name(), command_id = cmd.command_id, "command written for the trainer");
+                    tracing::info!(session = %self.id, command = kind.name(), command_id, "command written for the trainer");
                     self.commands.pop_front();
+                    if self.delivered.len() == DELIVERED_KEPT {
+                        self.delivered.pop_front();
+                    }
+                    self.delivered.push_back((seq, command_id));
+                    if command_id > 0 {
+                        self.report_delivered(command_id);
+                    }
                 }
                 Ok(SendOutcome::Full) => break,
                 Err(e) => {

@@ -670,10 +670,10 @@ mod tests {
     /// Feeds frames (epoch, batch, received_ms, with images) as apply_batch
     /// keeps them and returns the (epoch, step) of each image stored, then
     /// of the one the run's end stores.
-    fn sampled(
-        frames: &[(u32, u32, u64, bool)],
-        every_ms: u64,
-    ) -> (Vec<(u32, i64)>, Option<(u32, i64)>) {
+    /// (epoch, step) of a stored image.
+    type Stored = (u32, i64);
+
+    fn sampled(frames: &[(u32, u32, u64, bool)], every_ms: u64) -> (Vec<Stored>, Option<Stored>) {
         let mut st = SessionState::new(&crate::server::limits::History::default(), 0);
         let mut out = Vec::new();
         let step = |w: &Write| match w {
@@ -698,7 +698,11 @@ mod tests {
                 sent_ms: received_ms,
                 received_ms,
             });
-            out.extend(sample_images("r", &mut st, every_ms, replaced).iter().map(step));
+            out.extend(
+                sample_images("r", &mut st, every_ms, replaced)
+                    .iter()
+                    .map(step),
+            );
         }
         let end = final_image("r", &mut st).as_ref().map(step);
         (out, end)

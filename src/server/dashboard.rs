@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use super::http::{ConfigJson, ControlPolicy};
 use super::registry::Registry;
-use super::session::Session;
+use super::session::{CommandState, Session};
 use super::state::{Frame, SessionState};
 use crate::config::Dashboard;
 use crate::proto;
@@ -353,6 +353,7 @@ struct Sent {
     /// change only with these.
     events: Option<(u64, u64)>,
     performance_ms: Option<u64>,
+    commands: Vec<CommandState>,
 }
 
 struct SessionFeed {
@@ -482,6 +483,9 @@ struct Update {
     epochs: Option<Vec<EpochJson>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_history: Option<Vec<StatusJson>>,
+    /// The newest commands and what became of each, when that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commands: Option<Vec<CommandState>>,
 }
 
 impl SessionFeed {
@@ -550,6 +554,9 @@ impl SessionFeed {
                 .map(super::http::PerformanceJson::from)
         });
         self.sent.performance_ms = perf_ms;
+        let log = s.command_log();
+        let commands = (log != self.sent.commands).then(|| log.clone());
+        self.sent.commands = log;
         let update = Update {
             id: s.id.clone(),
             server_ms: proto::now_ms(),
@@ -589,6 +596,7 @@ impl SessionFeed {
                     })
                     .collect()
             }),
+            commands,
         };
         drop(st);
         // Base64 of up to max_batch_size JPEGs: outside the lock.

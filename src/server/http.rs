@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::registry::Registry;
-use super::session::{CommandOutcome, Session};
+use super::session::{CommandOutcome, CommandState, Session};
 use super::state::SessionState;
 use super::store::{CommandRecord, Write};
 use crate::proto::{control_command::CommandType, ControlCommand, PerformanceData, TrainingConfig};
@@ -309,6 +309,7 @@ pub struct CountersJson {
     pub image_bytes: u64,
     pub registrations: u64,
     pub commands_sent: u64,
+    pub commands_resent: u64,
     pub commands_dropped: u64,
     pub queue_depth: usize,
 }
@@ -426,6 +427,9 @@ pub struct DetailJson {
     pub loss_stride: u64,
     pub status_history: Vec<StatusJson>,
     pub performance: Option<PerformanceJson>,
+    /// The newest commands and what became of each: sent (written to a
+    /// stream), delivered (in the trainer's segment), applied.
+    pub commands: Vec<CommandState>,
 }
 
 fn summary(s: &Session, st: &SessionState) -> SummaryJson {
@@ -478,6 +482,7 @@ fn summary(s: &Session, st: &SessionState) -> SummaryJson {
             image_bytes: c.image_bytes.load(Relaxed),
             registrations: c.registrations.load(Relaxed),
             commands_sent: c.commands_sent.load(Relaxed),
+            commands_resent: c.commands_resent.load(Relaxed),
             commands_dropped: c.commands_dropped.load(Relaxed),
             queue_depth: s.queue_depth(),
         },
@@ -534,6 +539,7 @@ async fn detail(State(app): State<AppState>, Path(id): Path<String>) -> Response
             })
             .collect(),
         performance: st.performance.as_ref().map(PerformanceJson::from),
+        commands: s.command_log(),
     })
     .into_response()
 }

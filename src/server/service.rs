@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::identity::{self, Identity};
 use super::registry::Registry;
-use super::session::{Ingest, Reply, Session};
+use super::session::{Ingest, Reply, Session, MAX_REPORTED_COMMANDS};
 use super::validate;
 use crate::proto::{
     self, acknowledgment::AckKind, error_response::ErrorCode, metrics_request::Payload,
@@ -201,7 +201,7 @@ async fn read_stream(
 /// What every message of one stream is handled with: the sessions, the
 /// stream's answers, and who is on the other end.
 struct StreamCtx<'a> {
-    registry: &'a Registry,
+    registry: &'a Arc<Registry>,
     tx: &'a Reply,
     who: Option<&'a Identity>,
 }
@@ -287,6 +287,25 @@ fn handle(
         None => return invalid("message has no payload".to_string()),
         Some(Payload::Heartbeat(hb)) => {
             counters.heartbeats.fetch_add(1, Relaxed);
+            if hb.commands_delivered.len() > MAX_REPORTED_COMMANDS {
+                return invalid(format!(
+                    "heartbeat reports {} delivered commands; at most {MAX_REPORTED_COMMANDS}",
+                    hb.commands_delivered.len()
+                ));
+            }
+            if !hb.commands_delivered.is_empty() || hb.command_applied > 0 {
+                let writes =
+                    session.on_command_report(&hb.commands_delivered, hb.command_applied, now);
+                if !writes.is_empty() {
+                    // Rare (once per command): recorded beside the stream.
+                    let registry = registry.clone();
+                    tokio::spawn(async move {
+                        for w in writes {
+                            registry.record(w).await;
+                        }
+                    });
+                }
+            }
             return Some(response(
                 sid,
                 metrics_response::Payload::Ack(Acknowledgment {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
 use super::state::{Counters, SessionState};
+use super::store::Write;
 use crate::config::History;
 use crate::proto::{
     self, metrics_response, BatchData, ControlCommand, EpochData, MetricsResponse, PerformanceData,
@@ -168,12 +169,65 @@ impl Changes {
 }
 
 /// Where a session's control commands go: the response half of the stream
-/// that most recently carried its messages, or a short queue until one does.
+/// that most recently carried its messages, or a short queue until one does;
+/// and what became of each.
+///
+/// A command written to a stream is only *sent*: the stream may already be
+/// dead. It stays in `unconfirmed` until the agent reports it delivered
+/// (written into the trainer's segment, [`Session::on_command_report`]),
+/// and is sent again, in order, on the next stream that attaches. The
+/// agent writes each command id once, so the trainer applies it once.
 #[derive(Default)]
 struct CommandRoute {
     stream: Option<Reply>,
     pending: VecDeque<ControlCommand>,
+    unconfirmed: VecDeque<ControlCommand>,
     next_id: u64,
+    /// The newest commands and what became of them, for the dashboard.
+    log: VecDeque<CommandState>,
+}
+
+/// What became of one command, as the dashboard shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CommandState {
+    pub id: u64,
+    /// The CommandType's name, e.g. "PAUSE_TRAINING".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Written to a stream at least once (the agent may not have it yet).
+    pub sent: bool,
+    /// When the agent reported writing it into the trainer's segment.
+    pub delivered_ms: Option<u64>,
+    /// When the agent reported the trainer had applied it.
+    pub applied_ms: Option<u64>,
+}
+
+/// Commands a session remembers the fate of.
+pub const COMMAND_LOG: usize = 32;
+
+/// The most command ids one report may carry (the agent sends at most 256).
+pub const MAX_REPORTED_COMMANDS: usize = 256;
+
+impl CommandRoute {
+    fn state(&mut self, id: u64) -> Option<&mut CommandState> {
+        self.log.iter_mut().find(|c| c.id == id)
+    }
+
+    fn mark_sent(&mut self, cmd: &ControlCommand) {
+        if let Some(c) = self.state(cmd.command_id) {
+            c.sent = true;
+        }
+        if !self
+            .unconfirmed
+            .iter()
+            .any(|c| c.command_id == cmd.command_id)
+        {
+            if self.unconfirmed.len() == PENDING_COMMANDS {
+                self.unconfirmed.pop_front();
+            }
+            self.unconfirmed.push_back(cmd.clone());
+        }
+    }
 }
 
 /// What happened to a command handed to [`Session::send_command`].
@@ -319,14 +373,70 @@ impl Session {
             return false;
         }
         route.stream = Some(stream.clone());
-        while let Some(cmd) = route.pending.front() {
+        // What an earlier stream carried but the agent never confirmed
+        // first, in order, then what was held.
+        for cmd in &route.unconfirmed {
+            if !stream.try_send(self.command_response(cmd.clone())) {
+                return true;
+            }
+            self.counters.commands_resent.fetch_add(1, Relaxed);
+        }
+        while let Some(cmd) = route.pending.front().cloned() {
             if !stream.try_send(self.command_response(cmd.clone())) {
                 break;
             }
             route.pending.pop_front();
+            route.mark_sent(&cmd);
             self.counters.commands_sent.fetch_add(1, Relaxed);
         }
         true
+    }
+
+    /// What the agent reports of this session's commands: the ids it has
+    /// written into the trainer's segment, and the newest one the trainer
+    /// has applied (commands are applied in the order delivered). Unknown
+    /// ids are ignored. Returns what to record in the store.
+    pub fn on_command_report(&self, delivered: &[u64], applied: u64, now_ms: u64) -> Vec<Write> {
+        let mut route = self.commands.lock().unwrap();
+        let mut writes = Vec::new();
+        let known = route.next_id;
+        for &id in delivered.iter().take(MAX_REPORTED_COMMANDS) {
+            if id == 0 || id > known {
+                continue;
+            }
+            route.unconfirmed.retain(|c| c.command_id != id);
+            if let Some(c) = route.state(id) {
+                if c.delivered_ms.is_none() {
+                    c.delivered_ms = Some(now_ms);
+                    writes.push(Write::CommandDelivered {
+                        run: self.id.clone(),
+                        id,
+                        at_ms: now_ms as i64,
+                    });
+                }
+            }
+        }
+        if applied > 0 && applied <= known {
+            for c in route.log.iter_mut() {
+                if c.id <= applied && c.delivered_ms.is_some() && c.applied_ms.is_none() {
+                    c.applied_ms = Some(now_ms);
+                    writes.push(Write::CommandApplied {
+                        run: self.id.clone(),
+                        id: c.id,
+                        at_ms: now_ms as i64,
+                    });
+                }
+            }
+        }
+        if !writes.is_empty() {
+            self.changes.bump();
+        }
+        writes
+    }
+
+    /// The newest commands and what became of each, oldest first.
+    pub fn command_log(&self) -> Vec<CommandState> {
+        self.commands.lock().unwrap().log.iter().cloned().collect()
     }
 
     /// Stops routing commands to `stream` (its reader has ended), so the
@@ -357,10 +467,21 @@ impl Session {
         route.next_id += 1;
         let command_id = route.next_id;
         cmd.command_id = command_id;
+        if route.log.len() == COMMAND_LOG {
+            route.log.pop_front();
+        }
+        route.log.push_back(CommandState {
+            id: command_id,
+            kind: cmd.r#type().as_str_name().to_string(),
+            sent: false,
+            delivered_ms: None,
+            applied_ms: None,
+        });
         if let Some(stream) = &route.stream {
             // Commands are rare and small: a clone keeps the one that could
             // not be written without unpacking the channel's error.
             if stream.try_send(self.command_response(cmd.clone())) {
+                route.mark_sent(&cmd);
                 self.counters.commands_sent.fetch_add(1, Relaxed);
                 return CommandOutcome::Sent { command_id };
             }

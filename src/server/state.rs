@@ -43,6 +43,9 @@ pub struct Counters {
     pub image_bytes: AtomicU64,
     pub registrations: AtomicU64,
     pub commands_sent: AtomicU64,
+    /// Commands sent again on a new stream: the agent had not confirmed
+    /// them when the stream they went on ended.
+    pub commands_resent: AtomicU64,
     pub commands_dropped: AtomicU64,
     /// Publish-to-receipt latency of every batch received.
     pub receipt_latency: super::latency::LatencyHistogram,

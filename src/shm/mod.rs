@@ -269,6 +269,67 @@ pub(crate) fn encode_params(params: &[(&str, &str)]) -> Result<Vec<u8>, ShmError
     Ok(out)
 }
 
+/// Reads control slot `n` (the agent's `n`th command), whoever reads it:
+/// the trainer taking its next command, or the agent reading back what it
+/// wrote. Anything but a complete slot numbered `n` is an error naming
+/// what was found.
+pub(crate) fn read_command(
+    m: &map::Mapping,
+    geo: &layout::Geometry,
+    path: &std::path::Path,
+    n: u64,
+) -> Result<Command, ShmError> {
+    use layout::control;
+    use std::sync::atomic::Ordering;
+    let base = geo.control_slot(n);
+    let mut buf = [0u8; control::PARAMS_CAP];
+    let fields = seqlock::read_slot(m, base + control::SEQ, n, || {
+        let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
+        let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
+        let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
+        if len <= control::PARAMS_CAP {
+            m.read_bytes(base + control::PARAMS, &mut buf[..len]);
+        }
+        (code, len, ts)
+    });
+    let (code, len, ts) = match fields {
+        seqlock::SlotRead::Read(f) => f,
+        seqlock::SlotRead::Seq(s1) => {
+            return Err(ShmError::field(
+                path,
+                &format!("control slot for command {n} seq"),
+                s1,
+                (2 * n).to_string(),
+            ))
+        }
+        seqlock::SlotRead::Torn => {
+            return Err(ShmError::field(
+                path,
+                &format!("control slot for command {n}"),
+                "rewritten while read",
+                "stable".into(),
+            ))
+        }
+    };
+    if len > control::PARAMS_CAP {
+        return Err(ShmError::field(
+            path,
+            &format!("command {n} params_len"),
+            len,
+            format!("at most {}", control::PARAMS_CAP),
+        ));
+    }
+    let kind = CommandKind::from_code(code)
+        .ok_or_else(|| ShmError::field(path, &format!("command {n} type"), code, "1..=5".into()))?;
+    let params = decode_params(path, &format!("command {n}"), &buf[..len])?;
+    Ok(Command {
+        seq: n,
+        kind,
+        params,
+        timestamp_unix_ns: ts,
+    })
+}
+
 pub(crate) fn decode_params(
     path: &Path,
     what: &str,

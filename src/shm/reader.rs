@@ -17,7 +17,9 @@ use super::layout::{
 };
 use super::map::Mapping;
 use super::seqlock::{read_slot, write_slot, SlotRead};
-use super::{encode_params, monotonic_ns, unix_ns, CommandKind, ShmError, TrainingStatus};
+use super::{
+    encode_params, monotonic_ns, read_command, unix_ns, CommandKind, ShmError, TrainingStatus,
+};
 use crate::tensor::{RawTensor, TensorDesc};
 
 /// Reads of a slot that keeps changing under the reader before giving up
@@ -131,6 +133,15 @@ pub enum PointsRead {
     /// Points `first..first+count` were overwritten before being read; the
     /// read position moved past them.
     Missed { first: u64, count: u64 },
+}
+/// What [`Reader::control_ring`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlRing {
+    pub written: u64,
+    pub applied: u64,
+    /// (control seq, command_id) of each command still in the ring that
+    /// carries one, oldest first.
+    pub ids: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -834,6 +845,39 @@ impl Reader {
                 })) => Some(status),
                 _ => None,
             })
+    }
+
+    /// How many commands the trainer has applied (its position in the
+    /// control ring), at most how many were written.
+    pub fn commands_applied(&self) -> u64 {
+        let written = self.map.load_u64(hdr::CONTROL_WRITE_SEQ, Ordering::Acquire);
+        self.map
+            .load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire)
+            .min(written)
+    }
+
+    /// The control ring as the trainer sees it: how many commands were
+    /// written, how many it has applied, and the `command_id` parameter of
+    /// each command still in the ring (seq, id), oldest first, so an agent
+    /// (this one or one started after it) never writes a command twice.
+    pub fn control_ring(&self) -> Result<ControlRing, ShmError> {
+        let written = self.seq(hdr::CONTROL_WRITE_SEQ, "header control_write_seq")?;
+        let applied = self
+            .map
+            .load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire)
+            .min(written);
+        let from = written.saturating_sub(u64::from(self.geo.control_slots)) + 1;
+        let ids = (from..=written)
+            .filter_map(|n| {
+                let c = read_command(&self.map, &self.geo, &self.path, n).ok()?;
+                Some((n, c.param("command_id")?.parse().ok()?))
+            })
+            .collect();
+        Ok(ControlRing {
+            written,
+            applied,
+            ids,
+        })
     }
 
     /// Writes a command for the trainer. One agent writes a segment's

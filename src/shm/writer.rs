@@ -16,8 +16,8 @@ use super::layout::{
     self, control, event, frame, hdr, key, point, Geometry, RunConfig, MAX_IMAGES,
 };
 use super::map::Mapping;
-use super::seqlock::{read_slot, write_slot, SlotRead};
-use super::{decode_params, monotonic_ns, unix_ns, Command, CommandKind, ShmError, TrainingStatus};
+use super::seqlock::write_slot;
+use super::{monotonic_ns, read_command, unix_ns, Command, ShmError, TrainingStatus};
 use crate::tensor::{RawTensor, TensorDesc};
 
 /// When batches are copied into the frame ring.
@@ -692,64 +692,9 @@ impl Writer {
             return Err(err);
         }
         let n = self.applied + 1;
-        let base = self.geo.control_slot(n);
         // The agent publishes control_write_seq only after the slot is
         // complete, so anything but 2n here is corruption: skipped below.
-        let read = || -> Result<Command, ShmError> {
-            let mut buf = [0u8; control::PARAMS_CAP];
-            let fields = read_slot(m, base + control::SEQ, n, || {
-                let code = m.load_u32(base + control::COMMAND, Ordering::Relaxed);
-                let len = m.load_u32(base + control::PARAMS_LEN, Ordering::Relaxed) as usize;
-                let ts = m.load_u64(base + control::TIMESTAMP_UNIX_NS, Ordering::Relaxed);
-                if len <= control::PARAMS_CAP {
-                    m.read_bytes(base + control::PARAMS, &mut buf[..len]);
-                }
-                (code, len, ts)
-            });
-            let (code, len, ts) = match fields {
-                SlotRead::Read(f) => f,
-                SlotRead::Seq(s1) => {
-                    return Err(ShmError::field(
-                        &self.path,
-                        &format!("control slot for command {n} seq"),
-                        s1,
-                        (2 * n).to_string(),
-                    ))
-                }
-                SlotRead::Torn => {
-                    return Err(ShmError::field(
-                        &self.path,
-                        &format!("control slot for command {n}"),
-                        "rewritten while read",
-                        "stable".into(),
-                    ))
-                }
-            };
-            if len > control::PARAMS_CAP {
-                return Err(ShmError::field(
-                    &self.path,
-                    &format!("command {n} params_len"),
-                    len,
-                    format!("at most {}", control::PARAMS_CAP),
-                ));
-            }
-            let kind = CommandKind::from_code(code).ok_or_else(|| {
-                ShmError::field(
-                    &self.path,
-                    &format!("command {n} type"),
-                    code,
-                    "1..=5".into(),
-                )
-            })?;
-            let params = decode_params(&self.path, &format!("command {n}"), &buf[..len])?;
-            Ok(Command {
-                seq: n,
-                kind,
-                params,
-                timestamp_unix_ns: ts,
-            })
-        };
-        match read() {
+        match read_command(m, &self.geo, &self.path, n) {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
                 self.ack_command(n);

@@ -125,6 +125,10 @@ async function main() {
 
     // Pause: the test answers the command with StatusUpdate PAUSED.
     await page.getByRole('button', { name: 'Pause', exact: true }).click();
+    // The test reports it delivered first, then applied with its status.
+    await page.waitForSelector('#c-log li.delivered');
+    result.delivered = await page.locator('#c-log li').first().innerText();
+    emit({ delivered: true });
     await page.waitForFunction(() => document.getElementById('s-status').textContent === 'PAUSED');
     await page.waitForSelector('#c-log li.applied');
     result.pause = { status: await text('#s-status'), log: await page.locator('#c-log li').allInnerTexts() };

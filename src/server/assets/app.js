@@ -245,6 +245,7 @@
         S.perf = d.performance;
         dirty.perf = true;
       }
+      if (d.commands) controls.track(d.commands);
       if (d.frame) images.offer(d.frame);
       dirty.perf = true;
       schedule();
@@ -638,6 +639,35 @@
       }
     }
 
+    // What the server knows of each command: sent to the agent, delivered
+    // into the trainer's segment, applied by the trainer.
+    const fates = new Map();
+    function track(commands) {
+      for (const c of commands) fates.set(c.id, c);
+      for (const p of pending) fate(p);
+    }
+    function fate(p) {
+      const c = fates.get(p.id);
+      if (!c || p.done) return;
+      if (c.applied_ms) {
+        p.li.className = 'applied';
+        p.li.textContent = `${p.label} #${p.id}: applied by the trainer at ${clock(c.applied_ms)}`;
+        // Pause, resume and stop are done when the status they cause
+        // comes back (match); a change of learning rate or batch size has
+        // none to wait for.
+        if (p.type === 'CHANGE_LEARNING_RATE' || p.type === 'ADJUST_BATCH_SIZE') {
+          p.done = true;
+          tw.commands.push({ id: p.id, type: p.type, applied: 'applied' });
+          msg('ok', `${p.label} applied by the trainer.`);
+        }
+      } else if (c.delivered_ms) {
+        p.li.className = 'delivered';
+        p.li.textContent = `${p.label} #${p.id}: delivered to the trainer at ${clock(c.delivered_ms)}, waiting for it to apply it…`;
+      } else if (c.sent) {
+        p.li.textContent = `${p.label} #${p.id}: sent to the agent, not yet delivered to the trainer…`;
+      }
+    }
+
     function match(p, rec) {
       if (!p.done && EXPECT[p.type](rec.status)) {
         p.done = true;
@@ -671,13 +701,14 @@
         if (r.status === 401) $('token-box').open = true;
         return null;
       }
-      const li = el('li', null, `${label} #${body.command_id}: ${body.delivered ? 'sent to the agent' : 'held until the agent reconnects'}, waiting for the trainer…`);
+      const li = el('li', null, `${label} #${body.command_id}: ${body.delivered ? 'sent to the agent' : 'held until the agent reconnects'}, not yet delivered to the trainer…`);
       $('c-log').prepend(li);
       while ($('c-log').children.length > 8) $('c-log').lastChild.remove();
       const p = { id: body.command_id, type: body.type, label, li, done: false };
       pending.push(p);
       msg('', `${label} sent; waiting for the trainer to apply it.`);
       for (const x of recent) if (x.seenAt >= clickedAt) match(p, x.rec);
+      fate(p);
       return body;
     }
 
@@ -724,7 +755,7 @@
       if (text) msg('ok', text);
     }
 
-    return { applied };
+    return { applied, track };
   }
 
   const m = location.pathname.match(/^\/sessions\/(.+)$/);

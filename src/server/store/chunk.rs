@@ -64,7 +64,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// Packs one series' points into rows: sorted by (step, seq), split by
 /// rollup and by [`CHUNK_BYTES`].
 pub fn pack(points: &mut [Packed]) -> Vec<ChunkRow> {
-    points.sort_by(|a, b| (a.step, a.seq).cmp(&(b.step, b.seq)));
+    sort(points);
     let mut rows: Vec<ChunkRow> = Vec::new();
     let (mut prev_seq, mut prev_wall) = (0i64, 0i64);
     for p in points.iter() {
@@ -88,6 +88,11 @@ pub fn pack(points: &mut [Packed]) -> Vec<ChunkRow> {
         (prev_seq, prev_wall) = (p.seq, p.wall_ms);
     }
     rows
+}
+
+/// In (step, seq) order, as every read returns points.
+pub fn sort(points: &mut [Packed]) {
+    points.sort_by_key(|p| (p.step, p.seq));
 }
 
 fn corrupt(bucket: i64, seq: i64, why: &str) -> StoreError {
@@ -198,7 +203,11 @@ mod tests {
         let mut steady: Vec<Packed> = (0..64).map(|i| p(i, i + 1, 1000 + i * 16, 0.1)).collect();
         let rows = pack(&mut steady);
         assert_eq!(rows.len(), 1);
-        assert!(rows[0].data.len() <= 64 * 12, "{} bytes", rows[0].data.len());
+        assert!(
+            rows[0].data.len() <= 64 * 12,
+            "{} bytes",
+            rows[0].data.len()
+        );
     }
 
     #[test]
@@ -208,10 +217,15 @@ mod tests {
         let mut out = Vec::new();
         let cut = &rows[0].data[..rows[0].data.len() - 3];
         let e = unpack(0, 1, cut, &mut out).unwrap_err().to_string();
-        assert!(e.contains("point chunk") && e.contains("ends inside a value"), "{e}");
+        assert!(
+            e.contains("point chunk") && e.contains("ends inside a value"),
+            "{e}"
+        );
         let e = unpack(0, 1, &[64, 0, 0], &mut out).unwrap_err().to_string();
         assert!(e.contains("step offset 64"), "{e}");
-        let e = unpack(0, 1, &[1, 0xff, 0xff], &mut out).unwrap_err().to_string();
+        let e = unpack(0, 1, &[1, 0xff, 0xff], &mut out)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ends inside a number"), "{e}");
     }
 }

@@ -176,7 +176,8 @@ fn pack_points(tx: &Transaction) -> Result<()> {
     let mut read =
         tx.prepare("SELECT series, step, seq, wall_ms, value FROM points ORDER BY series")?;
     let mut rows = read.query([])?;
-    let mut insert = tx.prepare("INSERT INTO chunks (series, bucket, seq, data) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut insert =
+        tx.prepare("INSERT INTO chunks (series, bucket, seq, data) VALUES (?1, ?2, ?3, ?4)")?;
     let mut flush = |series: i64, pts: &mut Vec<Packed>| -> Result<()> {
         for c in chunk::pack(pts) {
             insert.execute(params![series, c.bucket, c.seq, c.data])?;
@@ -564,9 +565,8 @@ fn store_points(
             value: group.value[i],
         });
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO chunks (series, bucket, seq, data) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    let mut insert = tx
+        .prepare_cached("INSERT INTO chunks (series, bucket, seq, data) VALUES (?1, ?2, ?3, ?4)")?;
     for (pair, pts) in by_series.iter_mut().enumerate() {
         for c in chunk::pack(pts) {
             insert.execute(params![ids[pair], c.bucket, c.seq, c.data])?;
@@ -896,10 +896,14 @@ fn each_bucket(
         "SELECT bucket, seq, data FROM chunks WHERE series = ?1 AND bucket >= ?2 AND bucket <= ?3
          ORDER BY bucket"
     })?;
-    let mut rows = st.query(params![series, rollup::rollup_of(from), rollup::rollup_of(to)])?;
+    let mut rows = st.query(params![
+        series,
+        rollup::rollup_of(from),
+        rollup::rollup_of(to)
+    ])?;
     let mut emit = |pts: &mut Vec<Packed>| -> Result<bool> {
         pts.retain(|p| (from..=to).contains(&p.step));
-        pts.sort_by(|a, b| (a.step, a.seq).cmp(&(b.step, b.seq)));
+        chunk::sort(pts);
         if desc {
             pts.reverse();
         }
@@ -1023,7 +1027,7 @@ fn export_rows(
     let mut at: Option<(String, i64)> = None;
     let mut pts = Vec::new();
     let emit = |key: &str, pts: &mut Vec<Packed>, out: &mut Vec<ScalarPoint>| -> bool {
-        pts.sort_by(|a, b| (a.step, a.seq).cmp(&(b.step, b.seq)));
+        chunk::sort(pts);
         for p in pts.drain(..) {
             out.push(ScalarPoint {
                 run: run.to_string(),
