@@ -280,10 +280,17 @@ async fn image_samples_and_the_command_log_are_kept() {
     })
     .await;
 
-    let c = get_json(server.http, &format!("/api/runs/{id}/commands")).await;
+    // Kept with when the agent delivered it (this trainer never takes
+    // commands, so it is never applied).
+    let c = eventually("the command stored delivered", || async {
+        let c = get_json(server.http, &format!("/api/runs/{id}/commands")).await;
+        c["commands"][0]["delivered_ms"].is_i64().then_some(c)
+    })
+    .await;
     let commands = c["commands"].as_array().unwrap();
     assert_eq!(commands.len(), 1, "{c}");
     assert_eq!(commands[0]["who"], "alice");
+    assert!(commands[0]["applied_ms"].is_null(), "{c}");
     assert_eq!(commands[0]["id"], answer["command_id"]);
     let what: Value = serde_json::from_str(commands[0]["what"].as_str().unwrap()).unwrap();
     assert_eq!(what["type"], "CHANGE_LEARNING_RATE");
