@@ -73,7 +73,7 @@ typedef struct tw_options {
     uint32_t control_slots;   /* 0: default (16) */
     uint32_t image_policy;    /* TW_IMAGES_AUTO or TW_IMAGES_ALWAYS */
     uint64_t frame_capacity;  /* tensor bytes per frame; 0: 16x3x224x224 f32 */
-    uint32_t mode;            /* file mode; 0: 0660 */
+    uint32_t mode;            /* file mode; 0: 0600 (+ ACL for the agent) */
 } tw_options;
 
 typedef struct tw_images {

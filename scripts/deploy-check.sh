@@ -32,6 +32,11 @@ done
 dpkg -i "$WORK/trainwatch.deb" >/dev/null
 trap 'dpkg -r trainwatch >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 getent group trainwatch >/dev/null || { echo "postinst did not create the trainwatch group"; exit 1; }
+getent group trainwatch-publish >/dev/null || { echo "postinst did not create the trainwatch-publish group"; exit 1; }
+# The segment directory: the agent's, trainers may create in it, sticky.
+seg=$(stat -c '%U:%G %a' /dev/shm/trainwatch)
+[ "$seg" = "trainwatch:trainwatch-publish 3770" ] || { echo "/dev/shm/trainwatch is $seg"; exit 1; }
+echo "segment directory: $seg"
 systemd-analyze verify /lib/systemd/system/trainwatch-agent.service /lib/systemd/system/trainwatch-server.service
 for unit in trainwatch-agent trainwatch-server; do
   systemd-analyze security --offline=yes --no-pager /lib/systemd/system/$unit.service | tail -1

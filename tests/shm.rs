@@ -1055,19 +1055,70 @@ mod permissions {
     use super::*;
 
     #[test]
-    fn segments_are_group_read_write_whatever_the_umask() {
+    fn segments_are_the_owners_alone_whatever_the_umask() {
+        // The directory is the trainer's own: no one else to let in.
         let dir = shm_dir();
         let w = Writer::create(&config("perm"), &opts(dir.path())).unwrap();
         let mode = std::fs::metadata(w.path()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o660);
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(access_acl(w.path()), None);
+    }
+
+    /// The file's `system.posix_acl_access` value, if it has one.
+    fn access_acl(path: &std::path::Path) -> Option<Vec<u8>> {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os,sys\ntry: print(os.getxattr(sys.argv[1], 'system.posix_acl_access').hex())\nexcept OSError: print('none')",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        let hex = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (hex != "none").then(|| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect()
+        })
     }
 
     #[test]
-    fn a_missing_directory_is_created_setgid() {
+    fn the_directorys_owner_gets_read_write_by_an_acl_and_no_one_else() {
+        let dir = shm_dir();
+        let agent = 4243;
+        if std::os::unix::fs::chown(dir.path(), Some(agent), Some(4242)).is_err() {
+            eprintln!("skipped: cannot chown (not root)");
+            return;
+        }
+        let w = Writer::create(&config("acl"), &opts(dir.path())).unwrap();
+        let acl = access_acl(w.path()).expect("an access ACL");
+        // version 2; then (tag, perm, id): user::rw-, user:4243:rw-,
+        // group::---, mask::rw-, other::---.
+        let mut want = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 6, agent),
+            (4, 0, u32::MAX),
+            (0x10, 6, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            want.extend(tag.to_le_bytes());
+            want.extend(perm.to_le_bytes());
+            want.extend(id.to_le_bytes());
+        }
+        assert_eq!(acl, want);
+        // The agent's side still opens it (root here; tests/isolation.rs
+        // runs the agent as the directory's real owner).
+        Reader::open(w.path()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_sticky_and_setgid() {
         let dir = shm_dir();
         let sub = dir.path().join("a/b");
         Writer::create(&config("x"), &opts(&sub)).unwrap();
-        assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o2000, 0o2000);
+        assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o7777, 0o3770);
     }
 
     #[test]
@@ -1126,7 +1177,7 @@ mod python {
             assert_eq!(meta["path"], path.to_str().unwrap());
             assert_eq!(
                 std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o660
+                0o600
             );
             let mut r = Reader::open(&path).unwrap();
             let c = r.config();

@@ -177,7 +177,7 @@ class Publisher(object):
     def __init__(self, run_name, total_epochs=0, batches_per_epoch=0, batch_size=0,
                  model_name="", dataset_name="", class_names=(), shm_dir=None,
                  copy_images="auto", frame_capacity=None, frame_slots=None,
-                 event_slots=None, mode=0o660):
+                 event_slots=None, mode=0o600):
         self._lib = _lib.load()
         self._handle = None
         if shm_dir is None:

@@ -44,7 +44,7 @@ pub struct TwOptions {
     pub control_slots: u32,
     pub image_policy: u32,
     pub frame_capacity: u64,
-    /// File mode; 0 = 0660.
+    /// File mode; 0 = 0600 (the agent's user gets read/write by an ACL).
     pub mode: u32,
 }
 

@@ -13,6 +13,8 @@
 //! side: it trusts nothing in the mapping and names the field that is wrong.
 
 #[allow(unsafe_code)]
+mod acl;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod inspect;
 pub mod layout;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -42,7 +42,9 @@ pub struct WriterOptions {
     /// Slots of the points ring (named scalars, version 2).
     pub point_slots: u32,
     pub image_policy: ImagePolicy,
-    /// File mode: group read/write so the agent's group can attach.
+    /// File mode (default 0600). The agent's user, the owner of `shm_dir`
+    /// when that is not the trainer's user, gets read/write by an ACL
+    /// ([`grant_agent`]); nobody else can open the segment.
     pub mode: u32,
 }
 
@@ -56,7 +58,7 @@ impl WriterOptions {
             control_slots: layout::DEFAULT_CONTROL_SLOTS,
             point_slots: layout::DEFAULT_POINT_SLOTS,
             image_policy: ImagePolicy::Auto,
-            mode: 0o660,
+            mode: 0o600,
         }
     }
 }
@@ -134,6 +136,38 @@ pub fn validate_run_name(name: &str) -> Result<(), ShmError> {
     }
 }
 
+/// A segment directory the writer makes itself: sticky (only a file's
+/// owner removes or renames it), setgid (files take its group).
+const DIR_MODE: u32 = 0o3770;
+
+/// Lets the agent read and acknowledge a new segment, and nobody else:
+/// when `agent` (the directory's owner, the agent's user as deployed) is
+/// not the trainer's user, an ACL gives that user read/write. Where the
+/// file system has no ACLs the segment falls back to the directory's group
+/// (read/write), as before ACLs, with one warning on stderr.
+fn grant_agent(file: &File, path: &Path, mode: u32, agent: u32) -> Result<(), ShmError> {
+    let me = file
+        .metadata()
+        .map_err(|e| ShmError::io(path, "stat", e))?
+        .uid();
+    if agent == me {
+        return Ok(());
+    }
+    let Err(e) = super::acl::grant_user_rw(file, mode, agent) else {
+        return Ok(());
+    };
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!(
+            "trainwatch: cannot give the agent's user (uid {agent}) access to {} by an ACL ({e}); \
+             segments are readable by the directory's group instead",
+            path.display()
+        );
+    });
+    file.set_permissions(fs::Permissions::from_mode(mode | 0o060))
+        .map_err(|e| ShmError::io(path, "set permissions", e))
+}
+
 impl Writer {
     /// Creates `<shm_dir>/<run_name>`, replacing an older segment of that
     /// name. The file appears complete: it is built under a hidden name and
@@ -151,20 +185,24 @@ impl Writer {
         )?;
         let dir = &opts.shm_dir;
         if !dir.is_dir() {
-            // The agent's tmpfiles rule normally makes it (setgid, agent's
-            // group); without it, make one the group can still use.
+            // The agent's tmpfiles rule normally makes it (owned by the
+            // agent's user, sticky, setgid); without it, make one that is
+            // sticky too, so no user removes or replaces another's segment.
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o2770)
+                .mode(DIR_MODE)
                 .create(dir)
                 .map_err(|e| ShmError::io(dir, "create the segment directory", e))?;
-            // mkdir ignores the setgid bit; set it so files take the group.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o2770))
+            // mkdir ignores the setgid and sticky bits.
+            fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
                 .map_err(|e| ShmError::io(dir, "set permissions of the segment directory", e))?;
         }
+        let agent = fs::metadata(dir)
+            .map_err(|e| ShmError::io(dir, "stat the segment directory", e))?
+            .uid();
         let path = dir.join(&config.run_name);
         let tmp = dir.join(format!(".{}.{}.tmp", config.run_name, std::process::id()));
-        let result = Self::build(&tmp, &path, &encoded, geo, opts).map(|mut w| {
+        let result = Self::build(&tmp, &path, &encoded, geo, opts, agent).map(|mut w| {
             w.batches_per_epoch = config.batches_per_epoch;
             w
         });
@@ -180,6 +218,7 @@ impl Writer {
         encoded: &[u8],
         geo: Geometry,
         opts: &WriterOptions,
+        agent: u32,
     ) -> Result<Writer, ShmError> {
         let _ = fs::remove_file(tmp);
         let file = OpenOptions::new()
@@ -189,9 +228,10 @@ impl Writer {
             .mode(opts.mode)
             .open(tmp)
             .map_err(|e| ShmError::io(tmp, "create", e))?;
-        // The umask may have taken the group bits; the agent needs them.
+        // Exactly the mode asked for, whatever the umask; then the agent.
         file.set_permissions(fs::Permissions::from_mode(opts.mode))
             .map_err(|e| ShmError::io(tmp, "set permissions", e))?;
+        grant_agent(&file, tmp, opts.mode, agent)?;
         file.set_len(geo.total_size)
             .map_err(|e| ShmError::io(tmp, "set length", e))?;
         reserve(&file, tmp, geo.total_size)?;
