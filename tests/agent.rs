@@ -616,6 +616,14 @@ mod faults {
         }
         seen.sort();
         assert_eq!(seen, vec![(2, vec![0, 1]), (3, vec![0, 1, 2])]);
+        // Each keeps its whole name, beyond the id's readable part.
+        let mut names = Vec::new();
+        for id in &ids {
+            let d = get_json(http, &format!("/api/sessions/{id}")).await;
+            names.push(d["config"]["run_name"].as_str().unwrap().to_string());
+        }
+        names.sort();
+        assert_eq!(names, [runs[0].0.clone(), runs[1].0.clone()]);
         stop(server).await;
     }
 

@@ -63,6 +63,7 @@ fn training_config() -> TrainingConfig {
         model_name: "resnet18".into(),
         dataset_name: "cifar10".into(),
         class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
+        run_name: String::new(),
     }
 }
 

@@ -241,6 +241,10 @@ async fn every_batch_loss_is_stored_though_frames_are_paced() {
     );
 }
 
+/// Longer than the readable part of a session id: the store keeps the
+/// whole name (TrainingConfig.run_name) and finds the run by it.
+const IMGS: &str = "imgs_sampled_every_second_in_a_sweep_of_resnet18_runs";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_samples_and_the_command_log_are_kept() {
     let env = [("TRAINWATCH_SERVER_STORE__IMAGES_EVERY_S", "1")];
@@ -249,7 +253,7 @@ async fn image_samples_and_the_command_log_are_kept() {
     let _agent = AgentProc::start_insecure(server.grpc, shm.path(), &[]);
     let mut t = trainer(
         shm.path(),
-        "imgs",
+        IMGS,
         &[
             "--epochs",
             "3",
@@ -261,7 +265,7 @@ async fn image_samples_and_the_command_log_are_kept() {
             "60",
         ],
     );
-    let row = run_where(server.http, "imgs", "the run is stored", |r| {
+    let row = run_where(server.http, IMGS, "the run is stored", |r| {
         r["points"].as_u64() > Some(0)
     })
     .await;
@@ -275,7 +279,7 @@ async fn image_samples_and_the_command_log_are_kept() {
     .await;
     assert_eq!(status, 202, "{answer}");
     t.wait_exit();
-    run_where(server.http, "imgs", "the run completed", |r| {
+    run_where(server.http, IMGS, "the run completed", |r| {
         r["status"] == "completed"
     })
     .await;

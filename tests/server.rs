@@ -109,7 +109,10 @@ mod registration {
         // accepted and kept by every session that sent it.
         let mut bulky = grpc::config(0);
         bulky.class_names = (0..80_000).map(|i| format!("class-{i:020}")).collect();
+        let mut named = grpc::config(0);
+        named.run_name = "r".repeat(200);
         let cases: Vec<(&str, Option<trainwatch::proto::TrainingConfig>, &str)> = vec![
+            ("named-id", Some(named), "config.run_name is 200 bytes long"),
             ("", None, "session_id is empty"),
             (&long, None, "200 bytes long"),
             ("run/../../etc", None, "contains '/'"),
@@ -1621,7 +1624,6 @@ mod fuzz {
                 |(status, message, with_config, classes)| Some(Payload::StatusUpdate(
                     StatusUpdate {
                         status,
-                        message,
                         config: with_config.then(|| TrainingConfig {
                             total_epochs: 3,
                             batches_per_epoch: 10,
@@ -1629,7 +1631,9 @@ mod fuzz {
                             model_name: "m".into(),
                             dataset_name: "d".into(),
                             class_names: classes,
+                            run_name: message.clone(),
                         }),
+                        message,
                         timestamp_ms: 0,
                     }
                 ))

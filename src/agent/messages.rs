@@ -49,6 +49,7 @@ pub fn training_config(c: &shm::RunConfig) -> TrainingConfig {
         model_name: c.model_name.clone(),
         dataset_name: c.dataset_name.clone(),
         class_names: c.class_names.clone(),
+        run_name: c.run_name.clone(),
     }
 }
 

@@ -257,6 +257,8 @@ pub struct ConfigJson {
     pub model_name: String,
     pub dataset_name: String,
     pub class_names: Vec<String>,
+    /// The run's whole name (empty from seed peers).
+    pub run_name: String,
 }
 
 impl From<&TrainingConfig> for ConfigJson {
@@ -268,6 +270,7 @@ impl From<&TrainingConfig> for ConfigJson {
             model_name: c.model_name.clone(),
             dataset_name: c.dataset_name.clone(),
             class_names: c.class_names.clone(),
+            run_name: c.run_name.clone(),
         }
     }
 }

@@ -272,9 +272,14 @@ fn run_record(
             "class_names": c.class_names,
         })
     });
-    // An agent's id says which device and run; anything else is shown as
-    // it came, under the client's name.
-    let (device, name) = crate::proto::session_parts(id).unwrap_or((client, id));
+    // An agent's id says which device and run (the whole run name comes in
+    // the config); anything else is shown as it came, under the client's
+    // name.
+    let (device, short) = crate::proto::session_parts(id).unwrap_or((client, id));
+    let name = config
+        .map(|c| c.run_name.as_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(short);
     RunRecord {
         id: id.to_string(),
         device: device.to_string(),

@@ -40,6 +40,9 @@ pub fn session_id(id: &str) -> Result<(), Invalid> {
     crate::proto::check_session_id(id).map_err(Invalid)
 }
 
+/// Longest run name: what a segment may carry (`shm::writer::validate_run_name`).
+pub const MAX_RUN_NAME: usize = 128;
+
 fn text(field: &str, s: &str) -> Result<(), Invalid> {
     if s.len() > MAX_TEXT_LEN {
         return invalid!(
@@ -67,6 +70,12 @@ pub fn training_config(c: &TrainingConfig) -> Result<(), Invalid> {
     }
     if c.batch_size > 10_000_000 {
         return invalid!("config.batch_size is {}, more than 10000000", c.batch_size);
+    }
+    if c.run_name.len() > MAX_RUN_NAME {
+        return invalid!(
+            "config.run_name is {} bytes long, more than {MAX_RUN_NAME}",
+            c.run_name.len()
+        );
     }
     text("config.model_name", &c.model_name)?;
     text("config.dataset_name", &c.dataset_name)?;

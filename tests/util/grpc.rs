@@ -78,6 +78,8 @@ pub fn config(classes: usize) -> TrainingConfig {
         model_name: "resnet18".into(),
         dataset_name: "cifar10".into(),
         class_names: (0..classes).map(|i| format!("class{i}")).collect(),
+        // As a seed peer: no run name (the id's prefix is shown).
+        run_name: String::new(),
     }
 }
 
