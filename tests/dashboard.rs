@@ -593,6 +593,90 @@ async fn with_http_token_reads_reading_needs_the_token_which_the_page_asks_for()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() {
+    let store = util::TempStore::new();
+    let mut s = ServerSettings::local_insecure();
+    s.store.place = Some(store.place());
+    let server = Server::start(&s).await.expect("server starts");
+    // 200 runs on two devices, registered as agents register them.
+    let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+    let id = |i: usize| {
+        let device = if i.is_multiple_of(2) {
+            "jetson-a"
+        } else {
+            "jetson-b"
+        };
+        format!("{device}:sweep-{i:03}:1796000000{i:03}")
+    };
+    // Together (each waits for its commit), then the newest.
+    let regs = (0..199).map(|i| {
+        let (mut c, id) = (c.clone(), id(i));
+        async move { grpc::register(&mut c, &id).await.success }
+    });
+    let ok = futures_util::future::join_all(regs).await;
+    assert!(ok.iter().all(|&ok| ok));
+    assert!(grpc::register(&mut c, &id(199)).await.success);
+    let live_id = id(199);
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": live_id, "scenario": "runs", "live_id": live_id,
+        "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    browser.expect("listed").await;
+    // The newest run starts training: its row follows without a reload.
+    let stream = Stream::open(&mut c).await;
+    let mut r = request(
+        &live_id,
+        Payload::StatusUpdate(StatusUpdate {
+            status: TrainingStatus::Running as i32,
+            message: "started".into(),
+            ..Default::default()
+        }),
+    );
+    r.event_seq = 1;
+    stream.send(r).await;
+    let r = browser.expect("result").await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    let first = texts(&r["first_page"]);
+    assert_eq!(first.len(), 50);
+    assert_eq!(first[0], "sweep-199", "newest first: {first:?}");
+    assert!(
+        r["count"].as_str().unwrap().contains("older ones follow"),
+        "{}",
+        r["count"]
+    );
+    assert_eq!(r["two_pages"], 100);
+    // Registered together: the order among them is the server's.
+    let sorted = |v: &Value| {
+        let mut t = texts(v);
+        t.sort();
+        t
+    };
+    let filtered = sorted(&r["filtered"]);
+    assert_eq!(
+        filtered,
+        [
+            "sweep-011",
+            "sweep-013",
+            "sweep-015",
+            "sweep-017",
+            "sweep-019"
+        ]
+    );
+    assert!(texts(&r["devices"]).iter().all(|d| d == "jetson-b"));
+    assert_eq!(r["search"], "?q=sweep-01&device=jetson-b");
+    assert_eq!(sorted(&r["reloaded"]), filtered, "the link shows the same");
+    let row = r["live_row"].as_str().unwrap();
+    assert!(
+        row.contains("sweep-199") && row.contains("running"),
+        "{row}"
+    );
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_control_needs_the_token_which_the_page_can_supply() {
     let token = "dashboard-test-token-0123456789";
     let (r, session) = guarded(Some(token)).await;
@@ -664,7 +748,7 @@ async fn page_and_assets_are_embedded_and_locked_down() {
     let (status, _, body) = raw_get(addr, "/api/control").await;
     assert_eq!(
         (status, body.as_str()),
-        (200, r#"{"mode":"open","reads":"open"}"#)
+        (200, r#"{"mode":"open","reads":"open","store":false}"#)
     );
     let (status, _, _) = raw_get(addr, "/api/sessions/nope/events").await;
     assert_eq!(status, 404);

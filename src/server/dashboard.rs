@@ -227,7 +227,9 @@ async fn control_mode(State(d): State<Dash>) -> Response {
     } else {
         "open"
     };
-    Json(serde_json::json!({ "mode": mode, "reads": reads })).into_response()
+    // Whether runs are kept (GET /api/runs exists): the runs page asks.
+    let store = d.registry.store().is_some();
+    Json(serde_json::json!({ "mode": mode, "reads": reads, "store": store })).into_response()
 }
 
 fn unavailable(message: String) -> Response {

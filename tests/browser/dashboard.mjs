@@ -183,6 +183,37 @@ async function main() {
       result.accepted = await page.locator('#c-log li').first().innerText();
       result.stored = await page.evaluate(() => sessionStorage.getItem('trainwatch.token') !== null);
     }
+  } else if (args.scenario === 'runs') {
+    // The store's runs: a page of 50, older ones on demand, filters that
+    // the server applies and the URL keeps, a live run's row following it.
+    const rows = () => page.locator('#stored tr').count();
+    const waitRows = (n) => page.waitForFunction((n) => document.querySelectorAll('#stored tr').length === n, n);
+    await page.goto(args.url + '/');
+    await waitRows(50);
+    result.first_page = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.count = await text('#rf-count');
+    await page.click('#rf-more');
+    await waitRows(100);
+    result.two_pages = await rows();
+    await page.fill('#rf-q', 'sweep-01');
+    await waitRows(10);
+    await page.fill('#rf-device', 'jetson-b');
+    await waitRows(5);
+    result.filtered = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.devices = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
+    result.search = await page.evaluate(() => location.search);
+    // A link with the filters shows the same list.
+    await page.goto(args.url + '/' + result.search);
+    await waitRows(5);
+    result.reloaded = await page.locator('#stored tr td:first-child').allInnerTexts();
+    await page.goto(args.url + '/');
+    await waitRows(50);
+    emit({ listed: true });
+    await page.waitForFunction((id) => {
+      const tr = document.querySelector(`#stored tr[data-id="${CSS.escape(id)}"]`);
+      return tr && tr.children[4].textContent === 'running';
+    }, args.live_id);
+    result.live_row = await page.locator(`#stored tr[data-id="${args.live_id}"]`).innerText();
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.
     await page.goto(sessionUrl);

@@ -89,16 +89,17 @@
   });
   showTokenState();
   if (token()) setCookie(token());
-  fetch('/api/control', { cache: 'no-store' })
+  // What the server offers: control mode, reads behind the token, a store.
+  const capabilities = fetch('/api/control', { cache: 'no-store' })
     .then((r) => r.json())
-    .then((c) => {
-      readsNeedToken = c.reads === 'token';
-      if (readsNeedToken && !token()) {
-        $('token-state').textContent = 'this server needs the token to show its runs: enter it here';
-        $('token-box').open = true;
-      }
-    })
-    .catch(() => {});
+    .catch(() => ({}));
+  capabilities.then((c) => {
+    readsNeedToken = c.reads === 'token';
+    if (readsNeedToken && !token()) {
+      $('token-state').textContent = 'this server needs the token to show its runs: enter it here';
+      $('token-box').open = true;
+    }
+  });
 
   // --------------------------------------------------------- overview --
   function overview() {
@@ -114,7 +115,9 @@
       skew = d.server_ms - Date.now();
       rows = d.sessions;
       render();
+      stored.live(rows);
     });
+    const stored = storedRuns();
     function progress(cur, total) {
       const td = el('td');
       if (cur === null || cur === undefined) {
@@ -162,6 +165,126 @@
       }
     }
     setInterval(renderSeen, 1000);
+  }
+
+  // Every run the store keeps, a page at a time (GET /api/runs), filtered
+  // by the server; the filters are in the URL so a link shows the same
+  // list. Rows of live runs follow the overview's pushed rows.
+  function storedRuns() {
+    const PAGE = 50;
+    const params = new URLSearchParams(location.search);
+    const q = $('rf-q'), device = $('rf-device'), status = $('rf-status');
+    q.value = params.get('q') || '';
+    device.value = params.get('device') || '';
+    status.value = params.get('status') || '';
+    let next = null, shown = [], enabled, loads = 0;
+    const tried = new Set(); // live ids a reload was made for
+    const when = (ms) => (ms ? new Date(ms).toLocaleString([], { hour12: false }) : 'n/a');
+    const span = (ms) => {
+      if (ms === null || ms === undefined || ms < 0) return 'n/a';
+      const s = Math.round(ms / 1000);
+      if (s < 60) return `${s} s`;
+      if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+      return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    };
+    function query(cursor) {
+      const u = new URLSearchParams();
+      u.set('limit', PAGE);
+      if (q.value) u.set('q', q.value);
+      if (device.value) u.set('device', device.value);
+      if (status.value) u.set('status', status.value);
+      if (cursor) u.set('cursor', cursor);
+      return '/api/runs?' + u;
+    }
+    function row(r) {
+      const tr = el('tr');
+      tr.dataset.id = r.id;
+      const name = el('td');
+      const a = el('a', null, r.name || r.id);
+      a.href = '/sessions/' + encodeURIComponent(r.id);
+      a.title = r.id;
+      name.append(a);
+      const st = el('td');
+      st.append(el('span', 'badge ' + r.status.toUpperCase(), r.status));
+      const started = r.started_ms || r.created_ms;
+      const end = r.ended_ms || Date.now();
+      tr.append(
+        name,
+        el('td', null, r.device),
+        el('td', null, r.model || 'n/a'),
+        el('td', null, r.dataset || 'n/a'),
+        st,
+        el('td', null, when(started)),
+        el('td', null, span(end - started)),
+        el('td', null, String(r.epochs)),
+        el('td', null, String(r.points)),
+      );
+      return tr;
+    }
+    async function load(more) {
+      const mine = ++loads;
+      const r = await fetch(query(more ? next : null), { cache: 'no-store', credentials: 'same-origin' });
+      const body = await r.json();
+      if (mine !== loads) return; // a newer query answered first
+      if (!r.ok) {
+        $('rf-count').textContent = `cannot list runs (${r.status}): ${body.error || r.statusText}`;
+        return;
+      }
+      if (!more) shown = [];
+      shown = shown.concat(body.runs);
+      next = body.next_cursor;
+      const tb = $('stored');
+      if (!more) tb.replaceChildren();
+      for (const x of body.runs) tb.append(row(x));
+      $('rf-more').hidden = !next;
+      $('rf-count').textContent = `${shown.length} run${shown.length === 1 ? '' : 's'} shown${next ? ', older ones follow' : ''}`;
+      tw.runs = shown.length;
+    }
+    let timer = null;
+    function filtersChanged() {
+      const u = new URLSearchParams(location.search);
+      for (const [k, input] of [['q', q], ['device', device], ['status', status]]) {
+        if (input.value) u.set(k, input.value);
+        else u.delete(k);
+      }
+      const s = u.toString();
+      history.replaceState(null, '', location.pathname + (s ? '?' + s : ''));
+      tried.clear();
+      clearTimeout(timer);
+      timer = setTimeout(() => load(false).catch(() => {}), 200);
+    }
+    for (const input of [q, device]) input.addEventListener('input', filtersChanged);
+    status.addEventListener('change', filtersChanged);
+    $('rf').addEventListener('submit', (e) => e.preventDefault());
+    $('rf-more').addEventListener('click', () => load(true).catch(() => {}));
+    enabled = false;
+    capabilities.then((c) => {
+      enabled = !!c.store;
+      $('stored-runs').hidden = !enabled;
+      $('no-store').hidden = enabled;
+      if (enabled) load(false).catch(() => {});
+    });
+    return {
+      // The pushed live rows: each shown run that is live takes its status;
+      // a live run not shown yet (a new one) reloads the first page, once
+      // for each such run (one the filters leave out stays out).
+      live(rows) {
+        if (!enabled) return;
+        let fresh = false;
+        for (const l of rows) {
+          const tr = document.querySelector(`#stored tr[data-id="${CSS.escape(l.id)}"]`);
+          if (!tr) {
+            if (!tried.has(l.id)) fresh = true;
+            tried.add(l.id);
+            continue;
+          }
+          const badge = tr.children[4].firstChild;
+          badge.className = 'badge ' + l.status;
+          badge.textContent = l.status.toLowerCase();
+        }
+        if (fresh && shown.length <= PAGE) load(false).catch(() => {});
+      },
+    };
   }
 
   // ---------------------------------------------------------- session --
