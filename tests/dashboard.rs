@@ -677,6 +677,101 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
+    use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
+    let place = util::TempStore::new();
+    // Written by an earlier server: this one never saw the run live.
+    {
+        let s = store::open(&place.place(), StoreOptions::default())
+            .await
+            .unwrap();
+        let mut writes = vec![Write::Run(RunRecord {
+            id: "jetson-a:sweep-long-name:1796000000000".into(),
+            device: "jetson-a".into(),
+            name: "sweep-long-name".into(),
+            model: "resnet18".into(),
+            dataset: "cifar10".into(),
+            config: "{}".into(),
+            created_ms: 1_796_000_000_000,
+            owner: None,
+        })];
+        let mut seq = 1;
+        for (key, n) in [("train/loss", 5000i64), ("val/acc", 300), ("lr", 50)] {
+            let points: Vec<Point> = (0..n)
+                .map(|i| Point {
+                    key: key.into(),
+                    step: i,
+                    wall_ms: 1_796_000_000_000 + i,
+                    value: 1.0 / (1.0 + i as f64),
+                })
+                .collect();
+            writes.push(Write::Points {
+                run: "jetson-a:sweep-long-name:1796000000000".into(),
+                first_seq: seq,
+                points,
+            });
+            seq += n as u64;
+        }
+        for r in s.apply(writes).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    let mut settings = ServerSettings::local_insecure();
+    settings.store.place = Some(place.place());
+    let server = Server::start(&settings).await.expect("server starts");
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": "jetson-a:sweep-long-name:1796000000000",
+        "scenario": "run", "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    let r = browser.expect("result").await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    assert_eq!(r["name"], "sweep-long-name");
+    assert_eq!(
+        texts(&r["groups"]),
+        ["(no prefix)", "train", "val"],
+        "grouped by prefix"
+    );
+    let c = &r["charts"];
+    // Short series whole; the long one in at most 1,000 buckets.
+    assert_eq!(
+        c["val/acc"],
+        serde_json::json!({"points": 300, "downsampled": false})
+    );
+    assert_eq!(c["lr"]["points"], 50);
+    let loss = c["train/loss"]["points"].as_u64().unwrap();
+    assert!(
+        c["train/loss"]["downsampled"] == true && (500..=1000).contains(&loss),
+        "{c}"
+    );
+    // The drag asked for its range and got every point of it.
+    let z = &r["zoomed"];
+    let (from, to) = (
+        z["range"][0].as_i64().unwrap(),
+        z["range"][1].as_i64().unwrap(),
+    );
+    assert!(from > 1000 && to < 3000 && from < to, "{z}");
+    assert_eq!(z["downsampled"], false, "{z}");
+    assert_eq!(z["points"].as_i64().unwrap(), to - from + 1, "{z}");
+    let asked = z["requests"].as_array().unwrap();
+    assert!(
+        asked.iter().any(|q| q
+            .as_str()
+            .unwrap()
+            .contains(&format!("from={from}&to={to}"))),
+        "{z}"
+    );
+    // Nothing from anywhere but the server (uPlot is served by it).
+    let base = url(&server);
+    for u in r["requests"].as_array().unwrap() {
+        assert!(u.as_str().unwrap().starts_with(&base), "{u}");
+    }
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_control_needs_the_token_which_the_page_can_supply() {
     let token = "dashboard-test-token-0123456789";
     let (r, session) = guarded(Some(token)).await;

@@ -71,6 +71,10 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+/// uPlot 1.6.32 (MIT, assets/vendor/uPlot.LICENSE), vendored from its
+/// release's dist/: served from the binary, nothing fetched at run time.
+const UPLOT_JS: &str = include_str!("assets/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/vendor/uPlot.min.css");
 
 /// What the page may run and load: only its own files, images inline.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -157,6 +161,15 @@ pub fn router(registry: Arc<Registry>, control: ControlPolicy, settings: Dashboa
     Router::new()
         .route("/", get(page))
         .route("/sessions/{id}", get(page))
+        .route("/runs/{id}", get(page))
+        .route(
+            "/assets/uplot.js",
+            get(|| asset(UPLOT_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/assets/uplot.css",
+            get(|| asset(UPLOT_CSS, "text/css; charset=utf-8")),
+        )
         .route(
             "/assets/app.js",
             get(|| asset(APP_JS, "text/javascript; charset=utf-8")),

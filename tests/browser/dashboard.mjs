@@ -214,6 +214,30 @@ async function main() {
       return tr && tr.children[4].textContent === 'running';
     }, args.live_id);
     result.live_row = await page.locator(`#stored tr[data-id="${args.live_id}"]`).innerText();
+  } else if (args.scenario === 'run') {
+    // A stored run's page: one chart per named scalar, grouped by prefix;
+    // a drag zooms and the server answers that range at full resolution.
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(`${args.url}/runs/${encodeURIComponent(args.session)}`);
+    await page.waitForFunction(() => window.trainwatch.chartsReady === true);
+    result.name = await text('#r-name');
+    result.groups = await page.locator('#r-charts .group > h2').allInnerTexts();
+    result.charts = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
+      .map(([k, v]) => [k, { points: v.points, downsampled: v.downsampled }])));
+    const over = page.locator('.chart-box[data-key="train/loss"] .u-over');
+    const box = await over.boundingBox();
+    const y = box.y + box.height / 2;
+    await page.mouse.move(box.x + box.width * 0.40, y);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.45, y, { steps: 5 });
+    await page.mouse.up();
+    await page.waitForFunction(() => window.trainwatch.charts['train/loss'].range);
+    result.zoomed = await page.evaluate(() => {
+      const c = window.trainwatch.charts['train/loss'];
+      return { points: c.points, downsampled: c.downsampled, range: c.range, requests: c.requests };
+    });
+    result.requests = requests;
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.
     await page.goto(sessionUrl);

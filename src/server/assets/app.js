@@ -201,7 +201,7 @@
       tr.dataset.id = r.id;
       const name = el('td');
       const a = el('a', null, r.name || r.id);
-      a.href = '/sessions/' + encodeURIComponent(r.id);
+      a.href = '/runs/' + encodeURIComponent(r.id);
       a.title = r.id;
       name.append(a);
       const st = el('td');
@@ -285,6 +285,106 @@
         if (fresh && shown.length <= PAGE) load(false).catch(() => {});
       },
     };
+  }
+
+  // -------------------------------------------------------------- run --
+  // A stored run (live or finished, after any restart): every named scalar
+  // as its own uPlot chart, grouped by the prefix before '/'. Each series
+  // comes downsampled by the server (min, max and last per bucket); a zoom
+  // asks for its range again, at full resolution once it is narrow enough.
+  function runView(id) {
+    $('run').hidden = false;
+    document.title = 'trainwatch — ' + id;
+    tw.charts = {};
+    const POINTS = 1000;
+    const base = '/api/runs/' + encodeURIComponent(id);
+    const get = (u) => fetch(u, { cache: 'no-store', credentials: 'same-origin' }).then(async (r) => {
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
+      return body;
+    });
+    const fail = (e) => {
+      $('r-error').hidden = false;
+      $('r-error').textContent = String(e.message || e);
+    };
+    get(base).then((run) => {
+      $('r-name').textContent = run.name || run.id;
+      $('r-status').textContent = run.status;
+      $('r-status').className = 'badge ' + run.status.toUpperCase();
+      $('r-meta').textContent = [run.device, run.model, run.dataset, `${run.points} points`, `${run.epochs} epochs`]
+        .filter(Boolean).join(' · ');
+      setConn('live', 'stored run');
+    }).catch(fail);
+    const columns = (series) => {
+      const b = series.buckets;
+      return [b.map((x) => x.step), b.map((x) => x.last), b.map((x) => x.min), b.map((x) => x.max)];
+    };
+    function chart(key, series, into) {
+      const box = el('section', 'card chart-box');
+      box.dataset.key = key;
+      box.append(el('h2', null, key));
+      into.append(box);
+      const state = { points: series.buckets.length, downsampled: series.downsampled, requests: [] };
+      tw.charts[key] = state;
+      let full = true;
+      const plot = new uPlot({
+        width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+        height: 220,
+        scales: { x: { time: false } },
+        axes: [{ label: 'step' }, {}],
+        series: [
+          { label: 'step' },
+          { label: 'last', stroke: '#0072b2', width: 1.5 },
+          { label: 'min', stroke: '#56b4e9', width: 1, dash: [4, 3] },
+          { label: 'max', stroke: '#e69f00', width: 1, dash: [4, 3] },
+        ],
+        cursor: { drag: { x: true, y: false } },
+        hooks: {
+          setSelect: [(u) => {
+            if (u.select.width < 2) return;
+            const from = Math.floor(u.posToVal(u.select.left, 'x'));
+            const to = Math.ceil(u.posToVal(u.select.left + u.select.width, 'x'));
+            u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+            load(from, to);
+          }],
+        },
+      }, columns(series), box);
+      function load(from, to) {
+        const q = new URLSearchParams({ keys: key, points: POINTS });
+        if (from !== undefined) { q.set('from', from); q.set('to', to); }
+        state.requests.push(q.toString());
+        get(`${base}/scalars?${q}`).then((body) => {
+          const s = body.series.find((x) => x.key === key);
+          if (!s) return;
+          full = from === undefined;
+          state.points = s.buckets.length;
+          state.downsampled = s.downsampled;
+          state.range = full ? null : [from, to];
+          plot.setData(columns(s));
+        }).catch(fail);
+      }
+      box.addEventListener('dblclick', () => { if (!full) load(); });
+      state.zoom = load; // for tests and the keyboard
+    }
+    get(`${base}/scalars?points=${POINTS}`).then((body) => {
+      const groups = new Map();
+      for (const s of body.series) {
+        const g = s.key.includes('/') ? s.key.slice(0, s.key.indexOf('/')) : '(no prefix)';
+        if (!groups.has(g)) groups.set(g, []);
+        groups.get(g).push(s);
+      }
+      const root = $('r-charts');
+      if (!groups.size) root.append(el('p', 'muted', 'This run has logged no named scalar.'));
+      for (const [g, list] of [...groups].sort((a, b) => a[0].localeCompare(b[0]))) {
+        const sec = el('section', 'group');
+        sec.append(el('h2', null, g));
+        const grid = el('div', 'charts');
+        sec.append(grid);
+        root.append(sec);
+        for (const s of list) chart(s.key, s, grid);
+      }
+      tw.chartsReady = true;
+    }).catch(fail);
   }
 
   // ---------------------------------------------------------- session --
@@ -882,6 +982,8 @@
   }
 
   const m = location.pathname.match(/^\/sessions\/(.+)$/);
+  const r = location.pathname.match(/^\/runs\/(.+)$/);
   if (m) sessionView(decodeURIComponent(m[1]));
+  else if (r) runView(decodeURIComponent(r[1]));
   else overview();
 })();
