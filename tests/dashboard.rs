@@ -760,6 +760,27 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
             .contains(&format!("from={from}&to={to}"))),
         "{z}"
     );
+    // val/acc's values are 1 / (1 + step): with weight 0.9 the line is their
+    // debiased moving average.
+    let (w, v) = (0.9f64, |i: f64| 1.0 / (1.0 + i));
+    let mut s = 0.0;
+    let want: Vec<f64> = (0..3)
+        .map(|i| {
+            s = s * w + (1.0 - w) * v(i as f64);
+            s / (1.0 - w.powi(i + 1))
+        })
+        .collect();
+    let got: Vec<f64> = r["smoothed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+    }
+    assert_eq!(got.len(), 3);
+    assert_eq!(r["smooth_url"], "?smooth=0.9");
     // Nothing from anywhere but the server (uPlot is served by it).
     let base = url(&server);
     for u in r["requests"].as_array().unwrap() {

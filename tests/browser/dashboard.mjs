@@ -237,6 +237,11 @@ async function main() {
       const c = window.trainwatch.charts['train/loss'];
       return { points: c.points, downsampled: c.downsampled, range: c.range, requests: c.requests };
     });
+    // Smoothing: the line becomes the debiased EMA of the values, and the
+    // URL keeps the weight.
+    await page.locator('#r-smooth').fill('0.9');
+    result.smoothed = await page.evaluate(() => window.trainwatch.charts['val/acc'].line(3));
+    result.smooth_url = await page.evaluate(() => location.search);
     result.requests = requests;
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.

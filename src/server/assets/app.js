@@ -315,16 +315,41 @@
         .filter(Boolean).join(' · ');
       setConn('live', 'stored run');
     }).catch(fail);
+    // Exponential moving average of the last values, debiased as
+    // TensorBoard's smoothing is (weight 0: the values themselves).
+    const params = new URLSearchParams(location.search);
+    let weight = Math.min(0.99, Math.max(0, Number(params.get('smooth')) || 0));
+    $('r-smooth').value = weight;
+    $('r-smooth-v').textContent = weight;
+    const ema = (vals) => {
+      if (!weight) return vals;
+      let s = 0;
+      return vals.map((v, i) => {
+        s = s * weight + (1 - weight) * v;
+        return s / (1 - Math.pow(weight, i + 1));
+      });
+    };
     const columns = (series) => {
       const b = series.buckets;
-      return [b.map((x) => x.step), b.map((x) => x.last), b.map((x) => x.min), b.map((x) => x.max)];
+      return [b.map((x) => x.step), ema(b.map((x) => x.last)), b.map((x) => x.min), b.map((x) => x.max)];
     };
+    const redraws = [];
+    $('r-smooth').addEventListener('input', () => {
+      weight = Number($('r-smooth').value);
+      $('r-smooth-v').textContent = weight;
+      const u = new URLSearchParams(location.search);
+      if (weight) u.set('smooth', weight);
+      else u.delete('smooth');
+      history.replaceState(null, '', location.pathname + (u.toString() ? '?' + u : ''));
+      for (const f of redraws) f();
+    });
     function chart(key, series, into) {
       const box = el('section', 'card chart-box');
       box.dataset.key = key;
       box.append(el('h2', null, key));
       into.append(box);
       const state = { points: series.buckets.length, downsampled: series.downsampled, requests: [] };
+      let shown = series;
       tw.charts[key] = state;
       let full = true;
       const plot = new uPlot({
@@ -360,11 +385,14 @@
           state.points = s.buckets.length;
           state.downsampled = s.downsampled;
           state.range = full ? null : [from, to];
+          shown = s;
           plot.setData(columns(s));
         }).catch(fail);
       }
       box.addEventListener('dblclick', () => { if (!full) load(); });
-      state.zoom = load; // for tests and the keyboard
+      redraws.push(() => plot.setData(columns(shown)));
+      // What is drawn, for tests: the first values of the line.
+      state.line = (n) => plot.data[1].slice(0, n);
     }
     get(`${base}/scalars?points=${POINTS}`).then((body) => {
       const groups = new Map();
