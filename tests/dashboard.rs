@@ -712,6 +712,78 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
             });
             seq += n as u64;
         }
+        // Figures without a GPU, the run's statuses and one command.
+        let run = "jetson-a:sweep-long-name:1796000000000".to_string();
+        writes.push(Write::Perf {
+            run: run.clone(),
+            samples: (0..20)
+                .map(|i| store::PerfSample {
+                    wall_ms: 1_796_000_000_000 + i * 1000,
+                    fps: Some(60.0 + i as f64),
+                    batch_ms: Some(16.0),
+                    cpu_percent: Some(50.0),
+                    ram_mb: Some(900.0),
+                    gpu_percent: None,
+                    gpu_mem_mb: None,
+                    gpu_clock_mhz: None,
+                })
+                .collect(),
+        });
+        for (seq, status, message) in [
+            (1, store::RunStatus::Running, "started"),
+            (2, store::RunStatus::Completed, "done"),
+        ] {
+            writes.push(Write::Status {
+                run: run.clone(),
+                record: store::StatusRecord {
+                    seq,
+                    wall_ms: 1_796_000_000_000 + seq as i64 * 10_000,
+                    status,
+                    message: message.into(),
+                },
+            });
+        }
+        writes.push(Write::Command {
+            run: run.clone(),
+            record: store::CommandRecord {
+                id: 1,
+                who: "alice".into(),
+                when_ms: 1_796_000_005_000,
+                what: r#"{"type":"CHANGE_LEARNING_RATE","parameters":{"learning_rate":"0.01"}}"#
+                    .into(),
+                delivered_ms: None,
+                applied_ms: None,
+            },
+        });
+        // Epoch 0's and epoch 1's last batches, four tiles each.
+        for (epoch, step) in [(0u32, 9i64), (1, 19)] {
+            writes.push(Write::Image {
+                run: run.clone(),
+                sample: store::ImageSample {
+                    epoch,
+                    step,
+                    wall_ms: 1_796_000_000_000 + step * 100,
+                    jpegs: (0..4).map(|i| grpc::jpeg(24 + i, 16)).collect(),
+                    predictions: (0..4)
+                        .map(|i| store::Prediction {
+                            class: i % 2,
+                            confidence: 0.75,
+                        })
+                        .collect(),
+                    labels: vec![0, 1, 1, 1],
+                },
+            });
+        }
+        writes.push(Write::CommandDelivered {
+            run: run.clone(),
+            id: 1,
+            at_ms: 1_796_000_005_010,
+        });
+        writes.push(Write::CommandApplied {
+            run,
+            id: 1,
+            at_ms: 1_796_000_005_100,
+        });
         for r in s.apply(writes).await.unwrap() {
             r.unwrap();
         }
@@ -781,6 +853,51 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     }
     assert_eq!(got.len(), 3);
     assert_eq!(r["smooth_url"], "?smooth=0.9");
+    // Figures it measured as charts, 20 samples each; the GPU named absent.
+    assert_eq!(
+        r["perf"],
+        serde_json::json!({"fps": 20, "batch_ms": 20, "cpu_percent": 20, "ram_mb": 20})
+    );
+    let absent = r["absent"].as_str().unwrap();
+    assert!(
+        absent.contains("GPU %") && absent.contains("GPU clock"),
+        "{absent}"
+    );
+    let history = texts(&r["history"]);
+    assert!(
+        history.len() == 2
+            && history[0].contains("running")
+            && history[1].contains("completed: done"),
+        "{history:?}"
+    );
+    let commands = texts(&r["commands"]);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert!(
+        commands[0].contains("#1 CHANGE_LEARNING_RATE (learning_rate=0.01) by alice")
+            && !commands[0].contains("not yet"),
+        "{commands:?}"
+    );
+    // Epoch 0's stored tiles: decoded images with predicted vs true class.
+    assert_eq!(r["images"], 2);
+    let tiles = r["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), 4, "{tiles:?}");
+    assert_eq!(tiles[0]["width"], 24);
+    assert_eq!(tiles[3]["width"], 27);
+    let caps: Vec<&str> = tiles
+        .iter()
+        .map(|t| t["caption"].as_str().unwrap())
+        .collect();
+    assert!(
+        caps[0].contains("class 0 75%") && caps[0].contains("true: class 0"),
+        "{caps:?}"
+    );
+    let ok: Vec<bool> = tiles.iter().map(|t| t["ok"].as_bool().unwrap()).collect();
+    assert_eq!(ok, [true, true, false, true]);
+    assert!(
+        r["img_at"].as_str().unwrap().contains("epoch 0, step 9"),
+        "{}",
+        r["img_at"]
+    );
     // Nothing from anywhere but the server (uPlot is served by it).
     let base = url(&server);
     for u in r["requests"].as_array().unwrap() {

@@ -242,6 +242,22 @@ async function main() {
     await page.locator('#r-smooth').fill('0.9');
     result.smoothed = await page.evaluate(() => window.trainwatch.charts['val/acc'].line(3));
     result.smooth_url = await page.evaluate(() => location.search);
+    await page.waitForFunction(() => window.trainwatch.perf && document.querySelectorAll('#r-commands li').length > 0);
+    result.perf = await page.evaluate(() => window.trainwatch.perf);
+    result.absent = await text('#r-absent');
+    result.history = await page.locator('#r-history li').allInnerTexts();
+    result.commands = await page.locator('#r-commands li').allInnerTexts();
+    // The image scrubber: the first stored sample, its tiles decoded.
+    result.images = await page.evaluate(() => window.trainwatch.images.count);
+    await page.locator('#r-img').fill('0');
+    await page.waitForFunction(() => window.trainwatch.images.shown.epoch === 0
+      && [...document.querySelectorAll('#r-tiles img')].every((i) => i.complete && i.naturalWidth > 0));
+    result.tiles = await page.evaluate(() => [...document.querySelectorAll('#r-tiles figure')].map((f) => ({
+      width: f.querySelector('img').naturalWidth,
+      caption: f.querySelector('figcaption').innerText,
+      ok: f.classList.contains('right'),
+    })));
+    result.img_at = await text('#r-img-at');
     result.requests = requests;
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.

@@ -307,7 +307,11 @@
       $('r-error').hidden = false;
       $('r-error').textContent = String(e.message || e);
     };
+    let classes = [];
     get(base).then((run) => {
+      try {
+        classes = JSON.parse(run.config).class_names || [];
+      } catch (_) { /* no names: class numbers are shown */ }
       $('r-name').textContent = run.name || run.id;
       $('r-status').textContent = run.status;
       $('r-status').className = 'badge ' + run.status.toUpperCase();
@@ -394,6 +398,104 @@
       // What is drawn, for tests: the first values of the line.
       state.line = (n) => plot.data[1].slice(0, n);
     }
+    // The stored image samples (each epoch's last batch and one every
+    // images_every_s), one at a time by a scrubber, as the live grid shows
+    // a batch: the image, predicted class and confidence, true class.
+    get(`${base}/images`).then((body) => {
+      const samples = body.images;
+      const slider = $('r-img');
+      tw.images = { count: samples.length };
+      if (!samples.length) {
+        $('r-no-img').hidden = false;
+        slider.disabled = true;
+        return;
+      }
+      slider.max = samples.length - 1;
+      slider.value = samples.length - 1;
+      const name = (c) => classes[c] || `class ${c}`;
+      const show = () => {
+        const s = samples[Number(slider.value)];
+        $('r-img-at').textContent = `epoch ${s.epoch}, step ${s.step}, ${new Date(s.wall_ms).toLocaleString([], { hour12: false })} (${Number(slider.value) + 1} of ${samples.length})`;
+        const tiles = s.jpegs.map((j, i) => {
+          const t = el('figure', 'tile');
+          const img = el('img');
+          img.src = j.url;
+          img.alt = `sample ${i}`;
+          const p = s.predictions[i];
+          const truth = s.labels[i];
+          const cap = el('figcaption', 'lbl');
+          if (p) {
+            const ok = truth === undefined || p.class === truth;
+            t.classList.add(ok ? 'right' : 'wrong');
+            cap.append(el('div', 'pred', `${name(p.class)} ${(p.confidence * 100).toFixed(0)}%`));
+          }
+          if (truth !== undefined) cap.append(el('div', 'truth', `true: ${name(truth)}`));
+          t.append(img, cap);
+          return t;
+        });
+        $('r-tiles').replaceChildren(...tiles);
+        tw.images.shown = { epoch: s.epoch, step: s.step };
+      };
+      slider.addEventListener('input', show);
+      show();
+    }).catch(fail);
+    // Per-second figures as charts over time; a figure never measured is
+    // named as absent, a sample without it is a gap in its line.
+    const FIGURES = [
+      ['fps', 'FPS'], ['batch_ms', 'time per batch, ms'], ['cpu_percent', 'trainer CPU %'],
+      ['ram_mb', 'trainer RAM, MB'], ['gpu_percent', 'GPU %'], ['gpu_mem_mb', 'GPU memory, MB'],
+      ['gpu_clock_mhz', 'GPU clock, MHz'],
+    ];
+    get(`${base}/perf`).then((body) => {
+      const samples = body.perf;
+      const t0 = samples.length ? samples[0].wall_ms : 0;
+      const xs = samples.map((p) => (p.wall_ms - t0) / 1000);
+      const absent = [];
+      tw.perf = {};
+      for (const [f, label] of FIGURES) {
+        const ys = samples.map((p) => (p[f] === null || p[f] === undefined ? null : p[f]));
+        if (!ys.some((v) => v !== null)) {
+          absent.push(label);
+          continue;
+        }
+        const box = el('section', 'card chart-box');
+        box.dataset.key = f;
+        box.append(el('h2', null, label));
+        $('r-perf').append(box);
+        tw.perf[f] = ys.filter((v) => v !== null).length;
+        new uPlot({
+          width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+          height: 160,
+          scales: { x: { time: false } },
+          axes: [{ label: 's since the first sample' }, {}],
+          series: [{ label: 's' }, { label, stroke: '#009e73', width: 1.5 }],
+        }, [xs, ys], box);
+      }
+      $('r-absent').textContent = samples.length
+        ? (absent.length ? 'Not measured on this device: ' + absent.join(', ') + '.' : '')
+        : 'No performance figures stored for this run.';
+    }).catch(fail);
+    get(`${base}/statuses`).then((body) => {
+      const ol = $('r-history');
+      for (const s of body.statuses) {
+        ol.append(el('li', null, `${new Date(s.wall_ms).toLocaleString([], { hour12: false })} ${s.status}${s.message ? ': ' + s.message : ''}`));
+      }
+    }).catch(fail);
+    get(`${base}/commands`).then((body) => {
+      const ul = $('r-commands');
+      const at = (ms) => (ms ? clock(ms) : 'not yet');
+      for (const c of body.commands) {
+        let what = c.what;
+        try {
+          const w = JSON.parse(c.what);
+          const p = Object.entries(w.parameters || {}).map(([k, v]) => `${k}=${v}`).join(', ');
+          what = w.type + (p ? ` (${p})` : '');
+        } catch (_) { /* shown as stored */ }
+        ul.append(el('li', c.applied_ms ? 'applied' : c.delivered_ms ? 'delivered' : null,
+          `#${c.id} ${what} by ${c.who} at ${clock(c.when_ms)}; delivered ${at(c.delivered_ms)}; applied ${at(c.applied_ms)}`));
+      }
+      if (!body.commands.length) ul.append(el('li', null, 'No command was sent to this run.'));
+    }).catch(fail);
     get(`${base}/scalars?points=${POINTS}`).then((body) => {
       const groups = new Map();
       for (const s of body.series) {
