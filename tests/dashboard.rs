@@ -665,6 +665,12 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     assert!(texts(&r["devices"]).iter().all(|d| d == "jetson-b"));
     assert_eq!(r["search"], "?q=sweep-01&device=jetson-b");
     assert_eq!(sorted(&r["reloaded"]), filtered, "the link shows the same");
+    let by_name = texts(&r["by_name_100"]);
+    let want: Vec<String> = (0..100).map(|i| format!("sweep-{i:03}")).collect();
+    assert_eq!(by_name, want, "sorted by name across two pages");
+    assert_eq!(texts(&r["by_name"]).len(), 50);
+    assert_eq!(r["sort_url"], "?sort=name&order=asc");
+    assert_eq!(r["aria"], "descending");
     let row = r["live_row"].as_str().unwrap();
     assert!(
         row.contains("sweep-199") && row.contains("running"),

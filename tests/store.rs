@@ -238,6 +238,11 @@ fn writer(s: &Arc<dyn Store>) -> (Writer, tokio::task::JoinHandle<()>, Cancellat
     (w, task, stop)
 }
 
+/// The newest-first cursor after (created_ms, id).
+fn seen_cursor(row: &(i64, String)) -> String {
+    format!("{}.{}", row.0, row.1)
+}
+
 async fn all_points(s: &dyn Store, run: &str) -> Vec<store::ScalarPoint> {
     export::collect(s.export(run).await.expect("export starts"))
         .await
@@ -504,6 +509,45 @@ mod cases {
         let mut sorted = seen.clone();
         sorted.sort_by(|a, b| b.cmp(a));
         assert_eq!(seen, sorted, "newest first, id descending on ties");
+
+        // By device, A to Z, ties by id: every run once across pages.
+        let mut by_device = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = s
+                .runs(&RunQuery {
+                    limit: 60,
+                    cursor: cursor.clone(),
+                    sort: store::RunSort::Device,
+                    ascending: true,
+                    ..RunQuery::default()
+                })
+                .await
+                .unwrap();
+            by_device.extend(
+                page.runs
+                    .iter()
+                    .map(|r| (r.run.device.clone(), r.run.id.clone())),
+            );
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut want = by_device.clone();
+        want.sort();
+        assert_eq!(by_device.len(), 252);
+        assert_eq!(by_device, want, "device ascending, id ascending on ties");
+        // A newest-first cursor is not one for this order.
+        let wrong = s
+            .runs(&RunQuery {
+                cursor: Some(seen_cursor(&seen[99])),
+                sort: store::RunSort::Device,
+                ascending: true,
+                ..RunQuery::default()
+            })
+            .await;
+        assert!(matches!(wrong, Err(StoreError::BadCursor(_))), "{wrong:?}");
 
         let page = s
             .runs(&RunQuery {

@@ -190,7 +190,28 @@ async fn list(
     State(api): State<Api>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
-    let p = Params::new(q, &["status", "device", "q", "limit", "cursor"])?;
+    let p = Params::new(
+        q,
+        &["status", "device", "q", "limit", "cursor", "sort", "order"],
+    )?;
+    let sort = p
+        .get("sort")
+        .map(|s| {
+            store::RunSort::parse(s).ok_or_else(|| {
+                ApiError::bad(
+                    "sort",
+                    s,
+                    "expected created, name, device, status, points or updated",
+                )
+            })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let ascending = match p.get("order") {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(o) => return Err(ApiError::bad("order", o, "expected asc or desc")),
+    };
     let status = p
         .get("status")
         .map(|s| {
@@ -209,6 +230,8 @@ async fn list(
         text: p.get("q").map(str::to_string),
         limit: p.count("limit", store::DEFAULT_PAGE, store::MAX_PAGE)?,
         cursor: p.get("cursor").map(str::to_string),
+        sort,
+        ascending,
     };
     let page = api.store.runs(&query).await?;
     Ok(Json(json!({ "runs": page.runs, "next_cursor": page.next })).into_response())

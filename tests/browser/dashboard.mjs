@@ -206,6 +206,19 @@ async function main() {
     await page.goto(args.url + '/' + result.search);
     await waitRows(5);
     result.reloaded = await page.locator('#stored tr td:first-child').allInnerTexts();
+    // Sorted by the server: by name A to Z, then Z to A.
+    await page.goto(args.url + '/');
+    await waitRows(50);
+    await page.click('#stored-head th[data-sort="name"] button');
+    await page.waitForFunction(() => document.querySelector('#stored tr td a').textContent === 'sweep-000');
+    result.by_name = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.sort_url = await page.evaluate(() => location.search);
+    await page.click('#rf-more');
+    await waitRows(100);
+    result.by_name_100 = await page.locator('#stored tr td:first-child').allInnerTexts();
+    await page.click('#stored-head th[data-sort="name"] button');
+    await page.waitForFunction(() => document.querySelector('#stored tr td a').textContent === 'sweep-199');
+    result.aria = await page.getAttribute('#stored-head th[data-sort="name"]', 'aria-sort');
     await page.goto(args.url + '/');
     await waitRows(50);
     emit({ listed: true });

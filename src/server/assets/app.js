@@ -177,6 +177,29 @@
     q.value = params.get('q') || '';
     device.value = params.get('device') || '';
     status.value = params.get('status') || '';
+    // The order, by the server: a header's button sorts by its column,
+    // again for the other way. Newest first when nothing is chosen.
+    let sort = params.get('sort') || 'created';
+    let order = params.get('order') || (sort === 'created' ? 'desc' : 'asc');
+    const heads = [...document.querySelectorAll('#stored-head th[data-sort]')];
+    const showOrder = () => {
+      for (const th of heads) {
+        if (th.dataset.sort === sort) th.setAttribute('aria-sort', order === 'asc' ? 'ascending' : 'descending');
+        else th.removeAttribute('aria-sort');
+      }
+    };
+    showOrder();
+    for (const th of heads) {
+      th.querySelector('button').addEventListener('click', () => {
+        if (sort === th.dataset.sort) order = order === 'asc' ? 'desc' : 'asc';
+        else {
+          sort = th.dataset.sort;
+          order = sort === 'created' || sort === 'points' ? 'desc' : 'asc';
+        }
+        showOrder();
+        filtersChanged();
+      });
+    }
     let next = null, shown = [], enabled, loads = 0;
     const tried = new Set(); // live ids a reload was made for
     const when = (ms) => (ms ? new Date(ms).toLocaleString([], { hour12: false }) : 'n/a');
@@ -193,6 +216,10 @@
       if (q.value) u.set('q', q.value);
       if (device.value) u.set('device', device.value);
       if (status.value) u.set('status', status.value);
+      if (sort !== 'created' || order !== 'desc') {
+        u.set('sort', sort);
+        u.set('order', order);
+      }
       if (cursor) u.set('cursor', cursor);
       return '/api/runs?' + u;
     }
@@ -245,6 +272,11 @@
       const u = new URLSearchParams(location.search);
       for (const [k, input] of [['q', q], ['device', device], ['status', status]]) {
         if (input.value) u.set(k, input.value);
+        else u.delete(k);
+      }
+      const chosen = sort !== 'created' || order !== 'desc';
+      for (const [k, v] of [['sort', sort], ['order', order]]) {
+        if (chosen) u.set(k, v);
         else u.delete(k);
       }
       const s = u.toString();

@@ -422,6 +422,76 @@ pub struct RunQuery {
     pub text: Option<String>,
     pub limit: usize,
     pub cursor: Option<String>,
+    /// What the page is ordered by (the id breaks ties the same way).
+    pub sort: RunSort,
+    /// Smallest first; the default is largest (newest) first.
+    pub ascending: bool,
+}
+
+/// The columns a run listing can be ordered by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunSort {
+    #[default]
+    Created,
+    Name,
+    Device,
+    Status,
+    Points,
+    Updated,
+}
+
+impl RunSort {
+    pub const ALL: [RunSort; 6] = [
+        RunSort::Created,
+        RunSort::Name,
+        RunSort::Device,
+        RunSort::Status,
+        RunSort::Points,
+        RunSort::Updated,
+    ];
+
+    /// Its name in `GET /api/runs?sort=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunSort::Created => "created",
+            RunSort::Name => "name",
+            RunSort::Device => "device",
+            RunSort::Status => "status",
+            RunSort::Points => "points",
+            RunSort::Updated => "updated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunSort> {
+        RunSort::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            RunSort::Created => "created_ms",
+            RunSort::Name => "name",
+            RunSort::Device => "device",
+            RunSort::Status => "status",
+            RunSort::Points => "points",
+            RunSort::Updated => "updated_ms",
+        }
+    }
+
+    fn is_text(self) -> bool {
+        matches!(self, RunSort::Name | RunSort::Device | RunSort::Status)
+    }
+
+    /// The row's value of this column, as a cursor carries it.
+    fn value(self, r: &RunSummary) -> SqlParam {
+        match self {
+            RunSort::Created => SqlParam::Int(r.run.created_ms),
+            RunSort::Name => SqlParam::Text(r.run.name.clone()),
+            RunSort::Device => SqlParam::Text(r.run.device.clone()),
+            RunSort::Status => SqlParam::Text(r.status.as_str().to_string()),
+            RunSort::Points => SqlParam::Int(r.points as i64),
+            RunSort::Updated => SqlParam::Int(r.updated_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -483,39 +553,85 @@ pub fn runs_query(q: &RunQuery, d: &Dialect) -> Result<(String, Vec<SqlParam>, u
                OR {f}(lower(model), {p}) > 0 OR {f}(lower(dataset), {p}) > 0)"
         );
     }
+    let col = q.sort.column();
+    let (cmp, dir) = if q.ascending {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
     if let Some(cursor) = &q.cursor {
-        let (ms, id) = decode_cursor(cursor)?;
-        let a = bind(&mut args, SqlParam::Int(ms));
+        let (value, id) = decode_cursor(cursor, q)?;
+        let a = bind(&mut args, value);
         let b = bind(&mut args, SqlParam::Text(id));
-        sql += &format!(" AND (created_ms < {a} OR (created_ms = {a} AND id < {b}))");
+        sql += &format!(" AND ({col} {cmp} {a} OR ({col} = {a} AND id {cmp} {b}))");
     }
     let p = bind(&mut args, SqlParam::Int(limit as i64 + 1));
-    sql += &format!(" ORDER BY created_ms DESC, id DESC LIMIT {p}");
+    sql += &format!(" ORDER BY {col} {dir}, id {dir} LIMIT {p}");
     Ok((sql, args, limit))
 }
 
 /// Cuts the extra row [`runs_query`] asked for into the next page's cursor.
-pub fn page(mut runs: Vec<RunSummary>, limit: usize) -> RunPage {
+pub fn page(mut runs: Vec<RunSummary>, limit: usize, q: &RunQuery) -> RunPage {
     let next = if runs.len() > limit {
         runs.truncate(limit);
-        runs.last()
-            .map(|r| encode_cursor(r.run.created_ms, &r.run.id))
+        runs.last().map(|r| encode_cursor(q, r))
     } else {
         None
     };
     RunPage { runs, next }
 }
 
-/// Keyset cursor: the newest-first order is (created_ms DESC, id DESC), so
-/// the last row's pair says where the next page starts.
-pub fn encode_cursor(created_ms: i64, id: &str) -> String {
-    format!("{created_ms}.{id}")
+/// Keyset cursor: the order is (column, id), both one way, so the last
+/// row's pair says where the next page starts. Newest first (the default)
+/// keeps its old form `created_ms.id`; another order is
+/// `sort~a|d~value~id`, the value hex-encoded when it is text.
+pub fn encode_cursor(q: &RunQuery, r: &RunSummary) -> String {
+    if q.sort == RunSort::Created && !q.ascending {
+        return format!("{}.{}", r.run.created_ms, r.run.id);
+    }
+    let value = match q.sort.value(r) {
+        SqlParam::Int(i) => i.to_string(),
+        SqlParam::Text(t) => t.bytes().map(|b| format!("{b:02x}")).collect(),
+    };
+    let dir = if q.ascending { "a" } else { "d" };
+    format!("{}~{dir}~{value}~{}", q.sort.name(), r.run.id)
 }
 
-pub fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
+/// The (value, id) a cursor of [`encode_cursor`] carries, or BadCursor
+/// when it is not one for this query's order.
+pub fn decode_cursor(cursor: &str, q: &RunQuery) -> Result<(SqlParam, String)> {
     let bad = || StoreError::BadCursor(cursor.to_string());
-    let (ms, id) = cursor.split_once('.').ok_or_else(bad)?;
-    Ok((ms.parse().map_err(|_| bad())?, id.to_string()))
+    if q.sort == RunSort::Created && !q.ascending {
+        let (ms, id) = cursor.split_once('.').ok_or_else(bad)?;
+        return Ok((
+            SqlParam::Int(ms.parse().map_err(|_| bad())?),
+            id.to_string(),
+        ));
+    }
+    let mut parts = cursor.splitn(4, '~');
+    let (Some(sort), Some(dir), Some(value), Some(id)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if sort != q.sort.name() || dir != if q.ascending { "a" } else { "d" } {
+        return Err(bad());
+    }
+    let value = if q.sort.is_text() {
+        let bytes = (0..value.len())
+            .step_by(2)
+            .map(|i| {
+                value
+                    .get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(bad)?;
+        SqlParam::Text(String::from_utf8(bytes).map_err(|_| bad())?)
+    } else {
+        SqlParam::Int(value.parse().map_err(|_| bad())?)
+    };
+    Ok((value, id.to_string()))
 }
 
 /// `GET /api/runs/{id}/scalars`: which series (all when empty), the step
@@ -669,13 +785,56 @@ mod tests {
     }
 
     #[test]
-    fn cursor_round_trips_ids_with_dots() {
-        let c = encode_cursor(1_700_000_000_000, "run.v2.a");
+    fn cursors_round_trip_ids_with_dots_and_refuse_another_order() {
+        let r = RunSummary {
+            run: RunRecord {
+                id: "dev:run.v2~a:1".into(),
+                device: "dev".into(),
+                name: "a~b.c".into(),
+                model: String::new(),
+                dataset: String::new(),
+                config: "{}".into(),
+                created_ms: 1_700_000_000_000,
+                owner: None,
+            },
+            status: RunStatus::Running,
+            started_ms: None,
+            ended_ms: None,
+            updated_ms: 5,
+            last_event_seq: 0,
+            last_point_seq: 0,
+            epochs: 0,
+            points: 42,
+            last_step: None,
+            images: 0,
+        };
+        let newest = RunQuery::default();
+        let c = encode_cursor(&newest, &r);
+        assert_eq!(c, "1700000000000.dev:run.v2~a:1", "the old form");
         assert_eq!(
-            decode_cursor(&c).unwrap(),
-            (1_700_000_000_000, "run.v2.a".into())
+            decode_cursor(&c, &newest).unwrap(),
+            (SqlParam::Int(1_700_000_000_000), r.run.id.clone())
         );
-        assert!(decode_cursor("nonsense").is_err());
+        assert!(decode_cursor("nonsense", &newest).is_err());
+        for (sort, value) in [
+            (RunSort::Name, SqlParam::Text("a~b.c".into())),
+            (RunSort::Points, SqlParam::Int(42)),
+        ] {
+            let q = RunQuery {
+                sort,
+                ascending: true,
+                ..RunQuery::default()
+            };
+            let c = encode_cursor(&q, &r);
+            assert_eq!(decode_cursor(&c, &q).unwrap(), (value, r.run.id.clone()));
+            // Not a cursor for another order, nor the other direction.
+            assert!(decode_cursor(&c, &newest).is_err());
+            let desc = RunQuery {
+                ascending: false,
+                ..q.clone()
+            };
+            assert!(decode_cursor(&c, &desc).is_err());
+        }
     }
 
     #[test]

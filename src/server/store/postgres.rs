@@ -948,7 +948,7 @@ impl PgStore {
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
         let rows = self.reader().await?.query(&sql, &refs).await?;
         let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
-        Ok(page(runs, limit))
+        Ok(page(runs, limit, q))
     }
 
     /// One series over `from..=to`: every point when there are at most

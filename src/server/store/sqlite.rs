@@ -865,7 +865,7 @@ fn list_runs(c: &Connection, q: &RunQuery) -> Result<RunPage> {
     while let Some(r) = rows.next()? {
         runs.push(run_row(r)?);
     }
-    Ok(page(runs, limit))
+    Ok(page(runs, limit, q))
 }
 
 /// A chunk row's packed points, borrowed from the row.
