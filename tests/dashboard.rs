@@ -676,6 +676,14 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
         row.contains("sweep-199") && row.contains("running"),
         "{row}"
     );
+    // Three rows picked: a link to compare them.
+    let link = r["compare_link"].as_str().unwrap();
+    assert!(
+        link.starts_with("/compare?runs=") && link.matches(',').count() == 2,
+        "{link}"
+    );
+    assert!(link.contains("sweep-199"), "{link}");
+    assert_eq!(r["compare_text"], "Compare 3 runs");
     server
         .shutdown(Duration::from_secs(10))
         .await
@@ -905,6 +913,86 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
         r["img_at"]
     );
     // Nothing from anywhere but the server (uPlot is served by it).
+    let base = url(&server);
+    for u in r["requests"].as_array().unwrap() {
+        assert!(u.as_str().unwrap().starts_with(&base), "{u}");
+    }
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences() {
+    use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
+    let place = util::TempStore::new();
+    let ids: Vec<String> = ["cmp-a", "cmp-b", "cmp-c"]
+        .iter()
+        .map(|n| format!("jetson-a:{n}:1796000000000"))
+        .collect();
+    {
+        let s = store::open(&place.place(), StoreOptions::default())
+            .await
+            .unwrap();
+        let mut writes = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let name = format!("cmp-{}", ["a", "b", "c"][i]);
+            writes.push(Write::Run(RunRecord {
+                id: id.clone(),
+                device: "jetson-a".into(),
+                name,
+                model: "resnet18".into(),
+                dataset: "cifar10".into(),
+                config: format!(r#"{{"batch_size": {}, "total_epochs": 3}}"#, 32 << i),
+                created_ms: 1_796_000_000_000 + i as i64,
+                owner: None,
+            }));
+            let mut keys = vec![("train/loss", 100 * (i as i64 + 1))];
+            if i == 1 {
+                keys.push(("val/acc", 30));
+            }
+            let mut seq = 1;
+            for (key, n) in keys {
+                writes.push(Write::Points {
+                    run: id.clone(),
+                    first_seq: seq,
+                    points: (0..n)
+                        .map(|s| Point {
+                            key: key.into(),
+                            step: s,
+                            wall_ms: 1_796_000_000_000 + s,
+                            value: (i + 1) as f64 / (1.0 + s as f64),
+                        })
+                        .collect(),
+                });
+                seq += n as u64;
+            }
+        }
+        for r in s.apply(writes).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    let mut settings = ServerSettings::local_insecure();
+    settings.store.place = Some(place.place());
+    let server = Server::start(&settings).await.expect("server starts");
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": ids[0], "scenario": "compare", "runs": ids,
+        "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    let r = browser.expect("result").await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    // One chart per key any run logged; each run's series as long as it is.
+    assert_eq!(
+        r["charts"],
+        serde_json::json!({"train/loss": [100, 200, 300], "val/acc": [0, 30, 0]})
+    );
+    assert_eq!(
+        texts(&r["legend"]),
+        ["step", "cmp-a", "cmp-b", "cmp-c"],
+        "the legend names each run"
+    );
+    assert_eq!(r["differs"], serde_json::json!(["batch_size"]));
     let base = url(&server);
     for u in r["requests"].as_array().unwrap() {
         assert!(u.as_str().unwrap().starts_with(&base), "{u}");

@@ -162,6 +162,7 @@ pub fn router(registry: Arc<Registry>, control: ControlPolicy, settings: Dashboa
         .route("/", get(page))
         .route("/sessions/{id}", get(page))
         .route("/runs/{id}", get(page))
+        .route("/compare", get(page))
         .route(
             "/assets/uplot.js",
             get(|| asset(UPLOT_JS, "text/javascript; charset=utf-8")),

@@ -190,7 +190,7 @@ async function main() {
     const waitRows = (n) => page.waitForFunction((n) => document.querySelectorAll('#stored tr').length === n, n);
     await page.goto(args.url + '/');
     await waitRows(50);
-    result.first_page = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.first_page = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
     result.count = await text('#rf-count');
     await page.click('#rf-more');
     await waitRows(100);
@@ -199,23 +199,23 @@ async function main() {
     await waitRows(10);
     await page.fill('#rf-device', 'jetson-b');
     await waitRows(5);
-    result.filtered = await page.locator('#stored tr td:first-child').allInnerTexts();
-    result.devices = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
+    result.filtered = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
+    result.devices = await page.locator('#stored tr td:nth-child(3)').allInnerTexts();
     result.search = await page.evaluate(() => location.search);
     // A link with the filters shows the same list.
     await page.goto(args.url + '/' + result.search);
     await waitRows(5);
-    result.reloaded = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.reloaded = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
     // Sorted by the server: by name A to Z, then Z to A.
     await page.goto(args.url + '/');
     await waitRows(50);
     await page.click('#stored-head th[data-sort="name"] button');
     await page.waitForFunction(() => document.querySelector('#stored tr td a').textContent === 'sweep-000');
-    result.by_name = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.by_name = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
     result.sort_url = await page.evaluate(() => location.search);
     await page.click('#rf-more');
     await waitRows(100);
-    result.by_name_100 = await page.locator('#stored tr td:first-child').allInnerTexts();
+    result.by_name_100 = await page.locator('#stored tr td:nth-child(2)').allInnerTexts();
     await page.click('#stored-head th[data-sort="name"] button');
     await page.waitForFunction(() => document.querySelector('#stored tr td a').textContent === 'sweep-199');
     result.aria = await page.getAttribute('#stored-head th[data-sort="name"]', 'aria-sort');
@@ -224,9 +224,16 @@ async function main() {
     emit({ listed: true });
     await page.waitForFunction((id) => {
       const tr = document.querySelector(`#stored tr[data-id="${CSS.escape(id)}"]`);
-      return tr && tr.children[4].textContent === 'running';
+      return tr && tr.children[5].textContent === 'running';
     }, args.live_id);
     result.live_row = await page.locator(`#stored tr[data-id="${args.live_id}"]`).innerText();
+    // Picking runs for the compare page.
+    const boxes = page.locator('#stored tr input[type=checkbox]');
+    await boxes.nth(0).check();
+    await boxes.nth(1).check();
+    await boxes.nth(2).check();
+    result.compare_link = await page.getAttribute('#rf-compare', 'href');
+    result.compare_text = await text('#rf-compare');
   } else if (args.scenario === 'run') {
     // A stored run's page: one chart per named scalar, grouped by prefix;
     // a drag zooms and the server answers that range at full resolution.
@@ -271,6 +278,15 @@ async function main() {
       ok: f.classList.contains('right'),
     })));
     result.img_at = await text('#r-img-at');
+    result.requests = requests;
+  } else if (args.scenario === 'compare') {
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(`${args.url}/compare?runs=${args.runs.map(encodeURIComponent).join(',')}`);
+    await page.waitForFunction(() => window.trainwatch.compare && window.trainwatch.compare.ready);
+    result.charts = await page.evaluate(() => window.trainwatch.compare.charts);
+    result.differs = await page.evaluate(() => window.trainwatch.compare.differs);
+    result.legend = await page.locator('.chart-box[data-key="train/loss"] .u-legend .u-series .u-label').allInnerTexts();
     result.requests = requests;
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.

@@ -223,9 +223,27 @@
       if (cursor) u.set('cursor', cursor);
       return '/api/runs?' + u;
     }
+    const picked = new Set();
+    const pickedChanged = () => {
+      const a = $('rf-compare');
+      a.hidden = picked.size < 2;
+      a.href = '/compare?runs=' + [...picked].map(encodeURIComponent).join(',');
+      a.textContent = `Compare ${picked.size} runs` + (picked.size > 20 ? ' (at most 20)' : '');
+    };
     function row(r) {
       const tr = el('tr');
       tr.dataset.id = r.id;
+      const pick = el('td');
+      const box = el('input');
+      box.type = 'checkbox';
+      box.checked = picked.has(r.id);
+      box.setAttribute('aria-label', 'compare ' + (r.name || r.id));
+      box.addEventListener('change', () => {
+        if (box.checked) picked.add(r.id);
+        else picked.delete(r.id);
+        pickedChanged();
+      });
+      pick.append(box);
       const name = el('td');
       const a = el('a', null, r.name || r.id);
       a.href = '/runs/' + encodeURIComponent(r.id);
@@ -236,6 +254,7 @@
       const started = r.started_ms || r.created_ms;
       const end = r.ended_ms || Date.now();
       tr.append(
+        pick,
         name,
         el('td', null, r.device),
         el('td', null, r.model || 'n/a'),
@@ -310,7 +329,7 @@
             tried.add(l.id);
             continue;
           }
-          const badge = tr.children[4].firstChild;
+          const badge = tr.children[5].firstChild;
           badge.className = 'badge ' + l.status;
           badge.textContent = l.status.toLowerCase();
         }
@@ -546,6 +565,91 @@
         for (const s of list) chart(s.key, s, grid);
       }
       tw.chartsReady = true;
+    }).catch(fail);
+  }
+
+  // ---------------------------------------------------------- compare --
+  // Up to 20 stored runs side by side: each named scalar one chart with a
+  // line per run (aligned by step, one colour-blind-safe colour per run,
+  // the legend naming it), and their configs with differing values marked.
+  const PALETTE = ['#0072b2', '#e69f00', '#009e73', '#d55e00', '#cc79a7', '#56b4e9', '#000000', '#f0e442'];
+  function compareView() {
+    $('compare').hidden = false;
+    document.title = 'trainwatch — compare';
+    const ids = (new URLSearchParams(location.search).get('runs') || '').split(',').filter(Boolean).slice(0, 20);
+    tw.compare = { charts: {} };
+    const get = (u) => fetch(u, { cache: 'no-store', credentials: 'same-origin' }).then(async (r) => {
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(`${u}: ${body.error || r.status}`);
+      return body;
+    });
+    const fail = (e) => {
+      $('cmp-error').hidden = false;
+      $('cmp-error').textContent = String(e.message || e);
+    };
+    if (ids.length < 2) return fail(new Error('Pick at least two runs on the runs page (?runs=a,b).'));
+    Promise.all(ids.map((id) => Promise.all([
+      get('/api/runs/' + encodeURIComponent(id)),
+      get('/api/runs/' + encodeURIComponent(id) + '/scalars?points=1000'),
+    ]))).then((all) => {
+      setConn('live', 'stored runs');
+      const runs = all.map(([run]) => run);
+      const label = (run) => run.name || run.id;
+      $('cmp-meta').textContent = runs.map(label).join(' · ');
+      // Configs: one row per field, a column per run.
+      const configs = runs.map((run) => {
+        let c = {};
+        try { c = JSON.parse(run.config); } catch (_) { /* none */ }
+        return Object.assign({ device: run.device, model: run.model, dataset: run.dataset, status: run.status }, c);
+      });
+      const fields = [...new Set(configs.flatMap((c) => Object.keys(c)))];
+      const table = $('cmp-config');
+      const head = el('tr');
+      head.append(el('th', null, 'field'));
+      runs.forEach((run, i) => {
+        const th = el('th', null, label(run));
+        th.style.color = PALETTE[i % PALETTE.length];
+        head.append(th);
+      });
+      table.append(head);
+      const differs = [];
+      for (const f of fields) {
+        const vals = configs.map((c) => (c[f] === undefined ? '' : JSON.stringify(c[f])));
+        const tr = el('tr', new Set(vals).size > 1 ? 'differs' : null);
+        if (tr.className) differs.push(f);
+        tr.append(el('td', null, f));
+        for (const v of vals) tr.append(el('td', null, v.replace(/^"|"$/g, '')));
+        table.append(tr);
+      }
+      tw.compare.differs = differs;
+      // Charts: every key any run logged.
+      const keys = [...new Set(all.flatMap(([, s]) => s.series.map((x) => x.key)))].sort();
+      for (const key of keys) {
+        const tables = all.map(([, s]) => {
+          const x = s.series.find((y) => y.key === key);
+          const b = x ? x.buckets : [];
+          return [b.map((p) => p.step), b.map((p) => p.last)];
+        });
+        const box = el('section', 'card chart-box');
+        box.dataset.key = key;
+        box.append(el('h2', null, key));
+        $('cmp-charts').append(box);
+        new uPlot({
+          width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+          height: 240,
+          scales: { x: { time: false } },
+          axes: [{ label: 'step' }, {}],
+          series: [{ label: 'step' }].concat(runs.map((run, i) => ({
+            label: label(run),
+            stroke: PALETTE[i % PALETTE.length],
+            dash: i >= PALETTE.length ? [6, 3] : undefined,
+            width: 1.5,
+            spanGaps: true,
+          }))),
+        }, uPlot.join(tables), box);
+        tw.compare.charts[key] = tables.map((t) => t[0].length);
+      }
+      tw.compare.ready = true;
     }).catch(fail);
   }
 
@@ -1147,5 +1251,6 @@
   const r = location.pathname.match(/^\/runs\/(.+)$/);
   if (m) sessionView(decodeURIComponent(m[1]));
   else if (r) runView(decodeURIComponent(r[1]));
+  else if (location.pathname === '/compare') compareView();
   else overview();
 })();
