@@ -288,6 +288,35 @@ async function main() {
     result.differs = await page.evaluate(() => window.trainwatch.compare.differs);
     result.legend = await page.locator('.chart-box[data-key="train/loss"] .u-legend .u-series .u-label').allInnerTexts();
     result.requests = requests;
+  } else if (args.scenario === 'bench') {
+    // benches/dashboard.rs: each page loaded `loads` times; times are
+    // performance.now() in the page (ms since navigation start).
+    const fcp = () => page.evaluate(() => {
+      const e = performance.getEntriesByName('first-contentful-paint')[0];
+      return e ? e.startTime : null;
+    });
+    result.runs_fcp = [];
+    result.runs_interactive = [];
+    for (let i = 0; i < (args.loads || 5); i++) {
+      await page.goto(args.url + '/?bench=' + i);
+      await page.waitForFunction(() => document.querySelectorAll('#stored tr').length === 50);
+      // Interactive: a filter typed now is answered (one row).
+      await page.fill('#rf-q', 'run-00042');
+      await page.waitForFunction(() => document.querySelectorAll('#stored tr').length === 1);
+      result.runs_interactive.push(await page.evaluate(() => performance.now()));
+      result.runs_fcp.push(await fcp());
+    }
+    result.run_fcp = [];
+    result.run_charts = [];
+    for (let i = 0; i < (args.loads || 5); i++) {
+      await page.goto(`${args.url}/runs/${encodeURIComponent(args.session)}?bench=${i}`);
+      await page.waitForFunction((n) => window.trainwatch.chartsReady === true
+        && document.querySelectorAll('#r-charts .chart-box canvas').length >= n, args.charts);
+      // Drawn: the next animation frame after every chart has its data.
+      result.run_charts.push(await page.evaluate(() => new Promise((ok) => requestAnimationFrame(() => ok(performance.now())))));
+      result.run_fcp.push(await fcp());
+    }
+    result.run_points = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts).map(([k, v]) => [k, v.points])));
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.
     await page.goto(sessionUrl);

@@ -1,0 +1,195 @@
+//! The dashboard in a real browser (issue 16's figures): Debian's chromium,
+//! driven by tests/browser/dashboard.mjs (scenario `bench`), against an
+//! in-process server on a SQLite store filled here.
+//!
+//! - runs page with `TW_DASH_RUNS` (10,000) stored runs: first contentful
+//!   paint, and the time until the first page of the table is drawn and
+//!   its filter answers (interactive);
+//! - run page of one run with a `TW_DASH_LOSS` (1,000,000)-point
+//!   `train/loss` and `TW_DASH_KEYS` (10) named scalars of
+//!   `TW_DASH_POINTS` (100,000) points: time until every chart is drawn.
+//!
+//! Each page is loaded `TW_DASH_LOADS` (5) times; median and worst are
+//! printed, and every figure goes to `TW_DASH_OUT`
+//! (target/dashboard-bench.json). Goals: runs page interactive ≤ 1 s, run
+//! page charts ≤ 1 s. `cargo bench --bench dashboard` (needs chromium and
+//! `npm ci` in tests/browser, as the dashboard tests do).
+
+mod common;
+#[path = "../tests/util/mod.rs"]
+#[allow(unused_imports)]
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+use trainwatch::config::ServerSettings;
+use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
+use trainwatch::server::Server;
+
+use common::{env_str, env_u64};
+
+const BIG: &str = "bench:big-run:1796000000000";
+
+fn run(id: &str, name: &str, i: i64) -> Write {
+    Write::Run(RunRecord {
+        id: id.into(),
+        device: format!("jetson-{}", i % 20),
+        name: name.into(),
+        model: "resnet18".into(),
+        dataset: "cifar10".into(),
+        config: r#"{"batch_size": 64}"#.into(),
+        created_ms: 1_796_000_000_000 + i,
+        owner: None,
+    })
+}
+
+async fn fill(place: &str, runs: u64, loss: i64, keys: u64, points: i64) {
+    let s = store::open(place, StoreOptions::default()).await.unwrap();
+    let t = Instant::now();
+    for chunk in (0..runs as i64).collect::<Vec<_>>().chunks(1000) {
+        let writes = chunk
+            .iter()
+            .map(|&i| {
+                run(
+                    &format!("bench:run-{i:05}:1796000000000"),
+                    &format!("run-{i:05}"),
+                    i,
+                )
+            })
+            .collect();
+        for r in s.apply(writes).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    for r in s
+        .apply(vec![run(BIG, "big-run", runs as i64)])
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let mut seq = 1u64;
+    let mut series = vec![("train/loss".to_string(), loss)];
+    series.extend((0..keys).map(|k| (format!("metric/k{k:02}"), points)));
+    for (key, n) in series {
+        for start in (0..n).step_by(50_000) {
+            let end = (start + 50_000).min(n);
+            let pts: Vec<Point> = (start..end)
+                .map(|step| Point {
+                    key: key.clone(),
+                    step,
+                    wall_ms: 1_796_000_000_000 + step,
+                    value: (step as f64 * 0.001).sin() + 1.0 / (1.0 + step as f64 * 1e-4),
+                })
+                .collect();
+            let len = pts.len() as u64;
+            let w = Write::Points {
+                run: BIG.into(),
+                first_seq: seq,
+                points: pts,
+            };
+            for r in s.apply(vec![w]).await.unwrap() {
+                r.unwrap();
+            }
+            seq += len;
+        }
+    }
+    println!(
+        "store filled: {runs} runs, {} points in {:.1} s",
+        seq - 1,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn median_max(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    (s[s.len() / 2], *s.last().unwrap())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs = env_u64("TW_DASH_RUNS", 10_000);
+    let loss = env_u64("TW_DASH_LOSS", 1_000_000) as i64;
+    let keys = env_u64("TW_DASH_KEYS", 10);
+    let points = env_u64("TW_DASH_POINTS", 100_000) as i64;
+    let loads = env_u64("TW_DASH_LOADS", 5);
+    let out = env_str("TW_DASH_OUT", "target/dashboard-bench.json");
+    let dir = util::repo_root().join("tests/browser");
+    let chromium =
+        std::env::var("TRAINWATCH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !dir.join("node_modules/playwright-core").exists()
+        || !std::path::Path::new(&chromium).exists()
+    {
+        eprintln!("dashboard bench SKIPPED: needs {chromium} and `npm ci` in tests/browser");
+        return;
+    }
+    let place = util::TempStore::new();
+    fill(&place.place(), runs, loss, keys, points).await;
+    let mut settings = ServerSettings::local_insecure();
+    settings.store.place = Some(place.place());
+    let server = Server::start(&settings).await.expect("server starts");
+    let args = serde_json::json!({
+        "url": format!("http://127.0.0.1:{}", server.http_addr.port()),
+        "session": BIG, "scenario": "bench", "loads": loads,
+        "charts": keys + 1, "timeout_ms": 300_000,
+    });
+    let mut child = Command::new("node")
+        .arg(dir.join("dashboard.mjs"))
+        .arg(args.to_string())
+        .env("TRAINWATCH_CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node");
+    let stdout = child.stdout.take().unwrap();
+    let result = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v.get("result").is_some() || v.get("error").is_some() {
+                    return v;
+                }
+            }
+        }
+        Value::Null
+    })
+    .await
+    .unwrap();
+    let _ = child.wait();
+    server
+        .shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let r = &result["result"];
+    if r.is_null() {
+        panic!("browser bench failed: {result}");
+    }
+    let nums = |k: &str| -> Vec<f64> {
+        r[k].as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    println!("\n| page | figure | median ms | worst ms | goal |\n|---|---|---|---|---|");
+    for (page, k, goal) in [
+        ("runs page, {runs} runs", "runs_fcp", "—"),
+        ("runs page, {runs} runs", "runs_interactive", "≤ 1000"),
+        ("run page, 1 + {keys} series", "run_fcp", "—"),
+        ("run page, 1 + {keys} series", "run_charts", "≤ 1000"),
+    ] {
+        let v = nums(k);
+        if v.is_empty() {
+            continue;
+        }
+        let (m, w) = median_max(&v);
+        let page = page
+            .replace("{runs}", &runs.to_string())
+            .replace("{keys}", &keys.to_string());
+        println!("| {page} | {k} | {m:.0} | {w:.0} | {goal} |");
+    }
+    println!("points drawn on the run page: {}", r["run_points"]);
+    std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    println!("figures: {out}");
+}
