@@ -339,6 +339,15 @@ async fn start(http_listen: &str, token: Option<&str>) -> RunningServer {
     Server::start(&s).await.expect("server starts")
 }
 
+/// Where a page's screenshot goes when `TRAINWATCH_SCREENSHOTS` names a
+/// directory (relative to the repo): how docs/*.png are made.
+fn screenshot(name: &str) -> Value {
+    match std::env::var_os("TRAINWATCH_SCREENSHOTS") {
+        Some(d) => repo_root().join(d).join(name).to_str().unwrap().into(),
+        None => Value::Null,
+    }
+}
+
 fn url(server: &RunningServer) -> String {
     // Bound to 0.0.0.0 or 127.0.0.1: the browser goes through loopback.
     format!("http://127.0.0.1:{}", server.http_addr.port())
@@ -594,6 +603,7 @@ async fn with_http_token_reads_reading_needs_the_token_which_the_page_asks_for()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() {
+    let _one = SERIAL.lock().await;
     let store = util::TempStore::new();
     let mut s = ServerSettings::local_insecure();
     s.store.place = Some(store.place());
@@ -619,6 +629,7 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     let live_id = id(199);
     let mut browser = Browser::start(serde_json::json!({
         "url": url(&server), "session": live_id, "scenario": "runs", "live_id": live_id,
+        "screenshot": screenshot("dashboard-runs.png"),
         "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
     }));
     browser.expect("listed").await;
@@ -692,6 +703,7 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
+    let _one = SERIAL.lock().await;
     use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
     let place = util::TempStore::new();
     // Written by an earlier server: this one never saw the run live.
@@ -808,6 +820,7 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     let mut browser = Browser::start(serde_json::json!({
         "url": url(&server), "session": "jetson-a:sweep-long-name:1796000000000",
         "scenario": "run", "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+        "screenshot": screenshot("dashboard-run.png"),
     }));
     let r = browser.expect("result").await;
     assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
@@ -925,6 +938,7 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences() {
+    let _one = SERIAL.lock().await;
     use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
     let place = util::TempStore::new();
     let ids: Vec<String> = ["cmp-a", "cmp-b", "cmp-c"]
@@ -978,6 +992,7 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
     let server = Server::start(&settings).await.expect("server starts");
     let mut browser = Browser::start(serde_json::json!({
         "url": url(&server), "session": ids[0], "scenario": "compare", "runs": ids,
+        "screenshot": screenshot("dashboard-compare.png"),
         "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
     }));
     let r = browser.expect("result").await;

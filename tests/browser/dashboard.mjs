@@ -234,6 +234,10 @@ async function main() {
     await boxes.nth(2).check();
     result.compare_link = await page.getAttribute('#rf-compare', 'href');
     result.compare_text = await text('#rf-compare');
+    if (args.screenshot) {
+      mkdirSync(dirname(args.screenshot), { recursive: true });
+      await page.screenshot({ path: args.screenshot, fullPage: false });
+    }
   } else if (args.scenario === 'run') {
     // A stored run's page: one chart per named scalar, grouped by prefix;
     // a drag zooms and the server answers that range at full resolution.
@@ -278,6 +282,10 @@ async function main() {
       ok: f.classList.contains('right'),
     })));
     result.img_at = await text('#r-img-at');
+    if (args.screenshot) {
+      mkdirSync(dirname(args.screenshot), { recursive: true });
+      await page.screenshot({ path: args.screenshot, fullPage: true });
+    }
     result.requests = requests;
   } else if (args.scenario === 'compare') {
     const requests = [];
@@ -287,6 +295,10 @@ async function main() {
     result.charts = await page.evaluate(() => window.trainwatch.compare.charts);
     result.differs = await page.evaluate(() => window.trainwatch.compare.differs);
     result.legend = await page.locator('.chart-box[data-key="train/loss"] .u-legend .u-series .u-label').allInnerTexts();
+    if (args.screenshot) {
+      mkdirSync(dirname(args.screenshot), { recursive: true });
+      await page.screenshot({ path: args.screenshot, fullPage: true });
+    }
     result.requests = requests;
   } else if (args.scenario === 'bench') {
     // benches/dashboard.rs: each page loaded `loads` times; times are

@@ -389,6 +389,8 @@
       return [b.map((x) => x.step), ema(b.map((x) => x.last)), b.map((x) => x.min), b.map((x) => x.max)];
     };
     const redraws = [];
+    // Axis labels with three significant digits (small losses stay apart).
+    const tick = (v) => (v === null ? '' : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : String(+v.toPrecision(3)));
     $('r-smooth').addEventListener('input', () => {
       weight = Number($('r-smooth').value);
       $('r-smooth-v').textContent = weight;
@@ -411,7 +413,7 @@
         width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
         height: 220,
         scales: { x: { time: false } },
-        axes: [{ label: 'step' }, {}],
+        axes: [{ label: 'step' }, { values: (u, vals) => vals.map(tick) }],
         series: [
           { label: 'step' },
           { label: 'last', stroke: '#0072b2', width: 1.5 },
