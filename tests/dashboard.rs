@@ -880,6 +880,22 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     }
     assert_eq!(got.len(), 3);
     assert_eq!(r["smooth_url"], "?smooth=0.9");
+    // Every chart by seconds since the run's first point, on a log scale.
+    for (key, a) in r["axes"].as_object().unwrap() {
+        assert_eq!(a["axis"], "relative", "{key}: {a}");
+        assert_eq!(a["log"], true, "{key}: {a}");
+        // The run's steps are its ms: the zoomed chart starts at its range.
+        let first = if key == "train/loss" {
+            from as f64 / 1000.0
+        } else {
+            0.0
+        };
+        assert_eq!(
+            a["x0"], first,
+            "{key}: seconds since the run's first point: {a}"
+        );
+    }
+    assert_eq!(r["axes_url"], "?smooth=0.9&x=relative&log=1");
     // Figures it measured as charts, 20 samples each; the GPU named absent.
     assert_eq!(
         r["perf"],

@@ -266,6 +266,12 @@ async function main() {
     await page.locator('#r-smooth').fill('0.9');
     result.smoothed = await page.evaluate(() => window.trainwatch.charts['val/acc'].line(3));
     result.smooth_url = await page.evaluate(() => location.search);
+    // Relative time on x, then a log y scale: every chart redrawn.
+    await page.selectOption('#r-x', 'relative');
+    await page.check('#r-log');
+    result.axes = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
+      .map(([k, v]) => [k, { axis: v.axis, log: v.log, x0: v.x0 }])));
+    result.axes_url = await page.evaluate(() => location.search);
     await page.waitForFunction(() => window.trainwatch.perf && document.querySelectorAll('#r-commands li').length > 0);
     result.perf = await page.evaluate(() => window.trainwatch.perf);
     result.absent = await text('#r-absent');

@@ -384,10 +384,41 @@
         return s / (1 - Math.pow(weight, i + 1));
       });
     };
+    // The x axis: step, wall-clock time, or seconds since the run's first
+    // point; and a log y scale (values at or below 0 are left out there).
+    const AXES = {
+      step: { label: 'step', x: (b) => b.step },
+      wall: { label: 'wall time', x: (b) => b.wall_ms / 1000 },
+      relative: { label: 's since the first point', x: (b) => (b.wall_ms - t0) / 1000 },
+    };
+    let t0 = 0;
+    let xAxis = AXES[params.get('x')] ? params.get('x') : 'step';
+    let logScale = params.get('log') === '1';
+    $('r-x').value = xAxis;
+    $('r-log').checked = logScale;
+    const positive = (v) => (logScale && !(v > 0) ? null : v);
     const columns = (series) => {
       const b = series.buckets;
-      return [b.map((x) => x.step), ema(b.map((x) => x.last)), b.map((x) => x.min), b.map((x) => x.max)];
+      const x = AXES[xAxis].x;
+      return [b.map(x), ema(b.map((p) => p.last)).map(positive), b.map((p) => positive(p.min)), b.map((p) => positive(p.max))];
     };
+    const rebuilds = [];
+    const setParam = (k, v) => {
+      const u = new URLSearchParams(location.search);
+      if (v) u.set(k, v);
+      else u.delete(k);
+      history.replaceState(null, '', location.pathname + (u.toString() ? '?' + u : ''));
+    };
+    $('r-x').addEventListener('change', () => {
+      xAxis = $('r-x').value;
+      setParam('x', xAxis === 'step' ? '' : xAxis);
+      for (const f of rebuilds) f();
+    });
+    $('r-log').addEventListener('change', () => {
+      logScale = $('r-log').checked;
+      setParam('log', logScale ? '1' : '');
+      for (const f of rebuilds) f();
+    });
     const redraws = [];
     // Axis labels with three significant digits (small losses stay apart).
     const tick = (v) => (v === null ? '' : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : String(+v.toPrecision(3)));
@@ -409,28 +440,44 @@
       let shown = series;
       tw.charts[key] = state;
       let full = true;
-      const plot = new uPlot({
-        width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
-        height: 220,
-        scales: { x: { time: false } },
-        axes: [{ label: 'step' }, { values: (u, vals) => vals.map(tick) }],
-        series: [
-          { label: 'step' },
-          { label: 'last', stroke: '#0072b2', width: 1.5 },
-          { label: 'min', stroke: '#56b4e9', width: 1, dash: [4, 3] },
-          { label: 'max', stroke: '#e69f00', width: 1, dash: [4, 3] },
-        ],
-        cursor: { drag: { x: true, y: false } },
-        hooks: {
-          setSelect: [(u) => {
-            if (u.select.width < 2) return;
-            const from = Math.floor(u.posToVal(u.select.left, 'x'));
-            const to = Math.ceil(u.posToVal(u.select.left + u.select.width, 'x'));
-            u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-            load(from, to);
-          }],
-        },
-      }, columns(series), box);
+      let plot = null;
+      // The step of the shown bucket nearest to x (any x axis).
+      const stepAt = (x) => {
+        const xs = plot.data[0];
+        let i = 0;
+        while (i < xs.length - 1 && xs[i] < x) i++;
+        return shown.buckets[Math.min(i, shown.buckets.length - 1)].step;
+      };
+      const make = () => {
+        if (plot) plot.destroy();
+        const ax = AXES[xAxis];
+        state.axis = xAxis;
+        state.log = logScale;
+        plot = new uPlot({
+          width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+          height: 220,
+          scales: { x: { time: xAxis === 'wall' }, y: logScale ? { distr: 3 } : {} },
+          axes: [{ label: ax.label }, { values: (u, vals) => vals.map(tick) }],
+          series: [
+            { label: ax.label },
+            { label: 'last', stroke: '#0072b2', width: 1.5 },
+            { label: 'min', stroke: '#56b4e9', width: 1, dash: [4, 3] },
+            { label: 'max', stroke: '#e69f00', width: 1, dash: [4, 3] },
+          ],
+          cursor: { drag: { x: true, y: false } },
+          hooks: {
+            setSelect: [(u) => {
+              if (u.select.width < 2) return;
+              const a = stepAt(u.posToVal(u.select.left, 'x'));
+              const b = stepAt(u.posToVal(u.select.left + u.select.width, 'x'));
+              u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+              load(Math.min(a, b), Math.max(a, b));
+            }],
+          },
+        }, columns(shown), box);
+        state.x0 = plot.data[0][0];
+      };
+      make();
       function load(from, to) {
         const q = new URLSearchParams({ keys: key, points: POINTS });
         if (from !== undefined) { q.set('from', from); q.set('to', to); }
@@ -448,6 +495,7 @@
       }
       box.addEventListener('dblclick', () => { if (!full) load(); });
       redraws.push(() => plot.setData(columns(shown)));
+      rebuilds.push(make);
       // What is drawn, for tests: the first values of the line.
       state.line = (n) => plot.data[1].slice(0, n);
     }
@@ -550,6 +598,8 @@
       if (!body.commands.length) ul.append(el('li', null, 'No command was sent to this run.'));
     }).catch(fail);
     get(`${base}/scalars?points=${POINTS}`).then((body) => {
+      const firsts = body.series.filter((s) => s.buckets.length).map((s) => s.buckets[0].wall_ms);
+      t0 = firsts.length ? Math.min(...firsts) : 0;
       const groups = new Map();
       for (const s of body.series) {
         const g = s.key.includes('/') ? s.key.slice(0, s.key.indexOf('/')) : '(no prefix)';
