@@ -695,6 +695,11 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     );
     assert!(link.contains("sweep-199"), "{link}");
     assert_eq!(r["compare_text"], "Compare 3 runs");
+    assert!(
+        r["phone_overflow"].as_i64() <= Some(0),
+        "page wider than a phone: {}",
+        r["phone_overflow"]
+    );
     server
         .shutdown(Duration::from_secs(10))
         .await
@@ -940,6 +945,11 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
         r["img_at"].as_str().unwrap().contains("epoch 0, step 9"),
         "{}",
         r["img_at"]
+    );
+    assert!(
+        r["phone_overflow"].as_i64() <= Some(0),
+        "page wider than a phone: {}",
+        r["phone_overflow"]
     );
     // Nothing from anywhere but the server (uPlot is served by it).
     let base = url(&server);

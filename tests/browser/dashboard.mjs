@@ -233,6 +233,11 @@ async function main() {
     await boxes.nth(1).check();
     await boxes.nth(2).check();
     result.compare_link = await page.getAttribute('#rf-compare', 'href');
+    // At a phone's width the page itself does not scroll sideways (the
+    // table does, inside its box).
+    await page.setViewportSize({ width: 390, height: 844 });
+    result.phone_overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    await page.setViewportSize({ width: 1360, height: 1020 });
     result.compare_text = await text('#rf-compare');
     if (args.screenshot) {
       mkdirSync(dirname(args.screenshot), { recursive: true });
@@ -288,6 +293,9 @@ async function main() {
       ok: f.classList.contains('right'),
     })));
     result.img_at = await text('#r-img-at');
+    await page.setViewportSize({ width: 390, height: 844 });
+    result.phone_overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    await page.setViewportSize({ width: 1360, height: 1020 });
     if (args.screenshot) {
       mkdirSync(dirname(args.screenshot), { recursive: true });
       await page.screenshot({ path: args.screenshot, fullPage: true });
