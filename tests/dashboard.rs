@@ -1001,7 +1001,8 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
                         .map(|s| Point {
                             key: key.into(),
                             step: s,
-                            wall_ms: 1_796_000_000_000 + s,
+                            // Each run an hour after the one before.
+                            wall_ms: 1_796_000_000_000 + i as i64 * 3_600_000 + s,
                             value: (i + 1) as f64 / (1.0 + s as f64),
                         })
                         .collect(),
@@ -1034,6 +1035,12 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
         "the legend names each run"
     );
     assert_eq!(r["differs"], serde_json::json!(["batch_size"]));
+    // Aligned by each run's own start, though they started an hour apart.
+    assert_eq!(
+        r["relative"],
+        serde_json::json!({"axis": "relative", "first": {"train/loss": [0, 0, 0], "val/acc": [null, 0, null]}})
+    );
+    assert_eq!(r["relative_url"], "?runs=jetson-a%3Acmp-a%3A1796000000000%2Cjetson-a%3Acmp-b%3A1796000000000%2Cjetson-a%3Acmp-c%3A1796000000000&x=relative");
     let base = url(&server);
     for u in r["requests"].as_array().unwrap() {
         assert!(u.as_str().unwrap().starts_with(&base), "{u}");

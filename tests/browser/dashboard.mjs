@@ -309,6 +309,9 @@ async function main() {
     result.charts = await page.evaluate(() => window.trainwatch.compare.charts);
     result.differs = await page.evaluate(() => window.trainwatch.compare.differs);
     result.legend = await page.locator('.chart-box[data-key="train/loss"] .u-legend .u-series .u-label').allInnerTexts();
+    await page.selectOption('#cmp-x', 'relative');
+    result.relative = await page.evaluate(() => ({ axis: window.trainwatch.compare.axis, first: window.trainwatch.compare.firstX }));
+    result.relative_url = await page.evaluate(() => location.search);
     if (args.screenshot) {
       mkdirSync(dirname(args.screenshot), { recursive: true });
       await page.screenshot({ path: args.screenshot, fullPage: true });

@@ -674,33 +674,59 @@
         table.append(tr);
       }
       tw.compare.differs = differs;
-      // Charts: every key any run logged.
+      // Charts: every key any run logged, aligned by step or by the
+      // seconds since each run's own first point (runs started apart).
       const keys = [...new Set(all.flatMap(([, s]) => s.series.map((x) => x.key)))].sort();
-      for (const key of keys) {
-        const tables = all.map(([, s]) => {
+      const starts = all.map(([, s]) => {
+        const f = s.series.filter((x) => x.buckets.length).map((x) => x.buckets[0].wall_ms);
+        return f.length ? Math.min(...f) : 0;
+      });
+      let axis = new URLSearchParams(location.search).get('x') === 'relative' ? 'relative' : 'step';
+      $('cmp-x').value = axis;
+      $('cmp-x').addEventListener('change', () => {
+        axis = $('cmp-x').value;
+        const u = new URLSearchParams(location.search);
+        if (axis === 'relative') u.set('x', axis);
+        else u.delete('x');
+        history.replaceState(null, '', location.pathname + '?' + u);
+        draw();
+      });
+      const draw = () => {
+        $('cmp-charts').replaceChildren();
+        tw.compare.axis = axis;
+        tw.compare.firstX = {};
+        for (const key of keys) chartOf(key);
+      };
+      const chartOf = (key) => {
+        const tables = all.map(([, s], r) => {
           const x = s.series.find((y) => y.key === key);
           const b = x ? x.buckets : [];
-          return [b.map((p) => p.step), b.map((p) => p.last)];
+          const xs = axis === 'step' ? b.map((p) => p.step) : b.map((p) => (p.wall_ms - starts[r]) / 1000);
+          return [xs, b.map((p) => p.last)];
         });
         const box = el('section', 'card chart-box');
         box.dataset.key = key;
         box.append(el('h2', null, key));
         $('cmp-charts').append(box);
+        const xLabel = axis === 'step' ? 'step' : "s since the run's first point";
+        const joined = uPlot.join(tables);
+        tw.compare.firstX[key] = tables.map((t) => (t[0].length ? t[0][0] : null));
         new uPlot({
           width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
           height: 240,
           scales: { x: { time: false } },
-          axes: [{ label: 'step' }, {}],
-          series: [{ label: 'step' }].concat(runs.map((run, i) => ({
+          axes: [{ label: xLabel }, {}],
+          series: [{ label: xLabel }].concat(runs.map((run, i) => ({
             label: label(run),
             stroke: PALETTE[i % PALETTE.length],
             dash: i >= PALETTE.length ? [6, 3] : undefined,
             width: 1.5,
             spanGaps: true,
           }))),
-        }, uPlot.join(tables), box);
+        }, joined, box);
         tw.compare.charts[key] = tables.map((t) => t[0].length);
-      }
+      };
+      draw();
       tw.compare.ready = true;
     }).catch(fail);
   }
