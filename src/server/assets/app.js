@@ -40,6 +40,26 @@
     return `${Math.round(s / 3600)} h ago`;
   }
   const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
+  const stamp = (ms) => new Date(ms).toLocaleString([], { hour12: false });
+  // A JSON read of the server's API; a refusal throws naming it.
+  const getJson = (u) => fetch(u, { cache: 'no-store', credentials: 'same-origin' }).then(async (r) => {
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(`${u}: ${body.error || `${r.status} ${r.statusText}`}`);
+    return body;
+  });
+  // Sets (or, when empty, removes) query parameters of the page's URL, so a
+  // link shows what is shown.
+  function setParams(pairs) {
+    const u = new URLSearchParams(location.search);
+    for (const [k, v] of pairs) {
+      if (v) u.set(k, v);
+      else u.delete(k);
+    }
+    const s = u.toString();
+    history.replaceState(null, '', location.pathname + (s ? '?' + s : ''));
+  }
+  // A uPlot chart's width in its card.
+  const chartWidth = (box) => Math.max(280, Math.min(620, box.clientWidth - 24 || 600));
   const nowMs = () => performance.timeOrigin + performance.now();
   function percentile(xs, p) {
     if (!xs.length) return null;
@@ -202,14 +222,8 @@
     }
     let next = null, shown = [], enabled, loads = 0;
     const tried = new Set(); // live ids a reload was made for
-    const when = (ms) => (ms ? new Date(ms).toLocaleString([], { hour12: false }) : 'n/a');
-    const span = (ms) => {
-      if (ms === null || ms === undefined || ms < 0) return 'n/a';
-      const s = Math.round(ms / 1000);
-      if (s < 60) return `${s} s`;
-      if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-      return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-    };
+    const when = (ms) => (ms ? stamp(ms) : 'n/a');
+    const span = (ms) => (ms >= 0 ? dur(ms / 1000) : 'n/a');
     function query(cursor) {
       const u = new URLSearchParams();
       u.set('limit', PAGE);
@@ -288,18 +302,11 @@
     }
     let timer = null;
     function filtersChanged() {
-      const u = new URLSearchParams(location.search);
-      for (const [k, input] of [['q', q], ['device', device], ['status', status]]) {
-        if (input.value) u.set(k, input.value);
-        else u.delete(k);
-      }
       const chosen = sort !== 'created' || order !== 'desc';
-      for (const [k, v] of [['sort', sort], ['order', order]]) {
-        if (chosen) u.set(k, v);
-        else u.delete(k);
-      }
-      const s = u.toString();
-      history.replaceState(null, '', location.pathname + (s ? '?' + s : ''));
+      setParams([
+        ['q', q.value], ['device', device.value], ['status', status.value],
+        ['sort', chosen && sort], ['order', chosen && order],
+      ]);
       tried.clear();
       clearTimeout(timer);
       timer = setTimeout(() => load(false).catch(() => {}), 200);
@@ -349,17 +356,12 @@
     tw.charts = {};
     const POINTS = 1000;
     const base = '/api/runs/' + encodeURIComponent(id);
-    const get = (u) => fetch(u, { cache: 'no-store', credentials: 'same-origin' }).then(async (r) => {
-      const body = await r.json().catch(() => ({}));
-      if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
-      return body;
-    });
     const fail = (e) => {
       $('r-error').hidden = false;
       $('r-error').textContent = String(e.message || e);
     };
     let classes = [];
-    get(base).then((run) => {
+    getJson(base).then((run) => {
       try {
         classes = JSON.parse(run.config).class_names || [];
       } catch (_) { /* no names: class numbers are shown */ }
@@ -403,20 +405,14 @@
       return [b.map(x), ema(b.map((p) => p.last)).map(positive), b.map((p) => positive(p.min)), b.map((p) => positive(p.max))];
     };
     const rebuilds = [];
-    const setParam = (k, v) => {
-      const u = new URLSearchParams(location.search);
-      if (v) u.set(k, v);
-      else u.delete(k);
-      history.replaceState(null, '', location.pathname + (u.toString() ? '?' + u : ''));
-    };
     $('r-x').addEventListener('change', () => {
       xAxis = $('r-x').value;
-      setParam('x', xAxis === 'step' ? '' : xAxis);
+      setParams([['x', xAxis !== 'step' && xAxis]]);
       for (const f of rebuilds) f();
     });
     $('r-log').addEventListener('change', () => {
       logScale = $('r-log').checked;
-      setParam('log', logScale ? '1' : '');
+      setParams([['log', logScale && '1']]);
       for (const f of rebuilds) f();
     });
     const redraws = [];
@@ -425,10 +421,7 @@
     $('r-smooth').addEventListener('input', () => {
       weight = Number($('r-smooth').value);
       $('r-smooth-v').textContent = weight;
-      const u = new URLSearchParams(location.search);
-      if (weight) u.set('smooth', weight);
-      else u.delete('smooth');
-      history.replaceState(null, '', location.pathname + (u.toString() ? '?' + u : ''));
+      setParams([['smooth', weight]]);
       for (const f of redraws) f();
     });
     function chart(key, series, into) {
@@ -454,7 +447,7 @@
         state.axis = xAxis;
         state.log = logScale;
         plot = new uPlot({
-          width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+          width: chartWidth(box),
           height: 220,
           scales: { x: { time: xAxis === 'wall' }, y: logScale ? { distr: 3 } : {} },
           axes: [{ label: ax.label }, { values: (u, vals) => vals.map(tick) }],
@@ -482,7 +475,7 @@
         const q = new URLSearchParams({ keys: key, points: POINTS });
         if (from !== undefined) { q.set('from', from); q.set('to', to); }
         state.requests.push(q.toString());
-        get(`${base}/scalars?${q}`).then((body) => {
+        getJson(`${base}/scalars?${q}`).then((body) => {
           const s = body.series.find((x) => x.key === key);
           if (!s) return;
           full = from === undefined;
@@ -502,7 +495,7 @@
     // The stored image samples (each epoch's last batch and one every
     // images_every_s), one at a time by a scrubber, as the live grid shows
     // a batch: the image, predicted class and confidence, true class.
-    get(`${base}/images`).then((body) => {
+    getJson(`${base}/images`).then((body) => {
       const samples = body.images;
       const slider = $('r-img');
       tw.images = { count: samples.length };
@@ -516,7 +509,7 @@
       const name = (c) => classes[c] || `class ${c}`;
       const show = () => {
         const s = samples[Number(slider.value)];
-        $('r-img-at').textContent = `epoch ${s.epoch}, step ${s.step}, ${new Date(s.wall_ms).toLocaleString([], { hour12: false })} (${Number(slider.value) + 1} of ${samples.length})`;
+        $('r-img-at').textContent = `epoch ${s.epoch}, step ${s.step}, ${stamp(s.wall_ms)} (${Number(slider.value) + 1} of ${samples.length})`;
         const tiles = s.jpegs.map((j, i) => {
           const t = el('figure', 'tile');
           const img = el('img');
@@ -547,7 +540,7 @@
       ['ram_mb', 'trainer RAM, MB'], ['gpu_percent', 'GPU %'], ['gpu_mem_mb', 'GPU memory, MB'],
       ['gpu_clock_mhz', 'GPU clock, MHz'],
     ];
-    get(`${base}/perf`).then((body) => {
+    getJson(`${base}/perf`).then((body) => {
       const samples = body.perf;
       const t0 = samples.length ? samples[0].wall_ms : 0;
       const xs = samples.map((p) => (p.wall_ms - t0) / 1000);
@@ -565,7 +558,7 @@
         $('r-perf').append(box);
         tw.perf[f] = ys.filter((v) => v !== null).length;
         new uPlot({
-          width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+          width: chartWidth(box),
           height: 160,
           scales: { x: { time: false } },
           axes: [{ label: 's since the first sample' }, {}],
@@ -576,13 +569,13 @@
         ? (absent.length ? 'Not measured on this device: ' + absent.join(', ') + '.' : '')
         : 'No performance figures stored for this run.';
     }).catch(fail);
-    get(`${base}/statuses`).then((body) => {
+    getJson(`${base}/statuses`).then((body) => {
       const ol = $('r-history');
       for (const s of body.statuses) {
-        ol.append(el('li', null, `${new Date(s.wall_ms).toLocaleString([], { hour12: false })} ${s.status}${s.message ? ': ' + s.message : ''}`));
+        ol.append(el('li', null, `${stamp(s.wall_ms)} ${s.status}${s.message ? ': ' + s.message : ''}`));
       }
     }).catch(fail);
-    get(`${base}/commands`).then((body) => {
+    getJson(`${base}/commands`).then((body) => {
       const ul = $('r-commands');
       const at = (ms) => (ms ? clock(ms) : 'not yet');
       for (const c of body.commands) {
@@ -597,7 +590,7 @@
       }
       if (!body.commands.length) ul.append(el('li', null, 'No command was sent to this run.'));
     }).catch(fail);
-    get(`${base}/scalars?points=${POINTS}`).then((body) => {
+    getJson(`${base}/scalars?points=${POINTS}`).then((body) => {
       const firsts = body.series.filter((s) => s.buckets.length).map((s) => s.buckets[0].wall_ms);
       t0 = firsts.length ? Math.min(...firsts) : 0;
       const groups = new Map();
@@ -630,19 +623,14 @@
     document.title = 'trainwatch — compare';
     const ids = (new URLSearchParams(location.search).get('runs') || '').split(',').filter(Boolean).slice(0, 20);
     tw.compare = { charts: {} };
-    const get = (u) => fetch(u, { cache: 'no-store', credentials: 'same-origin' }).then(async (r) => {
-      const body = await r.json().catch(() => ({}));
-      if (!r.ok) throw new Error(`${u}: ${body.error || r.status}`);
-      return body;
-    });
     const fail = (e) => {
       $('cmp-error').hidden = false;
       $('cmp-error').textContent = String(e.message || e);
     };
     if (ids.length < 2) return fail(new Error('Pick at least two runs on the runs page (?runs=a,b).'));
     Promise.all(ids.map((id) => Promise.all([
-      get('/api/runs/' + encodeURIComponent(id)),
-      get('/api/runs/' + encodeURIComponent(id) + '/scalars?points=1000'),
+      getJson('/api/runs/' + encodeURIComponent(id)),
+      getJson('/api/runs/' + encodeURIComponent(id) + '/scalars?points=1000'),
     ]))).then((all) => {
       setConn('live', 'stored runs');
       const runs = all.map(([run]) => run);
@@ -685,10 +673,7 @@
       $('cmp-x').value = axis;
       $('cmp-x').addEventListener('change', () => {
         axis = $('cmp-x').value;
-        const u = new URLSearchParams(location.search);
-        if (axis === 'relative') u.set('x', axis);
-        else u.delete('x');
-        history.replaceState(null, '', location.pathname + '?' + u);
+        setParams([['x', axis === 'relative' && axis]]);
         draw();
       });
       const draw = () => {
@@ -712,7 +697,7 @@
         const joined = uPlot.join(tables);
         tw.compare.firstX[key] = tables.map((t) => (t[0].length ? t[0][0] : null));
         new uPlot({
-          width: Math.max(280, Math.min(620, box.clientWidth - 24 || 600)),
+          width: chartWidth(box),
           height: 240,
           scales: { x: { time: false } },
           axes: [{ label: xLabel }, {}],
