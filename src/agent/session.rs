@@ -272,8 +272,8 @@ impl Session {
         // What an earlier agent wrote is delivered: report it (the server
         // may still hold it unconfirmed) and never write it again.
         let delivered: VecDeque<(u64, u64)> = reader
-            .control_ring()
-            .map(|r| r.ids.into_iter().collect())
+            .delivered_commands()
+            .map(VecDeque::from)
             .unwrap_or_default();
         let unreported = delivered.iter().map(|&(_, id)| id).collect();
         Session {

@@ -134,16 +134,6 @@ pub enum PointsRead {
     /// read position moved past them.
     Missed { first: u64, count: u64 },
 }
-/// What [`Reader::control_ring`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ControlRing {
-    pub written: u64,
-    pub applied: u64,
-    /// (control seq, command_id) of each command still in the ring that
-    /// carries one, oldest first.
-    pub ids: Vec<(u64, u64)>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendOutcome {
     Sent(u64),
@@ -856,28 +846,18 @@ impl Reader {
             .min(written)
     }
 
-    /// The control ring as the trainer sees it: how many commands were
-    /// written, how many it has applied, and the `command_id` parameter of
-    /// each command still in the ring (seq, id), oldest first, so an agent
-    /// (this one or one started after it) never writes a command twice.
-    pub fn control_ring(&self) -> Result<ControlRing, ShmError> {
+    /// The (control seq, `command_id` parameter) of each command still in
+    /// the control ring that carries one, oldest first, so an agent (this
+    /// one or one started after it) never writes a command twice.
+    pub fn delivered_commands(&self) -> Result<Vec<(u64, u64)>, ShmError> {
         let written = self.seq(hdr::CONTROL_WRITE_SEQ, "header control_write_seq")?;
-        let applied = self
-            .map
-            .load_u64(hdr::CONTROL_APPLIED_SEQ, Ordering::Acquire)
-            .min(written);
         let from = written.saturating_sub(u64::from(self.geo.control_slots)) + 1;
-        let ids = (from..=written)
+        Ok((from..=written)
             .filter_map(|n| {
                 let c = read_command(&self.map, &self.geo, &self.path, n).ok()?;
                 Some((n, c.param("command_id")?.parse().ok()?))
             })
-            .collect();
-        Ok(ControlRing {
-            written,
-            applied,
-            ids,
-        })
+            .collect())
     }
 
     /// Writes a command for the trainer. One agent writes a segment's
