@@ -668,6 +668,25 @@ mod faults {
         );
     }
 
+    /// The command_id of every learning-rate command the trainer has
+    /// printed so far, in the order it took them.
+    fn lr_command_ids(trainer: &mut Trainer) -> Vec<String> {
+        while trainer.try_next().is_some() {}
+        trainer
+            .seen
+            .iter()
+            .filter(|v| v["command"] == "CHANGE_LEARNING_RATE")
+            .map(|v| v["params"]["command_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// STOP with no grace period, through `path`, and the trainer's exit.
+    async fn stop_now(http: SocketAddr, path: &str, mut trainer: Trainer) {
+        let body = json!({"type": "stop", "parameters": {"grace_period_s": "0"}});
+        post_json(http, path, &[], &body).await;
+        trainer.wait_exit();
+    }
+
     /// The command's state in the session's log.
     fn command_state(d: &Value, id: u64) -> Value {
         d["commands"]
@@ -740,22 +759,12 @@ mod faults {
             command_state(d, 3)["applied_ms"].is_u64()
         })
         .await;
-        while trainer.try_next().is_some() {}
-        let ids: Vec<&str> = trainer
-            .seen
-            .iter()
-            .filter(|v| v["command"] == "CHANGE_LEARNING_RATE")
-            .map(|v| v["params"]["command_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["1", "2", "3"], "each command once, in order");
-        post_json(
-            http,
-            &path,
-            &[],
-            &json!({"type": "stop", "parameters": {"grace_period_s": "0"}}),
-        )
-        .await;
-        trainer.wait_exit();
+        assert_eq!(
+            lr_command_ids(&mut trainer),
+            ["1", "2", "3"],
+            "each command once, in order"
+        );
+        stop_now(http, &path, trainer).await;
         stop(server).await;
     }
 
@@ -821,17 +830,8 @@ mod faults {
         let body = json!({"type": "CHANGE_LEARNING_RATE", "parameters": {"learning_rate": "0.06"}});
         post_json(http, &path, &[], &body).await;
         trainer.wait_for("lr 0.06", |v| v["params"]["learning_rate"] == "0.06");
-        while trainer.try_next().is_some() {}
-        let ids: Vec<&str> = trainer
-            .seen
-            .iter()
-            .filter(|v| v["command"] == "CHANGE_LEARNING_RATE")
-            .map(|v| v["params"]["command_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["1", "2"], "command 1 once");
-        let stop_body = json!({"type": "stop", "parameters": {"grace_period_s": "0"}});
-        post_json(http, &path, &[], &stop_body).await;
-        trainer.wait_exit();
+        assert_eq!(lr_command_ids(&mut trainer), ["1", "2"], "command 1 once");
+        stop_now(http, &path, trainer).await;
         stop(server).await;
     }
 

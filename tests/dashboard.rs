@@ -348,6 +348,42 @@ fn screenshot(name: &str) -> Value {
     }
 }
 
+/// A server on `place`'s SQLite store.
+async fn server_on(place: &util::TempStore) -> RunningServer {
+    let mut s = ServerSettings::local_insecure();
+    s.store.place = Some(place.place());
+    Server::start(&s).await.expect("server starts")
+}
+
+/// Writes `writes` into `place`'s store as an earlier server would have,
+/// each accepted.
+async fn write_store(place: &util::TempStore, writes: Vec<trainwatch::server::store::Write>) {
+    use trainwatch::server::store::{self, StoreOptions};
+    let s = store::open(&place.place(), StoreOptions::default())
+        .await
+        .unwrap();
+    for r in s.apply(writes).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Every request the page made went to `server` (uPlot is served by it).
+fn assert_only_from(server: &RunningServer, requests: &Value) {
+    let base = url(server);
+    for u in requests.as_array().unwrap() {
+        assert!(u.as_str().unwrap().starts_with(&base), "{u}");
+    }
+}
+
+/// At a phone's width the page did not scroll sideways.
+fn assert_fits_a_phone(r: &Value) {
+    assert!(
+        r["phone_overflow"].as_i64() <= Some(0),
+        "page wider than a phone: {}",
+        r["phone_overflow"]
+    );
+}
+
 fn url(server: &RunningServer) -> String {
     // Bound to 0.0.0.0 or 127.0.0.1: the browser goes through loopback.
     format!("http://127.0.0.1:{}", server.http_addr.port())
@@ -605,9 +641,7 @@ async fn with_http_token_reads_reading_needs_the_token_which_the_page_asks_for()
 async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() {
     let _one = SERIAL.lock().await;
     let store = util::TempStore::new();
-    let mut s = ServerSettings::local_insecure();
-    s.store.place = Some(store.place());
-    let server = Server::start(&s).await.expect("server starts");
+    let server = server_on(&store).await;
     // 200 runs on two devices, registered as agents register them.
     let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
     let id = |i: usize| {
@@ -695,11 +729,7 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     );
     assert!(link.contains("sweep-199"), "{link}");
     assert_eq!(r["compare_text"], "Compare 3 runs");
-    assert!(
-        r["phone_overflow"].as_i64() <= Some(0),
-        "page wider than a phone: {}",
-        r["phone_overflow"]
-    );
+    assert_fits_a_phone(&r);
     server
         .shutdown(Duration::from_secs(10))
         .await
@@ -709,13 +739,10 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     let _one = SERIAL.lock().await;
-    use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
+    use trainwatch::server::store::{self, Point, RunRecord, Write};
     let place = util::TempStore::new();
     // Written by an earlier server: this one never saw the run live.
     {
-        let s = store::open(&place.place(), StoreOptions::default())
-            .await
-            .unwrap();
         let mut writes = vec![Write::Run(RunRecord {
             id: "jetson-a:sweep-long-name:1796000000000".into(),
             device: "jetson-a".into(),
@@ -815,13 +842,9 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
             id: 1,
             at_ms: 1_796_000_005_100,
         });
-        for r in s.apply(writes).await.unwrap() {
-            r.unwrap();
-        }
+        write_store(&place, writes).await;
     }
-    let mut settings = ServerSettings::local_insecure();
-    settings.store.place = Some(place.place());
-    let server = Server::start(&settings).await.expect("server starts");
+    let server = server_on(&place).await;
     let mut browser = Browser::start(serde_json::json!({
         "url": url(&server), "session": "jetson-a:sweep-long-name:1796000000000",
         "scenario": "run", "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
@@ -946,16 +969,9 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
         "{}",
         r["img_at"]
     );
-    assert!(
-        r["phone_overflow"].as_i64() <= Some(0),
-        "page wider than a phone: {}",
-        r["phone_overflow"]
-    );
+    assert_fits_a_phone(&r);
     // Nothing from anywhere but the server (uPlot is served by it).
-    let base = url(&server);
-    for u in r["requests"].as_array().unwrap() {
-        assert!(u.as_str().unwrap().starts_with(&base), "{u}");
-    }
+    assert_only_from(&server, &r["requests"]);
     server
         .shutdown(Duration::from_secs(10))
         .await
@@ -965,16 +981,13 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences() {
     let _one = SERIAL.lock().await;
-    use trainwatch::server::store::{self, Point, RunRecord, StoreOptions, Write};
+    use trainwatch::server::store::{Point, RunRecord, Write};
     let place = util::TempStore::new();
     let ids: Vec<String> = ["cmp-a", "cmp-b", "cmp-c"]
         .iter()
         .map(|n| format!("jetson-a:{n}:1796000000000"))
         .collect();
     {
-        let s = store::open(&place.place(), StoreOptions::default())
-            .await
-            .unwrap();
         let mut writes = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let name = format!("cmp-{}", ["a", "b", "c"][i]);
@@ -1010,13 +1023,9 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
                 seq += n as u64;
             }
         }
-        for r in s.apply(writes).await.unwrap() {
-            r.unwrap();
-        }
+        write_store(&place, writes).await;
     }
-    let mut settings = ServerSettings::local_insecure();
-    settings.store.place = Some(place.place());
-    let server = Server::start(&settings).await.expect("server starts");
+    let server = server_on(&place).await;
     let mut browser = Browser::start(serde_json::json!({
         "url": url(&server), "session": ids[0], "scenario": "compare", "runs": ids,
         "screenshot": screenshot("dashboard-compare.png"),
@@ -1041,10 +1050,7 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
         serde_json::json!({"axis": "relative", "first": {"train/loss": [0, 0, 0], "val/acc": [null, 0, null]}})
     );
     assert_eq!(r["relative_url"], "?runs=jetson-a%3Acmp-a%3A1796000000000%2Cjetson-a%3Acmp-b%3A1796000000000%2Cjetson-a%3Acmp-c%3A1796000000000&x=relative");
-    let base = url(&server);
-    for u in r["requests"].as_array().unwrap() {
-        assert!(u.as_str().unwrap().starts_with(&base), "{u}");
-    }
+    assert_only_from(&server, &r["requests"]);
     server
         .shutdown(Duration::from_secs(10))
         .await
