@@ -20,8 +20,6 @@ mod common;
 #[allow(unused_imports)]
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -137,36 +135,14 @@ async fn main() {
         "session": BIG, "scenario": "bench", "loads": loads,
         "charts": keys + 1, "timeout_ms": 300_000,
     });
-    let mut child = Command::new("node")
-        .arg(dir.join("dashboard.mjs"))
-        .arg(args.to_string())
-        .env("TRAINWATCH_CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node");
-    let stdout = child.stdout.take().unwrap();
-    let result = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v.get("result").is_some() || v.get("error").is_some() {
-                    return v;
-                }
-            }
-        }
-        Value::Null
-    })
-    .await
-    .unwrap();
-    let _ = child.wait();
+    // The script's own failure, or none in time, panics naming it.
+    let mut browser = util::browser::Browser::start(args);
+    let r = browser.expect("result").await;
+    drop(browser);
     server
         .shutdown(std::time::Duration::from_secs(10))
         .await
         .unwrap();
-    let r = &result["result"];
-    if r.is_null() {
-        panic!("browser bench failed: {result}");
-    }
     let nums = |k: &str| -> Vec<f64> {
         r[k].as_array()
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
@@ -190,6 +166,6 @@ async fn main() {
         println!("| {page} | {k} | {m:.0} | {w:.0} | {goal} |");
     }
     println!("points drawn on the run page: {}", r["run_points"]);
-    std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    std::fs::write(&out, serde_json::to_string_pretty(&r).unwrap()).unwrap();
     println!("figures: {out}");
 }

@@ -59,6 +59,7 @@ pub fn repo_root() -> PathBuf {
 
 pub mod alloc;
 pub mod blackhole;
+pub mod browser;
 pub mod grpc;
 pub mod http;
 pub mod postgres;
