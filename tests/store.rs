@@ -238,6 +238,21 @@ fn writer(s: &Arc<dyn Store>) -> (Writer, tokio::task::JoinHandle<()>, Cancellat
     (w, task, stop)
 }
 
+/// Every run `q` lists, page after page through its cursors; no page
+/// longer than its limit.
+async fn every_page(s: &dyn Store, mut q: RunQuery) -> Vec<store::RunSummary> {
+    let mut all = Vec::new();
+    loop {
+        let page = s.runs(&q).await.unwrap();
+        assert!(page.runs.len() <= q.limit, "{} rows", page.runs.len());
+        all.extend(page.runs);
+        match page.next {
+            Some(c) => q.cursor = Some(c),
+            None => return all,
+        }
+    }
+}
+
 /// The newest-first cursor after (created_ms, id).
 fn seen_cursor(row: &(i64, String)) -> String {
     format!("{}.{}", row.0, row.1)
@@ -483,57 +498,32 @@ mod cases {
         writes.push(run("tie-b", "dev-x", NOW_MS + 77_500));
         apply_ok(s.as_ref(), writes).await;
 
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = s
-                .runs(&RunQuery {
-                    limit: 100,
-                    cursor: cursor.clone(),
-                    ..RunQuery::default()
-                })
-                .await
-                .unwrap();
-            assert!(page.runs.len() <= 100);
-            seen.extend(
-                page.runs
-                    .iter()
-                    .map(|r| (r.run.created_ms, r.run.id.clone())),
-            );
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        let newest = RunQuery {
+            limit: 100,
+            ..RunQuery::default()
+        };
+        let seen: Vec<(i64, String)> = every_page(s.as_ref(), newest)
+            .await
+            .iter()
+            .map(|r| (r.run.created_ms, r.run.id.clone()))
+            .collect();
         assert_eq!(seen.len(), 252, "every run once");
         let mut sorted = seen.clone();
         sorted.sort_by(|a, b| b.cmp(a));
         assert_eq!(seen, sorted, "newest first, id descending on ties");
 
         // By device, A to Z, ties by id: every run once across pages.
-        let mut by_device = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = s
-                .runs(&RunQuery {
-                    limit: 60,
-                    cursor: cursor.clone(),
-                    sort: store::RunSort::Device,
-                    ascending: true,
-                    ..RunQuery::default()
-                })
-                .await
-                .unwrap();
-            by_device.extend(
-                page.runs
-                    .iter()
-                    .map(|r| (r.run.device.clone(), r.run.id.clone())),
-            );
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        let by_device_query = RunQuery {
+            limit: 60,
+            sort: store::RunSort::Device,
+            ascending: true,
+            ..RunQuery::default()
+        };
+        let by_device: Vec<(String, String)> = every_page(s.as_ref(), by_device_query)
+            .await
+            .iter()
+            .map(|r| (r.run.device.clone(), r.run.id.clone()))
+            .collect();
         let mut want = by_device.clone();
         want.sort();
         assert_eq!(by_device.len(), 252);
