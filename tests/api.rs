@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use trainwatch::server::api;
 use trainwatch::server::http::ControlPolicy;
@@ -236,6 +236,27 @@ async fn every_endpoint(s: Served) {
         "r2"
     );
 
+    // Beside each summary: last loss, FPS, the best of a chosen metric
+    // (lr: larger is better by its name, or as asked), the page's keys.
+    let fig = get_json(a, "/api/runs?metric=lr").await;
+    assert_eq!(fig["keys"], json!(["lr", "train/loss"]));
+    let f1 = &fig["runs"][1]["figures"];
+    assert_eq!(f1["last_loss"], 50.0, "{f1}");
+    assert_eq!(f1["fps"], 30.0, "{f1}");
+    assert_eq!(
+        f1["metric"],
+        json!({"key": "lr", "goal": "max", "best": 100.0, "last": 100.0})
+    );
+    assert_eq!(
+        fig["runs"][0]["figures"],
+        json!({"last_loss": null, "fps": null, "metric": null})
+    );
+    let low = get_json(a, "/api/runs?metric=lr&goal=min").await;
+    assert_eq!(low["runs"][1]["figures"]["metric"]["best"], 50.5);
+    let loss = get_json(a, "/api/runs?metric=train/loss").await;
+    assert_eq!(loss["runs"][1]["figures"]["metric"]["goal"], "min");
+    assert_eq!(loss["runs"][1]["figures"]["metric"]["best"], 0.5);
+
     let r1 = get_json(a, "/api/runs/r1").await;
     assert_eq!(r1["status"], "completed");
     assert_eq!(r1["device"], "jetson-1");
@@ -319,6 +340,8 @@ async fn bad_parameters_are_400_and_unknown_runs_404_naming_them() {
         ("/api/runs?colour=red", ["colour", "red"]),
         ("/api/runs?sort=colour", ["sort", "colour"]),
         ("/api/runs?sort=name&order=up", ["order", "up"]),
+        ("/api/runs?metric=val%20acc", ["metric", "val acc"]),
+        ("/api/runs?metric=lr&goal=best", ["goal", "best"]),
         ("/api/runs?sort=name&cursor=1700.r1", ["cursor", "1700.r1"]),
         ("/api/runs/r1/scalars?points=0", ["points", "0"]),
         ("/api/runs/r1/scalars?points=many", ["points", "many"]),

@@ -580,8 +580,35 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     assert!(ok.iter().all(|&ok| ok));
     assert!(grpc::register(&mut c, &id(199)).await.success);
     let live_id = id(199);
+    // Two runs logged a validation accuracy: the page shows the best of it
+    // without being asked (the first val/ key), with each run's last loss.
+    use trainwatch::server::store;
+    let logged = |run: &str, key: &str, first_seq: u64, values: &[f64]| store::Write::Points {
+        run: run.into(),
+        first_seq,
+        points: values
+            .iter()
+            .enumerate()
+            .map(|(i, &value)| store::Point {
+                key: key.into(),
+                step: i as i64,
+                wall_ms: 1_796_000_000_000 + i as i64,
+                value,
+            })
+            .collect(),
+    };
+    write_store(
+        &store,
+        vec![
+            logged(&live_id, "val/acc", 1, &[0.5, 0.875, 0.75]),
+            logged(&live_id, "train/loss", 4, &[2.0, 1.25]),
+            logged(&id(198), "val/acc", 1, &[0.625]),
+        ],
+    )
+    .await;
     let mut browser = Browser::start(serde_json::json!({
         "url": url(&server), "session": live_id, "scenario": "runs", "live_id": live_id,
+        "other_id": id(198),
         "screenshot": screenshot("dashboard-runs.png"),
         "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
     }));
@@ -598,6 +625,24 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     );
     r.event_seq = 1;
     stream.send(r).await;
+    // And its newest batch and FPS reach the row by push.
+    let batch = BatchData {
+        epoch: 1,
+        batch_idx: 3,
+        batch_loss: 0.4321,
+        ..Default::default()
+    };
+    stream
+        .send(request(&live_id, Payload::BatchData(batch)))
+        .await;
+    let perf = PerformanceData {
+        current_fps: 57.5,
+        timestamp_ms: proto::now_ms(),
+        ..Default::default()
+    };
+    stream
+        .send(request(&live_id, Payload::PerformanceData(perf)))
+        .await;
     let r = browser.expect("result").await;
     assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
     let first = texts(&r["first_page"]);
@@ -639,6 +684,19 @@ async fn the_runs_page_lists_stored_runs_pages_filters_and_follows_a_live_one() 
     assert!(
         row.contains("sweep-199") && row.contains("running"),
         "{row}"
+    );
+    assert_eq!(r["best_header"], "Best val/acc");
+    assert_eq!(r["metric_url"], "", "a guessed metric stays out of the URL");
+    // Stored figures at load: best 0.875 (of 0.5, 0.875, 0.75), last loss
+    // 1.25; then the pushed batch's loss and FPS.
+    assert_eq!(
+        r["stored_cells"],
+        serde_json::json!(["1.2500", "0.8750", "n/a"])
+    );
+    assert_eq!(r["other_best"], "0.6250");
+    assert_eq!(
+        r["live_cells"],
+        serde_json::json!(["0.4321", "0.8750", "57.5"])
     );
     // Three rows picked: a link to compare them.
     let link = r["compare_link"].as_str().unwrap();

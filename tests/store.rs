@@ -14,8 +14,9 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use trainwatch::server::store::{
     self, export, Applied, CommandRecord, EpochRecord, ExportFormat, ImageSample, PerfSample,
-    Point, Prediction, Result, Retention, RunQuery, RunRecord, RunStatus, ScalarQuery, Series,
-    StatusRecord, Store, StoreError, StoreOptions, Write, Writer, WriterConfig, SCHEMA_VERSION,
+    Point, Prediction, Result, Retention, RunFigures, RunQuery, RunRecord, RunStatus, ScalarQuery,
+    Series, StatusRecord, Store, StoreError, StoreOptions, Write, Writer, WriterConfig,
+    SCHEMA_VERSION,
 };
 
 /// A backend's place, reopenable: the same file or database each time.
@@ -132,6 +133,7 @@ suite!(
     deleting_a_run_removes_all_of_it,
     history_reads_back_as_written,
     a_runs_owner_is_kept_and_never_replaced,
+    a_listings_figures_are_each_runs_last_loss_best_metric_and_fps,
 );
 
 // ---- helpers -----------------------------------------------------------
@@ -305,6 +307,9 @@ impl Store for Gated {
     }
     async fn runs(&self, q: &RunQuery) -> Result<store::RunPage> {
         self.inner.runs(q).await
+    }
+    async fn figures(&self, runs: &[String], keys: &[&str]) -> Result<Vec<RunFigures>> {
+        self.inner.figures(runs, keys).await
     }
     async fn scalars(&self, run: &str, q: &ScalarQuery) -> Result<Vec<store::Series>> {
         self.inner.scalars(run, q).await
@@ -1078,6 +1083,89 @@ mod cases {
 
     /// The identity a run is bound to survives reopening, and a later
     /// registration (another owner, or none) does not replace it.
+    pub async fn a_listings_figures_are_each_runs_last_loss_best_metric_and_fps(f: Fixture) {
+        let s = f.open().await;
+        // r1: 300 losses falling then one spike at the end, 200 accuracies
+        // rising with a dip, FPS 60 then a sample without FPS; r2 only a
+        // run row; r3 a key the page did not ask about.
+        let key = |run: &str, key: &str, first_seq: u64, values: &[f64]| Write::Points {
+            run: run.into(),
+            first_seq,
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| Point {
+                    key: key.into(),
+                    step: i as i64,
+                    wall_ms: NOW_MS + i as i64,
+                    value: v,
+                })
+                .collect(),
+        };
+        let mut loss: Vec<f64> = (0..300).map(|i| 3.0 - f64::from(i) * 0.01).collect();
+        *loss.last_mut().unwrap() = 9.5;
+        let mut acc: Vec<f64> = (0..200).map(|i| f64::from(i) / 200.0).collect();
+        acc[150] = 0.05;
+        let perf = |wall_ms, fps| Write::Perf {
+            run: "r1".into(),
+            samples: vec![PerfSample {
+                wall_ms,
+                fps,
+                ..PerfSample::default()
+            }],
+        };
+        apply_ok(
+            &*s,
+            vec![
+                run("r1", "jetson", NOW_MS),
+                run("r2", "jetson", NOW_MS + 1),
+                run("r3", "jetson", NOW_MS + 2),
+                key("r1", "train/loss", 1, &loss),
+                key("r1", "val/acc", 301, &acc),
+                key("r3", "other", 1, &[1.0]),
+                perf(NOW_MS, Some(60.0)),
+                perf(NOW_MS + 1000, Some(42.5)),
+                perf(NOW_MS + 2000, None),
+            ],
+        )
+        .await;
+        let ids = ["r1", "r2", "r3", "nope"].map(String::from);
+        let figs = s.figures(&ids, &["train/loss", "val/acc"]).await.unwrap();
+        assert_eq!(figs.iter().map(|f| f.run.as_str()).collect::<Vec<_>>(), ids);
+        let r1 = &figs[0];
+        assert_eq!(r1.keys, ["train/loss", "val/acc"]);
+        let l = r1.of("train/loss").unwrap();
+        assert_eq!(
+            (l.min, l.max, l.last),
+            (Some(3.0 - 298.0 * 0.01), Some(9.5), Some(9.5))
+        );
+        let a = r1.of("val/acc").unwrap();
+        assert_eq!(
+            (a.min, a.max, a.last),
+            (Some(0.0), Some(199.0 / 200.0), Some(199.0 / 200.0))
+        );
+        assert_eq!(r1.fps, Some(42.5), "the newest sample that measured FPS");
+        assert_eq!(
+            figs[1],
+            RunFigures {
+                run: "r2".into(),
+                ..Default::default()
+            }
+        );
+        assert_eq!(figs[2].keys, ["other"]);
+        assert!(figs[2].series.is_empty(), "{:?}", figs[2]);
+        assert_eq!(
+            figs[3],
+            RunFigures {
+                run: "nope".into(),
+                ..Default::default()
+            }
+        );
+        assert!(s.figures(&[], &[]).await.unwrap().is_empty());
+        let none = s.figures(&ids[..1], &[]).await.unwrap();
+        assert_eq!((none[0].keys.len(), none[0].series.len()), (2, 0));
+    }
+
     pub async fn a_runs_owner_is_kept_and_never_replaced(f: Fixture) {
         let s = f.open().await;
         let owned = |owner: Option<&str>| {

@@ -23,7 +23,8 @@ use serde_json::json;
 
 use super::http::{authorize, ControlPolicy};
 use super::store::{
-    self, content_hash, export, ExportFormat, RunQuery, RunStatus, ScalarQuery, Store, StoreError,
+    self, content_hash, export, figures, ExportFormat, Goal, RunQuery, RunStatus, ScalarQuery,
+    Store, StoreError,
 };
 
 /// Buckets per series when `points` is not given, and the most served.
@@ -192,8 +193,26 @@ async fn list(
 ) -> Answer {
     let p = Params::new(
         q,
-        &["status", "device", "q", "limit", "cursor", "sort", "order"],
+        &[
+            "status", "device", "q", "limit", "cursor", "sort", "order", "metric", "goal",
+        ],
     )?;
+    let metric = p.get("metric");
+    if let Some(m) = metric {
+        if !crate::shm::layout::valid_key(m.as_bytes()) {
+            return Err(ApiError::bad(
+                "metric",
+                m,
+                "a key is 1 to 128 characters of [A-Za-z0-9._/-]",
+            ));
+        }
+    }
+    let goal = match p.get("goal") {
+        None => metric.map(Goal::for_key),
+        Some(g) => {
+            Some(Goal::parse(g).ok_or_else(|| ApiError::bad("goal", g, "expected min or max"))?)
+        }
+    };
     let sort = p
         .get("sort")
         .map(|s| {
@@ -234,7 +253,35 @@ async fn list(
         ascending,
     };
     let page = api.store.runs(&query).await?;
-    Ok(Json(json!({ "runs": page.runs, "next_cursor": page.next })).into_response())
+    let ids: Vec<String> = page.runs.iter().map(|r| r.run.id.clone()).collect();
+    let mut keys = vec![figures::LOSS_KEY];
+    keys.extend(metric);
+    let figures = api.store.figures(&ids, &keys).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    let runs: Vec<serde_json::Value> = page
+        .runs
+        .iter()
+        .zip(&figures)
+        .map(|(r, f)| {
+            seen.extend(f.keys.iter().cloned());
+            let best = metric.zip(goal).and_then(|(m, goal)| {
+                let s = f.of(m)?;
+                let best = match goal {
+                    Goal::Min => s.min,
+                    Goal::Max => s.max,
+                }?;
+                Some(json!({ "key": m, "goal": goal, "best": best, "last": s.last }))
+            });
+            let mut v = json!(r);
+            v["figures"] = json!({
+                "last_loss": f.of(figures::LOSS_KEY).and_then(|s| s.last),
+                "fps": f.fps,
+                "metric": best,
+            });
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "runs": runs, "next_cursor": page.next, "keys": seen })).into_response())
 }
 
 async fn detail(State(api): State<Api>, Path(id): Path<String>) -> Answer {

@@ -221,11 +221,24 @@ async function main() {
     result.aria = await page.getAttribute('#stored-head th[data-sort="name"]', 'aria-sort');
     await page.goto(args.url + '/');
     await waitRows(50);
+    // Loss, best of the guessed metric, FPS: columns 10 to 12.
+    const figures = (id) => page.evaluate((id) => {
+      const tr = document.querySelector(`#stored tr[data-id="${CSS.escape(id)}"]`);
+      return [9, 10, 11].map((i) => tr.children[i].textContent);
+    }, id);
+    await page.waitForFunction(() => document.querySelector('#rf-best').textContent !== 'Best');
+    await page.waitForFunction(() => document.querySelector('#stored tr td:nth-child(11)').textContent !== '');
+    result.best_header = await text('#rf-best');
+    result.metric_url = await page.evaluate(() => location.search);
+    result.stored_cells = await figures(args.live_id);
+    result.other_best = (await figures(args.other_id))[1];
     emit({ listed: true });
     await page.waitForFunction((id) => {
       const tr = document.querySelector(`#stored tr[data-id="${CSS.escape(id)}"]`);
-      return tr && tr.children[5].textContent === 'running';
+      return tr && tr.children[5].textContent === 'running' && tr.children[11].textContent === '57.5'
+        && tr.children[9].textContent === '0.4321';
     }, args.live_id);
+    result.live_cells = await figures(args.live_id);
     result.live_row = await page.locator(`#stored tr[data-id="${args.live_id}"]`).innerText();
     // Picking runs for the compare page.
     const boxes = page.locator('#stored tr input[type=checkbox]');

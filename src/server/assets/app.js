@@ -67,6 +67,28 @@
     return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
   }
 
+  // "n / total" with a bar (the share `frac`, when total is known); n/a
+  // when n is unknown.
+  function progressCell(td, text, frac) {
+    td.replaceChildren();
+    if (text === null) {
+      td.textContent = 'n/a';
+      return td;
+    }
+    td.append(text);
+    if (frac !== null) {
+      const bar = el('span', 'bar');
+      const fill = el('span');
+      fill.style.width = Math.min(100, frac * 100) + '%';
+      bar.append(fill);
+      td.append(bar);
+    }
+    return td;
+  }
+  // A live row's position (0-based): `cur + 1` of `total`.
+  const progress = (cur, total) => progressCell(el('td'),
+    cur === null || cur === undefined ? null : total ? `${cur + 1} / ${total}` : `${cur + 1}`,
+    cur === null || cur === undefined || !total ? null : (cur + 1) / total);
   function setConn(state, text) {
     const c = $('conn');
     c.className = 'conn ' + state;
@@ -138,22 +160,6 @@
       stored.live(rows);
     });
     const stored = storedRuns();
-    function progress(cur, total) {
-      const td = el('td');
-      if (cur === null || cur === undefined) {
-        td.textContent = 'n/a';
-        return td;
-      }
-      td.append(total ? `${cur + 1} / ${total}` : `${cur + 1}`);
-      if (total) {
-        const bar = el('span', 'bar');
-        const fill = el('span');
-        fill.style.width = Math.min(100, ((cur + 1) / total) * 100) + '%';
-        bar.append(fill);
-        td.append(bar);
-      }
-      return td;
-    }
     function render() {
       const tb = $('runs');
       tb.replaceChildren();
@@ -230,6 +236,8 @@
       if (q.value) u.set('q', q.value);
       if (device.value) u.set('device', device.value);
       if (status.value) u.set('status', status.value);
+      if (metric.value) u.set('metric', metric.value);
+      if (metric.value && goal) u.set('goal', goal);
       if (sort !== 'created' || order !== 'desc') {
         u.set('sort', sort);
         u.set('order', order);
@@ -267,6 +275,22 @@
       st.append(el('span', 'badge ' + r.status.toUpperCase(), r.status));
       const started = r.started_ms || r.created_ms;
       const end = r.ended_ms || Date.now();
+      const f = r.figures || {};
+      let total = null;
+      try {
+        total = JSON.parse(r.config).total_epochs || null;
+      } catch (_) { /* no config: no total */ }
+      const best = el('td');
+      if (f.metric) {
+        best.textContent = na(f.metric.best, num(4));
+        best.title = `${f.metric.key}: ${f.metric.goal} ${f.metric.best}, last ${f.metric.last}`;
+      } else best.textContent = metric.value ? 'n/a' : '';
+      const cells = {
+        status: st,
+        progress: progressCell(el('td'), total ? `${r.epochs} / ${total}` : String(r.epochs), total ? r.epochs / total : null),
+        loss: el('td', null, na(f.last_loss, num(4))),
+        fps: el('td', null, na(f.fps, num(1))),
+      };
       tr.append(
         pick,
         name,
@@ -276,11 +300,59 @@
         st,
         el('td', null, when(started)),
         el('td', null, span(end - started)),
-        el('td', null, String(r.epochs)),
+        cells.progress,
+        cells.loss,
+        best,
+        cells.fps,
         el('td', null, String(r.points)),
       );
+      rowCells.set(r.id, cells);
       return tr;
     }
+    // The best-of metric: chosen from the keys the listed runs logged, in
+    // the URL; better small or large (by its name unless chosen).
+    const metric = $('rf-metric'), goalButton = $('rf-goal');
+    const keysSeen = new Set();
+    let goal = params.get('goal');
+    const guessGoal = (k) => (/loss|err|perplexity|ppl|mse|mae|rmse|wer|cer|time|latency|dist/i.test(k) ? 'min' : 'max');
+    const showGoal = () => {
+      const g = goal || guessGoal(metric.value);
+      goalButton.textContent = g;
+      goalButton.hidden = !metric.value;
+      const what = g === 'max' ? 'largest' : 'smallest';
+      goalButton.setAttribute('aria-label', `best is the ${what} value`);
+      goalButton.title = `best is the ${what} value; press for the other`;
+      $('rf-best').textContent = metric.value ? `Best ${metric.value}` : 'Best';
+    };
+    function offerKeys(keys) {
+      for (const k of keys) {
+        if (keysSeen.has(k)) continue;
+        keysSeen.add(k);
+        const o = el('option', null, k);
+        o.value = k;
+        metric.append(o);
+      }
+    }
+    let chosenMetric = !!params.get('metric');
+    if (chosenMetric) {
+      offerKeys([params.get('metric')]);
+      metric.value = params.get('metric');
+    }
+    showGoal();
+    metric.addEventListener('change', () => {
+      chosenMetric = true;
+      goal = null;
+      showGoal();
+      filtersChanged();
+    });
+    goalButton.addEventListener('click', () => {
+      chosenMetric = true;
+      goal = (goal || guessGoal(metric.value)) === 'max' ? 'min' : 'max';
+      showGoal();
+      filtersChanged();
+    });
+    const rowCells = new Map();
+    let guessed = false;
     async function load(more) {
       const mine = ++loads;
       const r = await fetch(query(more ? next : null), { cache: 'no-store', credentials: 'same-origin' });
@@ -290,8 +362,22 @@
         $('rf-count').textContent = `cannot list runs (${r.status}): ${body.error || r.statusText}`;
         return;
       }
-      if (!more) shown = [];
+      if (!more) {
+        shown = [];
+        rowCells.clear();
+      }
       shown = shown.concat(body.runs);
+      offerKeys(body.keys || []);
+      // No metric chosen yet: the first validation-like key, once.
+      if (!metric.value && !guessed) {
+        guessed = true;
+        const k = [...keysSeen].find((x) => /^(val|valid|validation|eval|test)[/_.]/i.test(x));
+        if (k) {
+          metric.value = k; // a guess: the URL keeps only what is chosen
+          showGoal();
+          return load(false);
+        }
+      }
       next = body.next_cursor;
       const tb = $('stored');
       if (!more) tb.replaceChildren();
@@ -306,6 +392,7 @@
       setParams([
         ['q', q.value], ['device', device.value], ['status', status.value],
         ['sort', chosen && sort], ['order', chosen && order],
+        ['metric', chosenMetric && metric.value], ['goal', metric.value && goal],
       ]);
       tried.clear();
       clearTimeout(timer);
@@ -336,9 +423,17 @@
             tried.add(l.id);
             continue;
           }
-          const badge = tr.children[5].firstChild;
+          const c = rowCells.get(l.id);
+          if (!c) continue;
+          const badge = c.status.firstChild;
           badge.className = 'badge ' + l.status;
           badge.textContent = l.status.toLowerCase();
+          if (l.last_loss !== null) c.loss.textContent = num(4)(l.last_loss);
+          if (l.current_fps !== null) c.fps.textContent = num(1)(l.current_fps);
+          if (l.epoch !== null && l.total_epochs) {
+            const part = l.batch_idx !== null && l.batches_per_epoch ? (l.batch_idx + 1) / l.batches_per_epoch : 0;
+            progressCell(c.progress, `${l.epoch} / ${l.total_epochs}`, (l.epoch + part) / l.total_epochs);
+          }
         }
         if (fresh && shown.length <= PAGE) load(false).catch(() => {});
       },

@@ -16,6 +16,7 @@
 
 pub mod chunk;
 pub mod export;
+pub mod figures;
 pub mod group;
 pub mod postgres;
 pub mod retention;
@@ -31,6 +32,7 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use export::ExportFormat;
+pub use figures::{Goal, RunFigures, SeriesFigures};
 pub use writer::{Pending, Writer, WriterConfig};
 
 /// The schema this build writes; [`sqlite`] and [`postgres`] migrate older
@@ -741,6 +743,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn run(&self, id: &str) -> Result<Option<RunSummary>>;
     async fn runs(&self, query: &RunQuery) -> Result<RunPage>;
+    /// For each of `runs` (a listing's page), in order: its keys, the min,
+    /// max and last value of each of `keys` it has, its newest FPS
+    /// ([`figures`]).
+    async fn figures(&self, runs: &[String], keys: &[&str]) -> Result<Vec<RunFigures>>;
     async fn scalars(&self, run: &str, query: &ScalarQuery) -> Result<Vec<Series>>;
     /// Every point of every series of the run, ordered by key, step and
     /// sequence, read in chunks as the stream is consumed.

@@ -21,6 +21,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row, Statement, Transaction};
 
+use super::figures::{self, RunFigures};
 use super::group::PointGroup;
 use super::rollup::{self, Bucketer, Read, Rollup};
 use super::{
@@ -28,6 +29,11 @@ use super::{
     EpochRecord, ImageSample, PerfSample, PointStream, Result, Retention, RetentionReport, RunPage,
     RunQuery, RunRecord, RunStatus, RunSummary, ScalarPoint, ScalarQuery, SeqKind, Series,
     SqlParam, StatusRecord, Store, StoreError, StoreOptions, Write, EXPORT_CHUNK, SCHEMA_VERSION,
+};
+
+const POSTGRES: Dialect = Dialect {
+    placeholder: |n| format!("${n}"),
+    position: "strpos",
 };
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Ids and
@@ -930,12 +936,15 @@ fn point_bucket(r: &Row) -> Bucket {
 
 impl PgStore {
     async fn list_runs(&self, q: &RunQuery) -> Result<RunPage> {
-        let dialect = Dialect {
-            placeholder: |n| format!("${n}"),
-            position: "strpos",
-        };
-        let (filter, params, limit) = runs_query(q, &dialect)?;
+        let (filter, params, limit) = runs_query(q, &POSTGRES)?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs{filter}");
+        let rows = self.query(&sql, params).await?;
+        let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(runs, limit, q))
+    }
+
+    /// `sql` with `params` bound, on the reader connection.
+    async fn query(&self, sql: &str, params: Vec<SqlParam>) -> Result<Vec<Row>> {
         let args: Vec<Box<dyn ToSql + Sync + Send>> = params
             .into_iter()
             .map(|p| -> Box<dyn ToSql + Sync + Send> {
@@ -946,9 +955,29 @@ impl PgStore {
             })
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
-        let rows = self.reader().await?.query(&sql, &refs).await?;
-        let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
-        Ok(page(runs, limit, q))
+        Ok(self.reader().await?.query(sql, &refs).await?)
+    }
+
+    async fn run_figures(&self, runs: &[String], keys: &[&str]) -> Result<Vec<RunFigures>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = figures::series_sql(&POSTGRES, keys.len(), runs.len());
+        let series = self
+            .query(&sql, figures::params(keys, runs))
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        let sql = figures::fps_sql(&POSTGRES, runs.len());
+        let ids = runs.iter().map(|r| SqlParam::Text(r.clone())).collect();
+        let fps = self
+            .query(&sql, ids)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(figures::assemble(runs, keys, series, fps))
     }
 
     /// One series over `from..=to`: every point when there are at most
@@ -1158,6 +1187,10 @@ impl Store for PgStore {
 
     async fn runs(&self, query: &RunQuery) -> Result<RunPage> {
         self.list_runs(query).await
+    }
+
+    async fn figures(&self, runs: &[String], keys: &[&str]) -> Result<Vec<RunFigures>> {
+        self.run_figures(runs, keys).await
     }
 
     async fn scalars(&self, run: &str, q: &ScalarQuery) -> Result<Vec<Series>> {

@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::chunk::{self, Packed};
+use super::figures::{self, RunFigures};
 use super::group::PointGroup;
 use super::rollup::{self, Bucketer, Read, Rollup};
 use super::{
@@ -849,16 +850,8 @@ fn run_row(r: &Row) -> Result<RunSummary> {
 }
 
 fn list_runs(c: &Connection, q: &RunQuery) -> Result<RunPage> {
-    use rusqlite::types::Value as V;
-    let dialect = Dialect {
-        placeholder: |n| format!("?{n}"),
-        position: "instr",
-    };
-    let (filter, params, limit) = runs_query(q, &dialect)?;
-    let args = params.into_iter().map(|p| match p {
-        SqlParam::Text(t) => V::Text(t),
-        SqlParam::Int(i) => V::Integer(i),
-    });
+    let (filter, params, limit) = runs_query(q, &SQLITE)?;
+    let args = params.into_iter().map(sql_value);
     let mut st = c.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs{filter}"))?;
     let mut rows = st.query(rusqlite::params_from_iter(args))?;
     let mut runs = Vec::new();
@@ -866,6 +859,38 @@ fn list_runs(c: &Connection, q: &RunQuery) -> Result<RunPage> {
         runs.push(run_row(r)?);
     }
     Ok(page(runs, limit, q))
+}
+
+const SQLITE: Dialect = Dialect {
+    placeholder: |n| format!("?{n}"),
+    position: "instr",
+};
+
+fn sql_value(p: SqlParam) -> rusqlite::types::Value {
+    match p {
+        SqlParam::Text(t) => rusqlite::types::Value::Text(t),
+        SqlParam::Int(i) => rusqlite::types::Value::Integer(i),
+    }
+}
+
+fn run_figures(c: &Connection, runs: &[String], keys: &[&str]) -> Result<Vec<RunFigures>> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut st = c.prepare(&figures::series_sql(&SQLITE, keys.len(), runs.len()))?;
+    let args = figures::params(keys, runs).into_iter().map(sql_value);
+    let series = st
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st = c.prepare(&figures::fps_sql(&SQLITE, runs.len()))?;
+    let fps = st
+        .query_map(rusqlite::params_from_iter(runs), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(figures::assemble(runs, keys, series, fps))
 }
 
 /// A chunk row's packed points, borrowed from the row.
@@ -1172,6 +1197,16 @@ impl Store for SqliteStore {
     async fn runs(&self, query: &RunQuery) -> Result<RunPage> {
         let q = query.clone();
         self.read(move |c| list_runs(c, &q)).await
+    }
+
+    async fn figures(&self, runs: &[String], keys: &[&str]) -> Result<Vec<RunFigures>> {
+        let runs = runs.to_vec();
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        self.read(move |c| {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            run_figures(c, &runs, &keys)
+        })
+        .await
     }
 
     async fn scalars(&self, run: &str, query: &ScalarQuery) -> Result<Vec<Series>> {
