@@ -517,11 +517,19 @@ async fn with_http_token_reads_reading_needs_the_token_which_the_page_asks_for()
         "/api/sessions",
         "/api/events",
         "/api/sessions/lab-07:secret/images/0",
+        "/api/live?runs=lab-07:secret",
     ] {
         let (status, body) = util::http::get(http, path).await;
         assert_eq!(status, 401, "{path}: {}", String::from_utf8_lossy(&body));
     }
-    for path in ["/", "/healthz", "/api/control", "/assets/app.js"] {
+    for path in [
+        "/",
+        "/healthz",
+        "/api/control",
+        "/assets/app.js",
+        "/runs/lab-07:secret",
+        "/compare",
+    ] {
         assert_eq!(util::http::get(http, path).await.0, 200, "{path}");
     }
     let bearer = format!("Bearer {token}");
@@ -1035,6 +1043,118 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_follows_a_live_run_as_its_points_are_applied() {
+    let _one = SERIAL.lock().await;
+    use trainwatch::proto::{ScalarBatch, ScalarPoint};
+    use trainwatch::server::store::{Point, RunRecord, RunStatus, StatusRecord, Write};
+    let place = util::TempStore::new();
+    let done = "jetson-a:finished:1796000000000".to_string();
+    let points = |key: &str, steps: std::ops::Range<i64>| -> Vec<Point> {
+        steps
+            .map(|s| Point {
+                key: key.into(),
+                step: s,
+                wall_ms: 1_796_000_000_000 + s,
+                value: 1.0 / (1.0 + s as f64),
+            })
+            .collect()
+    };
+    write_store(
+        &place,
+        vec![
+            Write::Run(RunRecord {
+                id: done.clone(),
+                device: "jetson-a".into(),
+                name: "finished".into(),
+                model: "resnet18".into(),
+                dataset: "cifar10".into(),
+                config: "{}".into(),
+                created_ms: 1_796_000_000_000,
+                owner: None,
+            }),
+            Write::Points {
+                run: done.clone(),
+                first_seq: 1,
+                points: points("train/loss", 0..80),
+            },
+            Write::Status {
+                run: done.clone(),
+                record: StatusRecord {
+                    seq: 1,
+                    wall_ms: 1_796_000_000_100,
+                    status: RunStatus::Completed,
+                    message: "done".into(),
+                },
+            },
+        ],
+    )
+    .await;
+    let server = server_on(&place).await;
+    let live_id = "jetson-b:live:1796000000001".to_string();
+    let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+    assert!(grpc::register(&mut c, &live_id).await.success);
+    let mut stream = Stream::open(&mut c).await;
+    let batch = |first_seq: u64, pts: Vec<(&str, i64)>| {
+        request(
+            &live_id,
+            Payload::ScalarBatch(ScalarBatch {
+                first_seq,
+                points: pts
+                    .into_iter()
+                    .map(|(key, step)| ScalarPoint {
+                        key: key.into(),
+                        step,
+                        wall_time_ms: proto::now_ms(),
+                        value: 2.0 / (1.0 + step as f64),
+                    })
+                    .collect(),
+                missed_before: 0,
+            }),
+        )
+    };
+    // 20 points stored before the page opens (acknowledged: committed).
+    let ack = stream
+        .call(batch(1, (0..20).map(|s| ("train/loss", s)).collect()))
+        .await;
+    assert!(
+        matches!(ack.payload, Some(metrics_response::Payload::Ack(ref a)) if a.point_seq == 20),
+        "{ack:?}"
+    );
+    let runs = [done.clone(), live_id.clone()];
+    let mut browser = Browser::start(serde_json::json!({
+        "url": url(&server), "session": live_id, "scenario": "compare_live", "runs": runs,
+        "live_id": live_id,
+        "timeout_ms": SCRIPT_TIMEOUT.as_millis() as u64 - 5000,
+    }));
+    let watching = browser.expect("watching").await;
+    assert_eq!(
+        watching["live"],
+        serde_json::json!([live_id]),
+        "only the live run is followed"
+    );
+    assert_eq!(
+        watching["charts"],
+        serde_json::json!({"train/loss": [80, 20]})
+    );
+    // 30 more losses and a key the run had not logged: drawn without a
+    // reload, the new key as a chart of its own.
+    let mut more: Vec<(&str, i64)> = (20..50).map(|s| ("train/loss", s)).collect();
+    more.push(("val/acc", 49));
+    stream.send(batch(21, more)).await;
+    let r = browser.expect("result").await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    assert_eq!(
+        r["charts"],
+        serde_json::json!({"train/loss": [80, 50], "val/acc": [0, 1]})
+    );
+    assert!(r["latencies"].as_u64() >= Some(1), "{}", r["latencies"]);
+    server
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_control_needs_the_token_which_the_page_can_supply() {
     let token = "dashboard-test-token-0123456789";
     let (r, session) = guarded(Some(token)).await;
@@ -1110,6 +1230,23 @@ async fn page_and_assets_are_embedded_and_locked_down() {
     );
     let (status, _, _) = raw_get(addr, "/api/sessions/nope/events").await;
     assert_eq!(status, 404);
+    let many: Vec<String> = (0..21).map(|i| format!("r{i}")).collect();
+    let many = many.join(",");
+    for (path, names) in [
+        ("/api/live".to_string(), "0 run ids"),
+        (
+            "/api/live?runs=a&colour=red".to_string(),
+            "colour=\\\"red\\\": unknown",
+        ),
+        (
+            format!("/api/live?runs={many}"),
+            "21 run ids, expected 1 to 20",
+        ),
+    ] {
+        let (status, _, body) = raw_get(addr, &path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(names), "{path}: {body}");
+    }
     server
         .shutdown(Duration::from_secs(10))
         .await

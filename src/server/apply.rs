@@ -576,6 +576,7 @@ fn apply_scalars(
     c.points_applied
         .fetch_add(end - st.last_point_seq.max(batch.first_seq - 1), Relaxed);
     st.last_point_seq = end;
+    session.publish_points(|| live_points(&session.id, &batch.points));
     let points = batch
         .points
         .into_iter()
@@ -592,6 +593,19 @@ fn apply_scalars(
         points,
     });
     (ack, writes)
+}
+
+/// A scalar batch as live viewers get it: `{"run", "series": {key:
+/// [[step, wall_ms, value], …]}}`, each key's points in the batch's order.
+fn live_points(run: &str, points: &[proto::ScalarPoint]) -> String {
+    let mut series: BTreeMap<&str, Vec<(i64, u64, f64)>> = BTreeMap::new();
+    for p in points {
+        series
+            .entry(&p.key)
+            .or_default()
+            .push((p.step, p.wall_time_ms, p.value));
+    }
+    serde_json::json!({ "run": run, "series": series }).to_string()
 }
 
 /// Sequenced events are acknowledged cumulatively; unsequenced ones are not

@@ -9,6 +9,8 @@
 //! - `GET /api/sessions/{id}/events` — one session: the first event carries
 //!   everything, later ones only what changed (the newest frame with its
 //!   images inline, new loss points, events), at most `max_push_hz` a second.
+//! - `GET /api/live?runs=a,b` — the scalar points of up to [`LIVE_RUNS`]
+//!   runs as they are applied, for the run and compare pages of live runs.
 //! - `GET /api/control` — whether control is open, needs the token, or is
 //!   disabled, so the page can say so before a click.
 //!
@@ -39,7 +41,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::http::{ConfigJson, ControlPolicy};
@@ -181,6 +183,7 @@ pub fn router(registry: Arc<Registry>, control: ControlPolicy, settings: Dashboa
         )
         .route("/api/events", get(overview_events))
         .route("/api/sessions/{id}/events", get(session_events))
+        .route("/api/live", get(live_points))
         .route("/api/control", get(control_mode))
         .with_state(state)
 }
@@ -352,6 +355,175 @@ impl OverviewFeed {
             Ok(Event::default().event("sessions").data(body.to_string())),
             self,
         ))
+    }
+}
+
+// ----------------------------------------------------------------- live --
+
+/// Runs one live points stream follows (the compare page's most).
+pub const LIVE_RUNS: usize = 20;
+
+/// How often a live stream looks again for runs of its list that were not
+/// live sessions (a run starting, or restarted by its agent).
+const LIVE_RESCAN: Duration = Duration::from_secs(2);
+
+/// `GET /api/live?runs=a,b,c`: event `live` first, `{"runs": [ids that are
+/// live sessions now]}` (again when one more becomes live), then event
+/// `points`, `{"batches": [{"run", "series": {key: [[step, wall_ms,
+/// value], …]}}, …], "lagged": [ids]}`: the point batches applied since
+/// the last event (coalesced: a slow reader gets fewer, larger events),
+/// and the runs this viewer fell more than the backlog behind on (it reads
+/// them from the store again). Points are sent as they are applied,
+/// before their commit; the store has them within its commit interval.
+async fn live_points(
+    State(d): State<Dash>,
+    q: axum::extract::Query<Vec<(String, String)>>,
+    ext: axum::http::Extensions,
+) -> Response {
+    let mut ids: Vec<String> = Vec::new();
+    for (k, v) in &q.0 {
+        if k != "runs" {
+            return bad_request(format!(
+                "query parameter {k}={v:?}: unknown; /api/live takes runs"
+            ));
+        }
+        ids.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
+    if ids.is_empty() || ids.len() > LIVE_RUNS {
+        return bad_request(format!(
+            "query parameter runs: {} run ids, expected 1 to {LIVE_RUNS}",
+            ids.len()
+        ));
+    }
+    let permit = match d.open_stream(peer(&ext)) {
+        Ok(slot) => slot,
+        Err(why) => return unavailable(why),
+    };
+    let mut feed = LiveFeed {
+        registry: d.registry.clone(),
+        waiting: ids,
+        subs: Vec::new(),
+        first: true,
+        _permit: permit,
+    };
+    feed.subscribe();
+    let stop = d.registry.shutdown_token().clone().cancelled_owned();
+    sse(futures_util::stream::unfold(feed, LiveFeed::next).take_until(stop))
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+struct LiveFeed {
+    registry: Arc<Registry>,
+    /// Runs of the list not (yet) followed: not live sessions.
+    waiting: Vec<String>,
+    subs: Vec<(String, broadcast::Receiver<Arc<str>>)>,
+    first: bool,
+    _permit: StreamSlot,
+}
+
+impl LiveFeed {
+    fn subscribe(&mut self) {
+        let registry = &self.registry;
+        let subs = &mut self.subs;
+        self.waiting.retain(|id| match registry.get(id) {
+            Some(s) => {
+                subs.push((id.clone(), s.watch_points()));
+                false
+            }
+            None => true,
+        });
+    }
+
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if std::mem::take(&mut self.first) {
+            let live: Vec<&str> = self.subs.iter().map(|(id, _)| id.as_str()).collect();
+            let body = serde_json::json!({ "runs": live }).to_string();
+            return Some((Ok(Event::default().event("live").data(body)), self));
+        }
+        loop {
+            let got = if self.subs.is_empty() {
+                tokio::time::sleep(LIVE_RESCAN).await;
+                None
+            } else {
+                let recvs = self.subs.iter_mut().map(|(_, rx)| Box::pin(rx.recv()));
+                tokio::select! {
+                    (r, i, _) = futures_util::future::select_all(recvs) => Some((i, r)),
+                    _ = tokio::time::sleep(LIVE_RESCAN) => None,
+                }
+            };
+            let Some((i, first)) = got else {
+                let before = self.subs.len();
+                self.subscribe();
+                if self.subs.len() > before {
+                    let live: Vec<&str> = self.subs.iter().map(|(id, _)| id.as_str()).collect();
+                    let body = serde_json::json!({ "runs": live }).to_string();
+                    return Some((Ok(Event::default().event("live").data(body)), self));
+                }
+                continue;
+            };
+            // This batch and whatever else is already waiting, one event.
+            let mut batches: Vec<Arc<str>> = Vec::new();
+            let mut lagged: Vec<String> = Vec::new();
+            let mut gone = Vec::new();
+            let mut take =
+                |r: Result<Arc<str>, broadcast::error::RecvError>, id: &str, j: usize| match r {
+                    Ok(b) => batches.push(b),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !lagged.iter().any(|l| l == id) {
+                            lagged.push(id.to_string())
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => gone.push(j),
+                };
+            take(first, &self.subs[i].0.clone(), i);
+            for (j, (id, rx)) in self.subs.iter_mut().enumerate() {
+                loop {
+                    match rx.try_recv() {
+                        Ok(b) => take(Ok(b), id, j),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            take(Err(broadcast::error::RecvError::Lagged(n)), id, j)
+                        }
+                        Err(broadcast::error::TryRecvError::Closed) => {
+                            take(Err(broadcast::error::RecvError::Closed), id, j);
+                            break;
+                        }
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                    }
+                }
+            }
+            // An evicted session's run waits to come back as a new one.
+            gone.sort_unstable();
+            gone.dedup();
+            for j in gone.into_iter().rev() {
+                let (id, _) = self.subs.remove(j);
+                self.waiting.push(id);
+            }
+            if batches.is_empty() && lagged.is_empty() {
+                continue;
+            }
+            let size = batches.iter().map(|b| b.len() + 1).sum::<usize>();
+            let mut body = String::with_capacity(size + 32);
+            body.push_str("{\"batches\":[");
+            for (k, b) in batches.iter().enumerate() {
+                if k > 0 {
+                    body.push(',');
+                }
+                body.push_str(b);
+            }
+            body.push_str("],\"lagged\":");
+            body.push_str(&serde_json::to_string(&lagged).unwrap_or_else(|_| "[]".into()));
+            body.push('}');
+            return Some((Ok(Event::default().event("points").data(body)), self));
+        }
     }
 }
 

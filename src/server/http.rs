@@ -133,7 +133,9 @@ fn open_for_reading(path: &str) -> bool {
         || path == "/healthz"
         || path == "/api/control"
         || path.starts_with("/assets/")
-        || (path.starts_with("/sessions/") && path.matches('/').count() == 2)
+        || path == "/compare"
+        || ((path.starts_with("/sessions/") || path.starts_with("/runs/"))
+            && path.matches('/').count() == 2)
 }
 
 /// `%XX` escapes decoded (the page stores the token with

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch, RwLock};
+use tokio::sync::{broadcast, mpsc, watch, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
@@ -147,7 +147,14 @@ pub struct Session {
     /// Who registered it (see [`super::identity`]); only they may act for
     /// it. `None`: no identities on this server.
     owner: Mutex<Option<Identity>>,
+    /// Newly applied scalar points for live viewers (`/api/live`), as
+    /// JSON, built only while one listens.
+    points: broadcast::Sender<Arc<str>>,
 }
+
+/// Point batches a live viewer may fall behind by before it is told it
+/// lagged (and reads the store again).
+const LIVE_POINTS_BACKLOG: usize = 256;
 
 /// Version counters bumped after every applied message: one per session and
 /// one shared by the registry (any session changed, or one came or went).
@@ -269,6 +276,7 @@ impl Session {
             committed_event_seq: AtomicU64::new(0),
             committed_point_seq: AtomicU64::new(0),
             owner: Mutex::new(None),
+            points: broadcast::Sender::new(LIVE_POINTS_BACKLOG),
         });
         (session, rx)
     }
@@ -507,5 +515,18 @@ impl Session {
     /// Resolves when the session has been evicted (or the server stops).
     pub async fn closed(&self) {
         self.cancel.cancelled().await
+    }
+
+    /// The scalar points applied from now on, a JSON batch at a time.
+    pub fn watch_points(&self) -> broadcast::Receiver<Arc<str>> {
+        self.points.subscribe()
+    }
+
+    /// Hands newly applied points to live viewers: `json` is built only
+    /// when one listens (else this is one atomic load).
+    pub(super) fn publish_points(&self, json: impl FnOnce() -> String) {
+        if self.points.receiver_count() > 0 {
+            let _ = self.points.send(json().into());
+        }
     }
 }

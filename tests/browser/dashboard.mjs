@@ -330,6 +330,20 @@ async function main() {
       await page.screenshot({ path: args.screenshot, fullPage: true });
     }
     result.requests = requests;
+  } else if (args.scenario === 'compare_live') {
+    // A finished and a live run: the live one's points arrive as applied.
+    await page.goto(`${args.url}/compare?runs=${args.runs.map(encodeURIComponent).join(',')}`);
+    await page.waitForFunction(() => window.trainwatch.compare && window.trainwatch.compare.ready
+      && window.trainwatch.compare.live.length > 0);
+    const cmp = () => page.evaluate(() => ({ live: window.trainwatch.compare.live, charts: window.trainwatch.compare.charts }));
+    emit({ watching: await cmp() });
+    await page.waitForFunction(() => {
+      const c = window.trainwatch.compare.charts;
+      return c['val/acc'] && c['train/loss'][1] === 50;
+    });
+    result.charts = (await cmp()).charts;
+    await page.waitForFunction(() => window.trainwatch.compare.latencies.length > 0);
+    result.latencies = await page.evaluate(() => window.trainwatch.compare.latencies.length);
   } else if (args.scenario === 'bench') {
     // benches/dashboard.rs: each page loaded `loads` times; times are
     // performance.now() in the page (ms since navigation start).

@@ -759,10 +759,18 @@
       tw.compare.differs = differs;
       // Charts: every key any run logged, aligned by step or by the
       // seconds since each run's own first point (runs started apart).
-      const keys = [...new Set(all.flatMap(([, s]) => s.series.map((x) => x.key)))].sort();
-      const starts = all.map(([, s]) => {
-        const f = s.series.filter((x) => x.buckets.length).map((x) => x.buckets[0].wall_ms);
-        return f.length ? Math.min(...f) : 0;
+      // data[r]: key → {step, wall, val} of run r, the store's buckets
+      // (their last values), then the live points of a live run.
+      const data = all.map(([, s]) => new Map(s.series.map((x) => [x.key, {
+        step: x.buckets.map((p) => p.step),
+        wall: x.buckets.map((p) => p.wall_ms),
+        val: x.buckets.map((p) => p.last),
+      }])));
+      const keySet = () => [...new Set(data.flatMap((m) => [...m.keys()]))].sort();
+      let keys = keySet();
+      const starts = data.map((m) => {
+        const f = [...m.values()].filter((x) => x.wall.length).map((x) => x.wall[0]);
+        return f.length ? Math.min(...f) : null;
       });
       let axis = new URLSearchParams(location.search).get('x') === 'relative' ? 'relative' : 'step';
       $('cmp-x').value = axis;
@@ -771,27 +779,30 @@
         setParams([['x', axis === 'relative' && axis]]);
         draw();
       });
+      const plots = new Map();
+      const tablesOf = (key) => data.map((m, r) => {
+        const d = m.get(key);
+        if (!d) return [[], []];
+        const xs = axis === 'step' ? d.step : d.wall.map((w) => (w - starts[r]) / 1000);
+        return [xs, d.val];
+      });
       const draw = () => {
         $('cmp-charts').replaceChildren();
+        for (const p of plots.values()) p.destroy();
+        plots.clear();
         tw.compare.axis = axis;
         tw.compare.firstX = {};
         for (const key of keys) chartOf(key);
       };
       const chartOf = (key) => {
-        const tables = all.map(([, s], r) => {
-          const x = s.series.find((y) => y.key === key);
-          const b = x ? x.buckets : [];
-          const xs = axis === 'step' ? b.map((p) => p.step) : b.map((p) => (p.wall_ms - starts[r]) / 1000);
-          return [xs, b.map((p) => p.last)];
-        });
+        const tables = tablesOf(key);
         const box = el('section', 'card chart-box');
         box.dataset.key = key;
         box.append(el('h2', null, key));
         $('cmp-charts').append(box);
         const xLabel = axis === 'step' ? 'step' : "s since the run's first point";
-        const joined = uPlot.join(tables);
         tw.compare.firstX[key] = tables.map((t) => (t[0].length ? t[0][0] : null));
-        new uPlot({
+        plots.set(key, new uPlot({
           width: chartWidth(box),
           height: 240,
           scales: { x: { time: false } },
@@ -803,12 +814,116 @@
             width: 1.5,
             spanGaps: true,
           }))),
-        }, joined, box);
+        }, uPlot.join(tables), box));
         tw.compare.charts[key] = tables.map((t) => t[0].length);
       };
       draw();
       tw.compare.ready = true;
+      // Live runs: their points as the server applies them, drawn at most
+      // once per animation frame; the freshness of each drawn batch
+      // (trainer's wall clock → painted) goes to tw.compare.latencies.
+      const index = new Map(ids.map((id, r) => [id, r]));
+      const dirty = new Set();
+      let newKey = false, waiting = [], scheduled = false;
+      tw.compare.latencies = [];
+      tw.compare.live = [];
+      const paint = () => {
+        scheduled = false;
+        if (newKey) {
+          keys = keySet();
+          newKey = false;
+          draw();
+        } else {
+          for (const key of dirty) {
+            const t = tablesOf(key);
+            plots.get(key).setData(uPlot.join(t));
+            tw.compare.charts[key] = t.map((x) => x[0].length);
+          }
+        }
+        dirty.clear();
+        const walls = waiting;
+        waiting = [];
+        requestAnimationFrame(() => setTimeout(() => {
+          const now = nowMs();
+          const l = tw.compare.latencies;
+          for (const w of walls) l.push(now - w);
+          if (l.length > LATENCY_KEEP) l.splice(0, l.length - LATENCY_KEEP);
+        }, 0));
+      };
+      // A run whose live points outgrow what a chart needs (or that this
+      // page fell behind on) is read from the store again, downsampled.
+      const reload = (r) => getJson('/api/runs/' + encodeURIComponent(ids[r]) + '/scalars?points=1000').then((s) => {
+        for (const x of s.series) {
+          data[r].set(x.key, {
+            step: x.buckets.map((p) => p.step),
+            wall: x.buckets.map((p) => p.wall_ms),
+            val: x.buckets.map((p) => p.last),
+          });
+          dirty.add(x.key);
+        }
+        if (!scheduled) { scheduled = true; requestAnimationFrame(paint); }
+      }).catch(fail);
+      const grown = new Set();
+      const finished = (run) => run.status === 'completed' || run.status === 'failed';
+      if (runs.every(finished)) return;
+      let told = false;
+      live(ids, {
+        live(liveIds) {
+          // After the first: a reconnect (points may have been missed) or
+          // a run that went live since: read those from the store again.
+          if (told) for (const id of liveIds) reload(index.get(id));
+          told = true;
+          tw.compare.live = liveIds;
+          setConn('live', `live: ${liveIds.length} of ${ids.length} runs`);
+        },
+        batch(b) {
+          const r = index.get(b.run);
+          if (r === undefined) return;
+          let newest = 0;
+          for (const [key, pts] of Object.entries(b.series)) {
+            let d = data[r].get(key);
+            if (!d) {
+              d = { step: [], wall: [], val: [] };
+              data[r].set(key, d);
+              if (!keys.includes(key)) newKey = true;
+            }
+            const last = d.step.length ? d.step[d.step.length - 1] : -Infinity;
+            for (const [step, wall, v] of pts) {
+              if (step <= last) continue; // the store's read has it
+              d.step.push(step);
+              d.wall.push(wall);
+              d.val.push(v);
+              newest = Math.max(newest, wall);
+            }
+            if (starts[r] === null && d.wall.length) starts[r] = d.wall[0];
+            dirty.add(key);
+            if (d.step.length > 4000 && !grown.has(r)) {
+              grown.add(r);
+              reload(r).then(() => grown.delete(r));
+            }
+          }
+          if (newest) waiting.push(newest);
+          if (!scheduled) { scheduled = true; requestAnimationFrame(paint); }
+        },
+        lagged: (id) => index.has(id) && reload(index.get(id)),
+      });
     }).catch(fail);
+  }
+
+  // The scalar points of live runs among `ids` as the server applies them
+  // (GET /api/live): on.live(ids live now; again after a reconnect or when
+  // one more goes live), on.batch({run, series}) for each applied batch,
+  // on.lagged(id) when this page fell behind on that run.
+  function live(ids, on) {
+    const es = new EventSource('/api/live?runs=' + ids.map(encodeURIComponent).join(','));
+    es.addEventListener('live', (ev) => on.live(JSON.parse(ev.data).runs));
+    es.addEventListener('points', (ev) => {
+      const d = JSON.parse(ev.data);
+      for (const b of d.batches) on.batch(b);
+      for (const run of d.lagged) on.lagged(run);
+    });
+    es.onerror = () => setConn('down', 'reconnecting…');
+    return es;
   }
 
   // ---------------------------------------------------------- session --
