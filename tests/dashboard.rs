@@ -734,7 +734,7 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
             name: "sweep-long-name".into(),
             model: "resnet18".into(),
             dataset: "cifar10".into(),
-            config: "{}".into(),
+            config: r#"{"batches_per_epoch": 100}"#.into(),
             created_ms: 1_796_000_000_000,
             owner: None,
         })];
@@ -894,6 +894,13 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     assert_eq!(got.len(), 3);
     assert_eq!(r["smooth_url"], "?smooth=0.9");
     // Every chart by seconds since the run's first point, on a log scale.
+    // Epochs on x: the step over batches_per_epoch (100), steps 0..=299.
+    assert_eq!(r["epoch_axis"], serde_json::json!([0, 2.99]));
+    assert!(
+        r["epoch_url"].as_str().unwrap().contains("x=epoch"),
+        "{}",
+        r["epoch_url"]
+    );
     for (key, a) in r["axes"].as_object().unwrap() {
         assert_eq!(a["axis"], "relative", "{key}: {a}");
         assert_eq!(a["log"], true, "{key}: {a}");
@@ -1043,7 +1050,7 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compare_follows_a_live_run_as_its_points_are_applied() {
+async fn compare_and_run_pages_follow_a_live_run_as_its_points_are_applied() {
     let _one = SERIAL.lock().await;
     use trainwatch::proto::{ScalarBatch, ScalarPoint};
     use trainwatch::server::store::{Point, RunRecord, RunStatus, StatusRecord, Write};
@@ -1141,13 +1148,24 @@ async fn compare_follows_a_live_run_as_its_points_are_applied() {
     let mut more: Vec<(&str, i64)> = (20..50).map(|s| ("train/loss", s)).collect();
     more.push(("val/acc", 49));
     stream.send(batch(21, more)).await;
-    let r = browser.expect("result").await;
-    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    let r = browser.expect("compared").await;
     assert_eq!(
         r["charts"],
         serde_json::json!({"train/loss": [80, 50], "val/acc": [0, 1]})
     );
     assert!(r["latencies"].as_u64() >= Some(1), "{}", r["latencies"]);
+    let before = browser.expect("run_watching").await;
+    assert_eq!(before, serde_json::json!({"train/loss": 50, "val/acc": 1}));
+    let mut more: Vec<(&str, i64)> = (50..60).map(|s| ("train/loss", s)).collect();
+    more.push(("sys/gpu_temp", 59));
+    stream.send(batch(52, more)).await;
+    let r = browser.expect("result").await;
+    assert!(unexpected_errors(&r).is_empty(), "{}", r["console_errors"]);
+    assert_eq!(
+        r["run_points"],
+        serde_json::json!({"train/loss": 60, "val/acc": 1, "sys/gpu_temp": 1})
+    );
+    assert_eq!(texts(&r["run_groups"]), ["sys", "train", "val"]);
     server
         .shutdown(Duration::from_secs(10))
         .await

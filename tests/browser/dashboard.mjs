@@ -290,6 +290,10 @@ async function main() {
     result.axes = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
       .map(([k, v]) => [k, { axis: v.axis, log: v.log, x0: v.x0 }])));
     result.axes_url = await page.evaluate(() => location.search);
+    await page.selectOption('#r-x', 'epoch');
+    result.epoch_axis = await page.evaluate(() => window.trainwatch.charts['val/acc'].xEnds());
+    result.epoch_url = await page.evaluate(() => location.search);
+    await page.selectOption('#r-x', 'relative');
     await page.waitForFunction(() => window.trainwatch.perf && document.querySelectorAll('#r-commands li').length > 0);
     result.perf = await page.evaluate(() => window.trainwatch.perf);
     result.absent = await text('#r-absent');
@@ -344,6 +348,19 @@ async function main() {
     result.charts = (await cmp()).charts;
     await page.waitForFunction(() => window.trainwatch.compare.latencies.length > 0);
     result.latencies = await page.evaluate(() => window.trainwatch.compare.latencies.length);
+    emit({ compared: { charts: result.charts, latencies: result.latencies } });
+    // The live run's own page follows it too: a new key's chart in a new
+    // group, more points on the loss chart.
+    await page.goto(`${args.url}/runs/${encodeURIComponent(args.live_id)}`);
+    await page.waitForFunction(() => window.trainwatch.chartsReady && window.trainwatch.live
+      && window.trainwatch.live.following);
+    const points = () => page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
+      .map(([k, v]) => [k, v.points])));
+    emit({ run_watching: await points() });
+    await page.waitForFunction(() => window.trainwatch.charts['sys/gpu_temp']
+      && window.trainwatch.charts['train/loss'].points === 60);
+    result.run_points = await points();
+    result.run_groups = await page.locator('#r-charts .group > h2').allInnerTexts();
   } else if (args.scenario === 'bench') {
     // benches/dashboard.rs: each page loaded `loads` times; times are
     // performance.now() in the page (ms since navigation start).

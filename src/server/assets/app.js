@@ -456,9 +456,13 @@
       $('r-error').textContent = String(e.message || e);
     };
     let classes = [];
-    getJson(base).then((run) => {
+    let perEpoch = 0; // batches_per_epoch of the run's config (0: unknown)
+    const runRead = getJson(base);
+    runRead.then((run) => {
       try {
-        classes = JSON.parse(run.config).class_names || [];
+        const c = JSON.parse(run.config);
+        classes = c.class_names || [];
+        perEpoch = c.batches_per_epoch || 0;
       } catch (_) { /* no names: class numbers are shown */ }
       $('r-name').textContent = run.name || run.id;
       $('r-status').textContent = run.status;
@@ -485,6 +489,9 @@
     // point; and a log y scale (values at or below 0 are left out there).
     const AXES = {
       step: { label: 'step', x: (b) => b.step },
+      // The step as epochs, the way the trainer counts them (a batch's
+      // loss is logged at epoch × batches_per_epoch + batch).
+      epoch: { label: 'epoch', x: (b) => b.step / perEpoch },
       wall: { label: 'wall time', x: (b) => b.wall_ms / 1000 },
       relative: { label: 's since the first point', x: (b) => (b.wall_ms - t0) / 1000 },
     };
@@ -570,7 +577,7 @@
         const q = new URLSearchParams({ keys: key, points: POINTS });
         if (from !== undefined) { q.set('from', from); q.set('to', to); }
         state.requests.push(q.toString());
-        getJson(`${base}/scalars?${q}`).then((body) => {
+        return getJson(`${base}/scalars?${q}`).then((body) => {
           const s = body.series.find((x) => x.key === key);
           if (!s) return;
           full = from === undefined;
@@ -584,8 +591,32 @@
       box.addEventListener('dblclick', () => { if (!full) load(); });
       redraws.push(() => plot.setData(columns(shown)));
       rebuilds.push(make);
-      // What is drawn, for tests: the first values of the line.
+      // Live points ([step, wall_ms, value]) after the last shown step, as
+      // one-point buckets; returns how many were new. A zoomed chart keeps
+      // its range (a reset reads the store again, with them).
+      state.append = (pts) => {
+        const b = shown.buckets;
+        let n = 0;
+        for (const [step, wall, v] of pts) {
+          if (b.length && step <= b[b.length - 1].step) continue;
+          if (full) b.push({ step, wall_ms: wall, min: v, max: v, last: v, count: 1 });
+          n++;
+        }
+        state.points = b.length;
+        // Far more than a chart needs: the store's downsampled view again.
+        if (full && b.length > 4 * POINTS && !state.reloading) state.reload();
+        return n;
+      };
+      state.redraw = () => { if (full) plot.setData(columns(shown)); };
+      state.reload = () => {
+        if (!full) return;
+        state.reloading = true;
+        load().finally(() => { state.reloading = false; });
+      };
+      // What is drawn, for tests: the first values of the line, the x
+      // range.
       state.line = (n) => plot.data[1].slice(0, n);
+      state.xEnds = () => [plot.data[0][0], plot.data[0][plot.data[0].length - 1]];
     }
     // The stored image samples (each epoch's last batch and one every
     // images_every_s), one at a time by a scrubber, as the live grid shows
@@ -685,26 +716,70 @@
       }
       if (!body.commands.length) ul.append(el('li', null, 'No command was sent to this run.'));
     }).catch(fail);
-    getJson(`${base}/scalars?points=${POINTS}`).then((body) => {
-      const firsts = body.series.filter((s) => s.buckets.length).map((s) => s.buckets[0].wall_ms);
-      t0 = firsts.length ? Math.min(...firsts) : 0;
-      const groups = new Map();
-      for (const s of body.series) {
-        const g = s.key.includes('/') ? s.key.slice(0, s.key.indexOf('/')) : '(no prefix)';
-        if (!groups.has(g)) groups.set(g, []);
-        groups.get(g).push(s);
-      }
-      const root = $('r-charts');
-      if (!groups.size) root.append(el('p', 'muted', 'This run has logged no named scalar.'));
-      for (const [g, list] of [...groups].sort((a, b) => a[0].localeCompare(b[0]))) {
+    // One section per prefix, in name order; a chart per key in it.
+    const root = $('r-charts');
+    const grids = new Map();
+    const gridOf = (key) => {
+      const g = key.includes('/') ? key.slice(0, key.indexOf('/')) : '(no prefix)';
+      if (!grids.has(g)) {
         const sec = el('section', 'group');
+        sec.dataset.group = g;
         sec.append(el('h2', null, g));
         const grid = el('div', 'charts');
         sec.append(grid);
-        root.append(sec);
-        for (const s of list) chart(s.key, s, grid);
+        const after = [...root.querySelectorAll('section.group')].find((x) => x.dataset.group.localeCompare(g) > 0);
+        root.insertBefore(sec, after || null);
+        grids.set(g, grid);
+      }
+      return grids.get(g);
+    };
+    const live = new Map(); // key → chart state, for live points
+    const scalarsRead = getJson(`${base}/scalars?points=${POINTS}`);
+    Promise.all([runRead, scalarsRead]).then(([run, body]) => {
+      const firsts = body.series.filter((s) => s.buckets.length).map((s) => s.buckets[0].wall_ms);
+      t0 = firsts.length ? Math.min(...firsts) : 0;
+      $('r-x').querySelector('option[value=epoch]').disabled = !perEpoch;
+      if (xAxis === 'epoch' && !perEpoch) xAxis = 'step';
+      $('r-x').value = xAxis;
+      const none = el('p', 'muted', 'This run has logged no named scalar.');
+      if (!body.series.length) root.append(none);
+      for (const s of [...body.series].sort((a, b) => a.key.localeCompare(b.key))) {
+        chart(s.key, s, gridOf(s.key));
       }
       tw.chartsReady = true;
+      if (run.status === 'completed' || run.status === 'failed') return;
+      // A live run: its points as they are applied, appended to charts
+      // that show the whole run (a zoomed one keeps its range).
+      const dirty = new Set();
+      let scheduled = false;
+      tw.live = { points: 0, batches: 0 };
+      const paint = () => {
+        scheduled = false;
+        for (const c of dirty) c.redraw();
+        dirty.clear();
+      };
+      liveFeed([id], {
+        live(ids) {
+          tw.live.following = ids.length > 0;
+          if (ids.length) setConn('live', 'live');
+        },
+        batch(b) {
+          tw.live.batches++;
+          for (const [key, pts] of Object.entries(b.series)) {
+            if (!tw.charts[key]) {
+              none.remove();
+              chart(key, { key, downsampled: false, buckets: [] }, gridOf(key));
+            }
+            const c = tw.charts[key];
+            tw.live.points += c.append(pts);
+            dirty.add(c);
+          }
+          if (!scheduled) { scheduled = true; requestAnimationFrame(paint); }
+        },
+        lagged() {
+          for (const c of Object.values(tw.charts)) c.reload();
+        },
+      });
     }).catch(fail);
   }
 
@@ -867,7 +942,7 @@
       const finished = (run) => run.status === 'completed' || run.status === 'failed';
       if (runs.every(finished)) return;
       let told = false;
-      live(ids, {
+      liveFeed(ids, {
         live(liveIds) {
           // After the first: a reconnect (points may have been missed) or
           // a run that went live since: read those from the store again.
@@ -914,7 +989,7 @@
   // (GET /api/live): on.live(ids live now; again after a reconnect or when
   // one more goes live), on.batch({run, series}) for each applied batch,
   // on.lagged(id) when this page fell behind on that run.
-  function live(ids, on) {
+  function liveFeed(ids, on) {
     const es = new EventSource('/api/live?runs=' + ids.map(encodeURIComponent).join(','));
     es.addEventListener('live', (ev) => on.live(JSON.parse(ev.data).runs));
     es.addEventListener('points', (ev) => {
