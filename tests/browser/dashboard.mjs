@@ -104,7 +104,8 @@ async function main() {
     };
     // Canvas pixels that are not background: the charts really drew.
     result.chart_ink = await page.evaluate(() => ['loss-chart', 'acc-chart'].map((id) => {
-      const c = document.getElementById(id);
+      const c = document.querySelector(`#${id} canvas`); // uPlot's
+      if (!c) return 0;
       const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
       let n = 0;
       for (let i = 0; i < d.length; i += 4) {

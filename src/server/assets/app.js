@@ -1,6 +1,8 @@
-// trainwatch dashboard: overview at /, one run at /sessions/{id}.
-// Plain JS, no library: live data arrives by Server-Sent Events and is drawn
-// at most once per animation frame (newest wins). Everything a trainer or
+// trainwatch dashboard: runs at /, a live session at /sessions/{id}, a
+// stored run at /runs/{id}, runs side by side at /compare. Plain JS; charts
+// by uPlot (vendored, served by the server). Live data arrives by
+// Server-Sent Events and is drawn at most once per animation frame (newest
+// wins). Everything a trainer or
 // agent sends (ids, class names, messages) is shown with textContent, never
 // parsed as HTML.
 'use strict';
@@ -1265,128 +1267,61 @@
   }
 
   // ----------------------------------------------------------- charts --
-  function setupCanvas(cv) {
-    const dpr = window.devicePixelRatio || 1;
-    const w = cv.clientWidth, h = cv.clientHeight;
-    if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
-      cv.width = Math.round(w * dpr);
-      cv.height = Math.round(h * dpr);
+  // A uPlot chart in `box` once there is data (`message` until then);
+  // later calls only hand it new data. Returns the plot or null.
+  function livePlot(box, message, opts, data) {
+    if (!data[0].length) {
+      if (box.plot) { box.plot.destroy(); box.plot = null; }
+      if (!box.querySelector('.empty')) box.replaceChildren(el('p', 'empty', message));
+      return null;
     }
-    const g = cv.getContext('2d');
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, w, h);
-    g.font = '11px system-ui, "DejaVu Sans", sans-serif';
-    return { g, w, h };
+    if (!box.plot) {
+      box.replaceChildren();
+      box.plot = new uPlot(Object.assign({ width: Math.max(280, box.clientWidth || 600), height: 240 }, opts), data, box);
+    } else box.plot.setData(data);
+    return box.plot;
   }
-
-  function niceTicks(lo, hi, n) {
-    const span = hi - lo || 1;
-    const step0 = span / n;
-    const mag = Math.pow(10, Math.floor(Math.log10(step0)));
-    const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => span / s <= n) || mag * 10;
-    const out = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toFixed(10));
-    return out;
-  }
-
-  // Axes and frame; returns functions mapping data to pixels.
-  function axes(g, w, h, x0, x1, y0, y1, yfmt, xTicks, xLabel) {
-    const L = 48, R = 10, T = 8, B = 28;
-    const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (w - L - R);
-    const sy = (y) => h - B - ((y - y0) / (y1 - y0 || 1)) * (h - T - B);
-    g.strokeStyle = '#e4e7ec';
-    g.fillStyle = '#667085';
-    g.lineWidth = 1;
-    g.textAlign = 'right';
-    g.textBaseline = 'middle';
-    for (const v of niceTicks(y0, y1, 5)) {
-      const y = Math.round(sy(v)) + 0.5;
-      g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke();
-      g.fillText(yfmt(v), L - 6, y);
-    }
-    g.textAlign = 'center';
-    g.textBaseline = 'top';
-    for (const [v, label] of xTicks) {
-      const x = Math.round(sx(v)) + 0.5;
-      g.beginPath(); g.moveTo(x, T); g.lineTo(x, h - B); g.stroke();
-      g.fillText(label, x, h - B + 5);
-    }
-    g.textAlign = 'right';
-    g.fillText(xLabel, w - R, h - 12);
-    g.strokeStyle = '#98a2b3';
-    g.beginPath(); g.moveTo(L + 0.5, T); g.lineTo(L + 0.5, h - B + 0.5); g.lineTo(w - R, h - B + 0.5); g.stroke();
-    return { sx, sy };
-  }
-
-  function empty(g, w, h, text) {
-    g.fillStyle = '#98a2b3';
-    g.textAlign = 'center';
-    g.textBaseline = 'middle';
-    g.fillText(text, w / 2, h / 2);
-  }
+  const short = (v) => (v === null ? '' : String(+v.toPrecision(3)));
 
   // Every batch's loss over the run, with each epoch's average on top.
   function lossPanel(S) {
+    let bpeShown;
     function render() {
-      const cv = $('loss-chart');
-      const { g, w, h } = setupCanvas(cv);
-      const bpe = S.config && S.config.batches_per_epoch;
+      const box = $('loss-chart');
+      const bpe = (S.config && S.config.batches_per_epoch) || 0;
       // x: batches since the start of the run when the epoch length is
       // known, else the point's position.
       const gx = bpe ? (p) => p[0] * bpe + p[1] : (_p, i) => i * S.stride;
       const pts = S.loss;
-      cv.dataset.points = String(pts.length);
-      cv.dataset.epochPoints = String(bpe ? S.epochs.length : 0);
-      if (!pts.length) return empty(g, w, h, 'no batches yet');
-      let x0 = Infinity, x1 = -Infinity, y1 = 0, y0 = Infinity;
-      pts.forEach((p, i) => {
-        const x = gx(p, i);
-        x0 = Math.min(x0, x); x1 = Math.max(x1, x);
-        y0 = Math.min(y0, p[2]); y1 = Math.max(y1, p[2]);
-      });
-      for (const e of S.epochs) y1 = Math.max(y1, e.average_loss);
-      y0 = Math.min(0, y0);
-      y1 = y1 > 0 ? y1 * 1.08 : 1;
-      if (x1 === x0) x1 = x0 + 1;
-      let xt = [];
-      if (bpe) {
-        const e0 = Math.floor(x0 / bpe), e1 = Math.ceil(x1 / bpe);
-        const every = Math.max(1, Math.ceil((e1 - e0) / 8));
-        for (let e = e0; e <= e1; e += every) if (e * bpe >= x0 && e * bpe <= x1) xt.push([e * bpe, `epoch ${e + 1}`]);
-      } else {
-        xt = niceTicks(x0, x1, 6).map((v) => [v, String(v)]);
-      }
-      const { sx, sy } = axes(g, w, h, x0, x1, y0, y1, (v) => String(+v.toPrecision(3)), xt, bpe ? 'batches' : 'points');
-      g.strokeStyle = '#3b5bdb';
-      g.lineWidth = 1.5;
-      g.beginPath();
-      pts.forEach((p, i) => {
-        const x = sx(gx(p, i)), y = sy(p[2]);
-        if (i) g.lineTo(x, y); else g.moveTo(x, y);
-      });
-      g.stroke();
-      if (pts.length === 1) {
-        g.fillStyle = '#3b5bdb';
-        g.beginPath(); g.arc(sx(gx(pts[0], 0)), sy(pts[0][2]), 2.5, 0, 7); g.fill();
-      }
-      if (bpe && S.epochs.length) {
-        // Each epoch's average at the middle of its batches.
-        g.strokeStyle = '#e8590c';
-        g.fillStyle = '#e8590c';
-        g.setLineDash([4, 3]);
-        g.beginPath();
-        S.epochs.forEach((e, i) => {
-          const x = sx(Math.min(x1, Math.max(x0, e.epoch * bpe + bpe / 2))), y = sy(e.average_loss);
-          if (i) g.lineTo(x, y); else g.moveTo(x, y);
-        });
-        g.stroke();
-        g.setLineDash([]);
-        for (const e of S.epochs) {
-          g.beginPath();
-          g.arc(sx(Math.min(x1, Math.max(x0, e.epoch * bpe + bpe / 2))), sy(e.average_loss), 3.5, 0, 7);
-          g.fill();
-        }
-      }
+      box.dataset.points = String(pts.length);
+      box.dataset.epochPoints = String(bpe ? S.epochs.length : 0);
+      const line = [pts.map(gx), pts.map((p) => p[2])];
+      // Each epoch's average at the middle of its batches.
+      const avg = bpe ? [S.epochs.map((e) => e.epoch * bpe + bpe / 2), S.epochs.map((e) => e.average_loss)] : [[], []];
+      if (bpeShown !== bpe && box.plot) { box.plot.destroy(); box.plot = null; }
+      bpeShown = bpe;
+      const xLabel = bpe ? 'batches (ticks: epochs)' : 'points';
+      livePlot(box, 'no batches yet', {
+        scales: { x: { time: false } },
+        axes: [
+          bpe ? {
+            label: xLabel,
+            splits: (u, i, lo, hi) => {
+              const every = Math.max(1, Math.ceil((hi - lo) / bpe / 8));
+              const out = [];
+              for (let e = Math.ceil(lo / bpe); e * bpe <= hi; e += every) out.push(e * bpe);
+              return out;
+            },
+            values: (u, vals) => vals.map((v) => `epoch ${v / bpe + 1}`),
+          } : { label: xLabel },
+          { values: (u, vals) => vals.map(short) },
+        ],
+        series: [
+          { label: xLabel },
+          { label: 'batch loss', stroke: '#0072b2', width: 1.5 },
+          { label: 'epoch average', stroke: '#d55e00', width: 1.5, dash: [4, 3], spanGaps: true, points: { show: true, size: 7, fill: '#d55e00' } },
+        ],
+      }, uPlot.join([line, avg]));
     }
     return { render };
   }
@@ -1394,26 +1329,20 @@
   // Each epoch's average accuracy.
   function accuracyPanel(S) {
     function render() {
-      const cv = $('acc-chart');
-      const { g, w, h } = setupCanvas(cv);
+      const box = $('acc-chart');
       const es = S.epochs;
-      cv.dataset.points = String(es.length);
-      if (!es.length) return empty(g, w, h, 'no epoch summaries yet');
-      const x0 = es[0].epoch + 1, x1 = Math.max(es[es.length - 1].epoch + 1, x0 + 1);
-      const xt = niceTicks(x0, x1, 8).filter((v) => Number.isInteger(v)).map((v) => [v, String(v)]);
-      const { sx, sy } = axes(g, w, h, x0 - 0.2, x1 + 0.2, 0, 1, (v) => (v * 100).toFixed(0) + '%', xt, 'epoch');
-      g.strokeStyle = '#1a7f37';
-      g.fillStyle = '#1a7f37';
-      g.lineWidth = 2;
-      g.beginPath();
-      es.forEach((e, i) => {
-        const x = sx(e.epoch + 1), y = sy(e.average_accuracy);
-        if (i) g.lineTo(x, y); else g.moveTo(x, y);
-      });
-      g.stroke();
-      for (const e of es) {
-        g.beginPath(); g.arc(sx(e.epoch + 1), sy(e.average_accuracy), 3.5, 0, 7); g.fill();
-      }
+      box.dataset.points = String(es.length);
+      livePlot(box, 'no epoch summaries yet', {
+        scales: { x: { time: false, range: (u, lo, hi) => [lo - 0.2, Math.max(hi, lo + 1) + 0.2] }, y: { range: [0, 1] } },
+        axes: [
+          { label: 'epoch', incrs: [1, 2, 5, 10, 20, 50, 100], values: (u, vals) => vals.map((v) => (Number.isInteger(v) ? String(v) : '')) },
+          { values: (u, vals) => vals.map((v) => (v * 100).toFixed(0) + '%') },
+        ],
+        series: [
+          { label: 'epoch' },
+          { label: 'accuracy', stroke: '#009e73', width: 2, points: { show: true, size: 7, fill: '#009e73' }, value: (u, v) => (v === null ? '' : (v * 100).toFixed(1) + ' %') },
+        ],
+      }, [es.map((e) => e.epoch + 1), es.map((e) => e.average_accuracy)]);
     }
     return { render };
   }
