@@ -9,10 +9,16 @@
 //!   `train/loss` and `TW_DASH_KEYS` (10) named scalars of
 //!   `TW_DASH_POINTS` (100,000) points: time until every chart is drawn.
 //!
+//! - live freshness: `TW_DASH_LIVE` (5) Python trainers publishing at
+//!   `TW_DASH_LIVE_FPS` (60) batches/s through a real agent, the compare
+//!   page open on their runs: each drawn batch's trainer wall clock (its
+//!   logged `train/loss` point) → painted, for `TW_DASH_FRESH_S` (10) s
+//!   after a 2 s warm-up.
+//!
 //! Each page is loaded `TW_DASH_LOADS` (5) times; median and worst are
 //! printed, and every figure goes to `TW_DASH_OUT`
 //! (target/dashboard-bench.json). Goals: runs page interactive ≤ 1 s, run
-//! page charts ≤ 1 s. `cargo bench --bench dashboard` (needs chromium and
+//! page charts ≤ 1 s, freshness p99 ≤ 100 ms. `cargo bench --bench dashboard` (needs chromium and
 //! `npm ci` in tests/browser, as the dashboard tests do).
 
 mod common;
@@ -137,8 +143,53 @@ async fn main() {
     });
     // The script's own failure, or none in time, panics naming it.
     let mut browser = util::browser::Browser::start(args);
-    let r = browser.expect("result").await;
+    let mut r = browser.expect("result").await;
     drop(browser);
+    // Then the live runs (started only now, so they do not load the pages
+    // measured above): an agent, its trainers, the compare page on them.
+    let live_runs = env_u64("TW_DASH_LIVE", 5);
+    let fps = env_u64("TW_DASH_LIVE_FPS", 60).to_string();
+    let fresh_s = env_u64("TW_DASH_FRESH_S", 10);
+    if live_runs > 0 {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let agent = util::procs::AgentProc::start_insecure(server.grpc_addr, shm.path(), &[]);
+        let seconds = (fresh_s + 120).to_string();
+        let trainers: Vec<_> = (0..live_runs)
+            .map(|i| {
+                let args = [
+                    "--run-until-stopped",
+                    "--fps",
+                    &fps,
+                    "--max-seconds",
+                    &seconds,
+                ];
+                util::procs::Trainer::start(shm.path(), &format!("live-{i}"), &args)
+            })
+            .collect();
+        let http = server.http_addr;
+        let live: Vec<String> = util::procs::eventually("every live run's session", || async {
+            let list = util::http::get_json(http, "/api/sessions").await;
+            let ids: Vec<String> = list["sessions"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["batches_received"].as_u64() > Some(0))
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect();
+            (ids.len() as u64 == live_runs).then_some(ids)
+        })
+        .await;
+        let mut browser = util::browser::Browser::start(serde_json::json!({
+            "url": format!("http://127.0.0.1:{}", http.port()),
+            "session": live[0], "scenario": "freshness", "live": live, "fresh_s": fresh_s,
+            "timeout_ms": 60_000 + fresh_s * 1000,
+        }));
+        let f = browser.expect("result").await;
+        drop(browser);
+        drop(trainers);
+        drop(agent);
+        r["fresh"] = f["fresh"].clone();
+        r["fresh_live"] = f["fresh_live"].clone();
+    }
     server
         .shutdown(std::time::Duration::from_secs(10))
         .await
@@ -166,6 +217,21 @@ async fn main() {
         println!("| {page} | {k} | {m:.0} | {w:.0} | {goal} |");
     }
     println!("points drawn on the run page: {}", r["run_points"]);
+    let mut fresh = nums("fresh");
+    if !fresh.is_empty() {
+        fresh.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            fresh[((p / 100.0 * fresh.len() as f64).ceil() as usize).clamp(1, fresh.len()) - 1]
+        };
+        println!(
+            "live freshness, compare page on {} live runs at {fps} batches/s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} drawn batches (goal p99 ≤ 100)",
+            r["fresh_live"],
+            pct(50.0),
+            pct(99.0),
+            fresh[fresh.len() - 1],
+            fresh.len()
+        );
+    }
     std::fs::write(&out, serde_json::to_string_pretty(&r).unwrap()).unwrap();
     println!("figures: {out}");
 }

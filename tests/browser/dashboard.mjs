@@ -391,6 +391,17 @@ async function main() {
       result.run_fcp.push(await fcp());
     }
     result.run_points = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts).map(([k, v]) => [k, v.points])));
+  } else if (args.scenario === 'freshness') {
+    // benches/dashboard.rs: the compare page on the live runs; after a
+    // warm-up each drawn batch's trainer wall clock → painted, `fresh_s`.
+    await page.goto(`${args.url}/compare?runs=${args.live.map(encodeURIComponent).join(',')}`);
+    await page.waitForFunction((n) => window.trainwatch.compare && window.trainwatch.compare.ready
+      && window.trainwatch.compare.live.length === n, args.live.length);
+    await page.waitForTimeout(2000);
+    await page.evaluate(() => { window.trainwatch.compare.latencies.length = 0; });
+    await page.waitForTimeout((args.fresh_s || 10) * 1000);
+    result.fresh = await page.evaluate(() => window.trainwatch.compare.latencies.slice());
+    result.fresh_live = await page.evaluate(() => window.trainwatch.compare.live.length);
   } else if (args.scenario === 'reads') {
     // Reading needs the token: the page asks for it, then shows the run.
     await page.goto(sessionUrl);

@@ -924,7 +924,7 @@
           const now = nowMs();
           const l = tw.compare.latencies;
           for (const w of walls) l.push(now - w);
-          if (l.length > LATENCY_KEEP) l.splice(0, l.length - LATENCY_KEEP);
+          if (l.length > 20 * LATENCY_KEEP) l.splice(0, l.length - 20 * LATENCY_KEEP);
         }, 0));
       };
       // A run whose live points outgrow what a chart needs (or that this
