@@ -894,6 +894,18 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     assert_eq!(got.len(), 3);
     assert_eq!(r["smooth_url"], "?smooth=0.9");
     // Every chart by seconds since the run's first point, on a log scale.
+    assert_eq!(r["keys_shown"], serde_json::json!(["lr", "val/acc"]));
+    assert_eq!(r["keys_visible"], 2);
+    assert!(r["keys_url"].as_str().unwrap().contains("keys=val%2F%2Clr"), "{}", r["keys_url"]);
+    // Steps 100..=199 typed in: every chart that far at full resolution
+    // (lr has 50 points: none there).
+    for (key, c) in r["range_zoom"].as_object().unwrap() {
+        let want = if key == "lr" { 0 } else { 100 };
+        assert_eq!(c["points"], want, "{key}: {c}");
+        assert_eq!(c["range"], serde_json::json!([100, 199]), "{key}: {c}");
+        assert_eq!(c["downsampled"], false, "{key}: {c}");
+    }
+    assert!(r["range_url"].as_str().unwrap().contains("from=100&to=199"), "{}", r["range_url"]);
     // Epochs on x: the step over batches_per_epoch (100), steps 0..=299.
     assert_eq!(r["epoch_axis"], serde_json::json!([0, 2.99]));
     assert!(
@@ -1041,6 +1053,9 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
         r["relative"],
         serde_json::json!({"axis": "relative", "first": {"train/loss": [0, 0, 0], "val/acc": [null, 0, null]}})
     );
+    assert_eq!(r["keys_shown"], serde_json::json!(["val/acc"]));
+    assert_eq!(r["keys_after"], serde_json::json!(["val/acc"]));
+    assert!(r["keys_url"].as_str().unwrap().ends_with("&keys=val"), "{}", r["keys_url"]);
     assert_eq!(r["relative_url"], "?runs=jetson-a%3Acmp-a%3A1796000000000%2Cjetson-a%3Acmp-b%3A1796000000000%2Cjetson-a%3Acmp-c%3A1796000000000&x=relative");
     assert_only_from(&server, &r["requests"]);
     server

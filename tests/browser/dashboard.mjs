@@ -291,6 +291,24 @@ async function main() {
     result.axes = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
       .map(([k, v]) => [k, { axis: v.axis, log: v.log, x0: v.x0 }])));
     result.axes_url = await page.evaluate(() => location.search);
+    // Keys: only the charts whose key has a word of the filter.
+    await page.fill('#r-keys', 'val/, lr');
+    result.keys_shown = await page.evaluate(() => window.trainwatch.shownKeys);
+    result.keys_visible = await page.locator('#r-charts .chart-box:visible').count();
+    result.keys_url = await page.evaluate(() => location.search);
+    await page.fill('#r-keys', '');
+    // A step range from the keyboard zooms every chart; Show all undoes it.
+    await page.focus('#r-from');
+    await page.keyboard.type('100');
+    await page.keyboard.press('Tab');
+    await page.keyboard.type('199');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => Object.values(window.trainwatch.charts).every((c) => c.range && c.range[0] === 100));
+    result.range_zoom = await page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
+      .map(([k, v]) => [k, { points: v.points, range: v.range, downsampled: v.downsampled }])));
+    result.range_url = await page.evaluate(() => location.search);
+    await page.click('#r-all');
+    await page.waitForFunction(() => Object.values(window.trainwatch.charts).every((c) => !c.range));
     await page.selectOption('#r-x', 'epoch');
     result.epoch_axis = await page.evaluate(() => window.trainwatch.charts['val/acc'].xEnds());
     result.epoch_url = await page.evaluate(() => location.search);
@@ -330,6 +348,14 @@ async function main() {
     await page.selectOption('#cmp-x', 'relative');
     result.relative = await page.evaluate(() => ({ axis: window.trainwatch.compare.axis, first: window.trainwatch.compare.firstX }));
     result.relative_url = await page.evaluate(() => location.search);
+    await page.fill('#cmp-keys', 'val');
+    result.keys_shown = await page.evaluate(() => window.trainwatch.compare.shownKeys);
+    // Redrawn on another alignment, the filter holds.
+    await page.selectOption('#cmp-x', 'step');
+    result.keys_after = await page.evaluate(() => window.trainwatch.compare.shownKeys);
+    result.keys_url = await page.evaluate(() => location.search);
+    await page.fill('#cmp-keys', '');
+    await page.selectOption('#cmp-x', 'relative');
     if (args.screenshot) {
       mkdirSync(dirname(args.screenshot), { recursive: true });
       await page.screenshot({ path: args.screenshot, fullPage: true });

@@ -60,6 +60,31 @@
     const s = u.toString();
     history.replaceState(null, '', location.pathname + (s ? '?' + s : ''));
   }
+  // Shows the chart boxes under `root` whose key contains one of the
+  // comma-separated words of `input` (all when empty), and hides a group
+  // left empty; the words go in the URL as `keys`. Returns the keys shown.
+  function keyFilter(input, root) {
+    const words = () => input.value.split(',').map((w) => w.trim()).filter(Boolean);
+    const apply = () => {
+      const ws = words();
+      const shown = [];
+      for (const box of root.querySelectorAll('.chart-box')) {
+        const ok = !ws.length || ws.some((w) => box.dataset.key.includes(w));
+        box.hidden = !ok;
+        if (ok) shown.push(box.dataset.key);
+      }
+      for (const g of root.querySelectorAll('section.group')) {
+        g.hidden = ![...g.querySelectorAll('.chart-box')].some((b) => !b.hidden);
+      }
+      return shown;
+    };
+    input.value = new URLSearchParams(location.search).get('keys') || '';
+    input.addEventListener('input', () => {
+      setParams([['keys', words().join(',')]]);
+      apply();
+    });
+    return apply;
+  }
   // A uPlot chart's width in its card.
   const chartWidth = (box) => Math.max(280, Math.min(620, box.clientWidth - 24 || 600));
   const nowMs = () => performance.timeOrigin + performance.now();
@@ -554,7 +579,7 @@
           width: chartWidth(box),
           height: 220,
           scales: { x: { time: xAxis === 'wall' }, y: logScale ? { distr: 3 } : {} },
-          axes: [{ label: ax.label }, { values: (u, vals) => vals.map(tick) }],
+          axes: [{ label: ax.label }, { size: 60, values: (u, vals) => vals.map(tick) }],
           series: [
             { label: ax.label },
             { label: 'last', stroke: '#0072b2', width: 1.5 },
@@ -591,6 +616,8 @@
         }).catch(fail);
       }
       box.addEventListener('dblclick', () => { if (!full) load(); });
+      state.zoom = (from, to) => load(from, to);
+      state.reset = () => (full ? Promise.resolve() : load());
       redraws.push(() => plot.setData(columns(shown)));
       rebuilds.push(make);
       // Live points ([step, wall_ms, value]) after the last shown step, as
@@ -748,7 +775,31 @@
       for (const s of [...body.series].sort((a, b) => a.key.localeCompare(b.key))) {
         chart(s.key, s, gridOf(s.key));
       }
-      tw.chartsReady = true;
+      // Keys and a step range from the form (and the URL).
+      const filter = keyFilter($('r-keys'), root);
+      tw.shownKeys = filter();
+      const range = () => [Number($('r-from').value), Number($('r-to').value)];
+      const zoomAll = () => {
+        const [a, b] = range();
+        if ($('r-from').value === '' || $('r-to').value === '' || !(a <= b)) return;
+        setParams([['from', String(a)], ['to', String(b)]]);
+        return Promise.all(Object.values(tw.charts).map((c) => c.zoom(a, b)));
+      };
+      $('r-opts').addEventListener('submit', (e) => {
+        e.preventDefault();
+        zoomAll();
+      });
+      $('r-all').addEventListener('click', () => {
+        $('r-from').value = '';
+        $('r-to').value = '';
+        setParams([['from', null], ['to', null]]);
+        for (const c of Object.values(tw.charts)) c.reset();
+      });
+      $('r-keys').addEventListener('input', () => { tw.shownKeys = filter(); });
+      const p = new URLSearchParams(location.search);
+      $('r-from').value = p.get('from') || '';
+      $('r-to').value = p.get('to') || '';
+      Promise.resolve(zoomAll()).then(() => { tw.chartsReady = true; });
       if (run.status === 'completed' || run.status === 'failed') return;
       // A live run: its points as they are applied, appended to charts
       // that show the whole run (a zoomed one keeps its range).
@@ -771,6 +822,7 @@
             if (!tw.charts[key]) {
               none.remove();
               chart(key, { key, downsampled: false, buckets: [] }, gridOf(key));
+              tw.shownKeys = filter();
             }
             const c = tw.charts[key];
             tw.live.points += c.append(pts);
@@ -863,7 +915,7 @@
         const xs = axis === 'step' ? d.step : d.wall.map((w) => (w - starts[r]) / 1000);
         return [xs, d.val];
       });
-      const draw = () => {
+      let draw = () => {
         $('cmp-charts').replaceChildren();
         for (const p of plots.values()) p.destroy();
         plots.clear();
@@ -894,6 +946,13 @@
         }, uPlot.join(tables), box));
         tw.compare.charts[key] = tables.map((t) => t[0].length);
       };
+      const filter = keyFilter($('cmp-keys'), $('cmp-charts'));
+      const drawn = draw;
+      draw = () => {
+        drawn();
+        tw.compare.shownKeys = filter();
+      };
+      $('cmp-keys').addEventListener('input', () => { tw.compare.shownKeys = filter(); });
       draw();
       tw.compare.ready = true;
       // Live runs: their points as the server applies them, drawn at most
