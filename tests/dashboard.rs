@@ -739,21 +739,25 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
             owner: None,
         })];
         let mut seq = 1;
-        for (key, n) in [("train/loss", 5000i64), ("val/acc", 300), ("lr", 50)] {
-            let points: Vec<Point> = (0..n)
-                .map(|i| Point {
-                    key: key.into(),
-                    step: i,
-                    wall_ms: 1_796_000_000_000 + i,
-                    value: 1.0 / (1.0 + i as f64),
-                })
-                .collect();
-            writes.push(Write::Points {
-                run: "jetson-a:sweep-long-name:1796000000000".into(),
-                first_seq: seq,
-                points,
-            });
-            seq += n as u64;
+        // A loss of 1,000,000 points (written 100,000 at a time).
+        for (key, n) in [("train/loss", 1_000_000i64), ("val/acc", 300), ("lr", 50)] {
+            for start in (0..n).step_by(100_000) {
+                let points: Vec<Point> = (start..n.min(start + 100_000))
+                    .map(|i| Point {
+                        key: key.into(),
+                        step: i,
+                        wall_ms: 1_796_000_000_000 + i,
+                        value: 1.0 / (1.0 + i as f64),
+                    })
+                    .collect();
+                let len = points.len() as u64;
+                writes.push(Write::Points {
+                    run: "jetson-a:sweep-long-name:1796000000000".into(),
+                    first_seq: seq,
+                    points,
+                });
+                seq += len;
+            }
         }
         // Figures without a GPU, the run's statuses and one command.
         let run = "jetson-a:sweep-long-name:1796000000000".to_string();
@@ -855,13 +859,25 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
         c["train/loss"]["downsampled"] == true && (500..=1000).contains(&loss),
         "{c}"
     );
-    // The drag asked for its range and got every point of it.
+    // A drag over 5% of a million steps asked for that range, still
+    // downsampled; a drag over 2% of that got every point of it.
+    let z = &r["zoomed_once"];
+    let (from, to) = (
+        z["range"][0].as_i64().unwrap(),
+        z["range"][1].as_i64().unwrap(),
+    );
+    assert!(from > 350_000 && to < 500_000 && from < to, "{z}");
+    assert_eq!(z["downsampled"], true, "{z}");
+    assert!(z["requests"].as_array().unwrap().iter().any(|q| q
+        .as_str()
+        .unwrap()
+        .contains(&format!("from={from}&to={to}"))));
     let z = &r["zoomed"];
     let (from, to) = (
         z["range"][0].as_i64().unwrap(),
         z["range"][1].as_i64().unwrap(),
     );
-    assert!(from > 1000 && to < 3000 && from < to, "{z}");
+    assert!(from > 350_000 && to < 500_000 && to - from < 1000, "{z}");
     assert_eq!(z["downsampled"], false, "{z}");
     assert_eq!(z["points"].as_i64().unwrap(), to - from + 1, "{z}");
     let asked = z["requests"].as_array().unwrap();
@@ -896,7 +912,11 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
     // Every chart by seconds since the run's first point, on a log scale.
     assert_eq!(r["keys_shown"], serde_json::json!(["lr", "val/acc"]));
     assert_eq!(r["keys_visible"], 2);
-    assert!(r["keys_url"].as_str().unwrap().contains("keys=val%2F%2Clr"), "{}", r["keys_url"]);
+    assert!(
+        r["keys_url"].as_str().unwrap().contains("keys=val%2F%2Clr"),
+        "{}",
+        r["keys_url"]
+    );
     // Steps 100..=199 typed in: every chart that far at full resolution
     // (lr has 50 points: none there).
     for (key, c) in r["range_zoom"].as_object().unwrap() {
@@ -905,7 +925,11 @@ async fn a_stored_runs_page_charts_every_scalar_and_zooms_at_full_resolution() {
         assert_eq!(c["range"], serde_json::json!([100, 199]), "{key}: {c}");
         assert_eq!(c["downsampled"], false, "{key}: {c}");
     }
-    assert!(r["range_url"].as_str().unwrap().contains("from=100&to=199"), "{}", r["range_url"]);
+    assert!(
+        r["range_url"].as_str().unwrap().contains("from=100&to=199"),
+        "{}",
+        r["range_url"]
+    );
     // Epochs on x: the step over batches_per_epoch (100), steps 0..=299.
     assert_eq!(r["epoch_axis"], serde_json::json!([0, 2.99]));
     assert!(
@@ -1055,7 +1079,12 @@ async fn compare_overlays_three_runs_with_a_legend_and_marks_config_differences(
     );
     assert_eq!(r["keys_shown"], serde_json::json!(["val/acc"]));
     assert_eq!(r["keys_after"], serde_json::json!(["val/acc"]));
-    assert!(r["keys_url"].as_str().unwrap().ends_with("&keys=val"), "{}", r["keys_url"]);
+    assert!(
+        r["keys_url"].as_str().unwrap().ends_with("&keys=val"),
+        "{}",
+        r["keys_url"]
+    );
+    assert_fits_a_phone(&r);
     assert_eq!(r["relative_url"], "?runs=jetson-a%3Acmp-a%3A1796000000000%2Cjetson-a%3Acmp-b%3A1796000000000%2Cjetson-a%3Acmp-c%3A1796000000000&x=relative");
     assert_only_from(&server, &r["requests"]);
     server
@@ -1181,6 +1210,10 @@ async fn compare_and_run_pages_follow_a_live_run_as_its_points_are_applied() {
         serde_json::json!({"train/loss": 60, "val/acc": 1, "sys/gpu_temp": 1})
     );
     assert_eq!(texts(&r["run_groups"]), ["sys", "train", "val"]);
+    assert_eq!(
+        r["live_link"], "/sessions/jetson-b%3Alive%3A1796000000001",
+        "a live run's page links its live view"
+    );
     server
         .shutdown(Duration::from_secs(10))
         .await

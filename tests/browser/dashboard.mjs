@@ -271,15 +271,25 @@ async function main() {
     const over = page.locator('.chart-box[data-key="train/loss"] .u-over');
     const box = await over.boundingBox();
     const y = box.y + box.height / 2;
-    await page.mouse.move(box.x + box.width * 0.40, y);
-    await page.mouse.down();
-    await page.mouse.move(box.x + box.width * 0.45, y, { steps: 5 });
-    await page.mouse.up();
-    await page.waitForFunction(() => window.trainwatch.charts['train/loss'].range);
-    result.zoomed = await page.evaluate(() => {
+    const drag = async (a, b) => {
+      await page.mouse.move(box.x + box.width * a, y);
+      await page.mouse.down();
+      await page.mouse.move(box.x + box.width * b, y, { steps: 5 });
+      await page.mouse.up();
+    };
+    const zoomState = () => page.evaluate(() => {
       const c = window.trainwatch.charts['train/loss'];
-      return { points: c.points, downsampled: c.downsampled, range: c.range, requests: c.requests };
+      return { points: c.points, downsampled: c.downsampled, range: c.range, requests: c.requests.slice() };
     });
+    await drag(0.40, 0.45);
+    await page.waitForFunction(() => window.trainwatch.charts['train/loss'].range);
+    result.zoomed_once = await zoomState();
+    await drag(0.50, 0.52);
+    await page.waitForFunction((r) => {
+      const c = window.trainwatch.charts['train/loss'];
+      return c.range && c.range[0] !== r[0];
+    }, result.zoomed_once.range);
+    result.zoomed = await zoomState();
     // Smoothing: the line becomes the debiased EMA of the values, and the
     // URL keeps the weight.
     await page.locator('#r-smooth').fill('0.9');
@@ -356,6 +366,9 @@ async function main() {
     result.keys_url = await page.evaluate(() => location.search);
     await page.fill('#cmp-keys', '');
     await page.selectOption('#cmp-x', 'relative');
+    await page.setViewportSize({ width: 390, height: 844 });
+    result.phone_overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    await page.setViewportSize({ width: 1360, height: 1020 });
     if (args.screenshot) {
       mkdirSync(dirname(args.screenshot), { recursive: true });
       await page.screenshot({ path: args.screenshot, fullPage: true });
@@ -383,6 +396,7 @@ async function main() {
       && window.trainwatch.live.following);
     const points = () => page.evaluate(() => Object.fromEntries(Object.entries(window.trainwatch.charts)
       .map(([k, v]) => [k, v.points])));
+    result.live_link = await page.getAttribute('#r-live', 'href');
     emit({ run_watching: await points() });
     await page.waitForFunction(() => window.trainwatch.charts['sys/gpu_temp']
       && window.trainwatch.charts['train/loss'].points === 60);

@@ -492,6 +492,10 @@
         perEpoch = c.batches_per_epoch || 0;
       } catch (_) { /* no names: class numbers are shown */ }
       $('r-name').textContent = run.name || run.id;
+      if (run.status !== 'completed' && run.status !== 'failed') {
+        $('r-live').href = '/sessions/' + encodeURIComponent(id);
+        $('r-live').hidden = false;
+      }
       $('r-status').textContent = run.status;
       $('r-status').className = 'badge ' + run.status.toUpperCase();
       $('r-meta').textContent = [run.device, run.model, run.dataset, `${run.points} points`, `${run.epochs} epochs`]
@@ -1071,6 +1075,11 @@
     $('session').hidden = false;
     document.title = 'trainwatch — ' + id;
     $('s-id').textContent = id;
+    capabilities.then((c) => {
+      if (!c.store) return;
+      $('s-stored').href = '/runs/' + encodeURIComponent(id);
+      $('s-stored').hidden = false;
+    });
     const base = '/api/sessions/' + encodeURIComponent(id);
     const S = {
       config: null, loss: [], stride: 1, epochs: [], history: [], perf: null,
