@@ -128,6 +128,42 @@ async fn an_ack_never_precedes_the_commit() {
     stop(server).await;
 }
 
+/// Acks are cumulative: of the writes one group commit resolves, only
+/// the last one's ack is sent (20 batches sent at once commit in one or
+/// two groups of the writer's 100 ms linger: a few acks, not 20), and it
+/// still names every point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acks_of_one_group_commit_are_sent_as_the_last_of_them() {
+    let dir = TempStore::new();
+    let server = start_on(&dir).await;
+    let store = server.store().expect("a store").clone();
+    let mut c = grpc::connect_plain(server.grpc_addr).await.unwrap();
+    assert!(register(&mut c, "acks").await.success);
+    let mut s = Stream::open(&mut c).await;
+    for b in 0..20u64 {
+        s.send(points_req("acks", b * 10 + 1, 10, 0)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&200) {
+        let a = next_ack(&mut s, AckKind::Scalars).await;
+        assert!(
+            seen.last() < Some(&a.point_seq),
+            "acks go forward: {seen:?}, {}",
+            a.point_seq
+        );
+        // What it names is committed.
+        let sum = store.run("acks").await.unwrap().unwrap();
+        assert!(sum.last_point_seq >= a.point_seq, "{sum:?}");
+        seen.push(a.point_seq);
+    }
+    assert!(seen.len() < 20, "one ack per batch: {seen:?}");
+    assert_eq!(
+        stored_steps(store.as_ref(), "acks").await,
+        (1..=200).collect::<Vec<i64>>()
+    );
+    stop(server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_apply_in_order_once_and_across_a_reported_gap() {
     let dir = TempStore::new();

@@ -141,8 +141,31 @@ struct AckJob {
 }
 
 /// Awaits each job's commits in submission order and sends its ack.
+/// Acknowledgements are cumulative, so of consecutive acks of one kind on
+/// one stream whose commits are all in (a group commit resolves a
+/// session's many writes at once) only the last is sent: one message where
+/// a fleet's sessions would otherwise get one per batch of the group.
 async fn acknowledge(session: Arc<Session>, mut jobs: mpsc::Receiver<AckJob>) {
-    while let Some(job) = jobs.recv().await {
+    // An ack ready to send, held while the next job may supersede it.
+    let mut held: Option<(Reply, Acknowledgment)> = None;
+    loop {
+        let mut job = match held.is_some() {
+            true => match jobs.try_recv() {
+                Ok(j) => j,
+                Err(_) => {
+                    flush(&session, &mut held).await;
+                    continue;
+                }
+            },
+            false => match jobs.recv().await {
+                Some(j) => j,
+                None => break,
+            },
+        };
+        // Not committed yet: what is held goes now, not behind this commit.
+        if !job.pending.iter_mut().all(Pending::is_ready) {
+            flush(&session, &mut held).await;
+        }
         let mut ok = true;
         for p in job.pending {
             if let Err(e) = p.await {
@@ -157,11 +180,25 @@ async fn acknowledge(session: Arc<Session>, mut jobs: mpsc::Receiver<AckJob>) {
             continue;
         };
         if !ok {
+            flush(&session, &mut held).await;
             rewind(&session).await;
             continue;
         }
         session.committed(ack.event_seq, ack.point_seq);
-        send_ack(&session, &reply, ack).await;
+        let supersedes = held
+            .as_ref()
+            .is_some_and(|(r, a)| a.kind == ack.kind && r.same_channel(&reply));
+        if !supersedes {
+            flush(&session, &mut held).await;
+        }
+        held = Some((reply, ack));
+    }
+    flush(&session, &mut held).await;
+}
+
+async fn flush(session: &Session, held: &mut Option<(Reply, Acknowledgment)>) {
+    if let Some((reply, ack)) = held.take() {
+        send_ack(session, &reply, ack).await;
     }
 }
 

@@ -19,6 +19,10 @@ use std::collections::HashMap;
 
 use super::{admit, Applied, Point, Result, SeqKind, Write};
 
+/// foldhash's fast hasher, not SipHash: a fleet's group looks up a key for
+/// every point, and these maps hold only what the writer itself gathers.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What a group did to one run's points.
 #[derive(Debug, Clone, Copy)]
 pub struct RunPoints {
@@ -34,11 +38,11 @@ pub struct RunPoints {
 /// by index into [`PointGroup::series`].
 #[derive(Debug, Default)]
 pub struct PointGroup {
-    runs: HashMap<String, RunPoints>,
+    runs: FastMap<String, RunPoints>,
     /// The distinct (run, key) pairs, in first-seen order.
     pub series: Vec<(String, String)>,
     /// run → key → index into `series`.
-    index: HashMap<String, HashMap<String, usize>>,
+    index: FastMap<String, FastMap<String, usize>>,
     pub pair: Vec<usize>,
     pub step: Vec<i64>,
     pub seq: Vec<i64>,
@@ -90,8 +94,27 @@ impl PointGroup {
             });
         }
         let (mut max_step, mut max_wall) = (i64::MIN, i64::MIN);
+        // The run's keys looked up once per write, each point's key once.
+        if !self.index.contains_key(run) {
+            self.index.insert(run.to_string(), FastMap::default());
+        }
+        let keys = self.index.get_mut(run).expect("inserted above");
+        let fresh = (n - skip) as usize;
+        self.pair.reserve(fresh);
+        self.step.reserve(fresh);
+        self.seq.reserve(fresh);
+        self.wall.reserve(fresh);
+        self.value.reserve(fresh);
         for (i, p) in points.into_iter().enumerate().skip(skip as usize) {
-            let pair = self.pair_of(run, p.key);
+            let pair = match keys.get(p.key.as_str()) {
+                Some(&i) => i,
+                None => {
+                    let i = self.series.len();
+                    self.series.push((run.to_string(), p.key.clone()));
+                    keys.insert(p.key, i);
+                    i
+                }
+            };
             self.pair.push(pair);
             self.step.push(p.step);
             self.seq.push((first_seq + i as u64) as i64);
@@ -137,21 +160,6 @@ impl PointGroup {
     pub fn gap(&mut self, run: &str, last: u64, through: u64) {
         let r = self.entry(run, last);
         r.last_seq = r.last_seq.max(through);
-    }
-
-    /// The pair's index, looked up without allocating (a fleet's group
-    /// gathers hundreds of thousands of points of a few thousand pairs).
-    fn pair_of(&mut self, run: &str, key: String) -> usize {
-        if let Some(&i) = self.index.get(run).and_then(|keys| keys.get(&key)) {
-            return i;
-        }
-        let i = self.series.len();
-        self.series.push((run.to_string(), key.clone()));
-        self.index
-            .entry(run.to_string())
-            .or_default()
-            .insert(key, i);
-        i
     }
 
     pub fn point_count(&self) -> usize {

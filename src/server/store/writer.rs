@@ -92,12 +92,34 @@ pub struct Writer {
 /// failed).
 pub struct Pending {
     rx: oneshot::Receiver<Result<Applied>>,
+    /// The outcome, once [`Pending::is_ready`] has taken it.
+    done: Option<Result<Applied>>,
+}
+
+impl Pending {
+    /// Whether the outcome is in, without waiting (it is kept for the
+    /// await).
+    pub fn is_ready(&mut self) -> bool {
+        if self.done.is_none() {
+            match self.rx.try_recv() {
+                Ok(r) => self.done = Some(r),
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.done = Some(Err(StoreError::WriterStopped))
+                }
+            }
+        }
+        true
+    }
 }
 
 impl Future for Pending {
     type Output = Result<Applied>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.done.take() {
+            return Poll::Ready(r);
+        }
         Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(StoreError::WriterStopped)))
@@ -126,7 +148,7 @@ impl Writer {
             .send(Job { write, done })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        Ok(Pending { rx })
+        Ok(Pending { rx, done: None })
     }
 
     /// Submits and waits for the commit.
